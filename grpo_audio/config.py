@@ -1,0 +1,321 @@
+"""Structured configuration: nested dataclasses, loaded from YAML plus ``key=value`` overrides with omegaconf.
+
+The YAML files mirror these dataclasses exactly. Loading goes through omegaconf's structured configs, so an
+unknown key, a value of the wrong type or a missing required field fails at load time with a
+:class:`ConfigError` that names the key and, for unknown keys, the valid ones. Fields whose value is one of a
+fixed set declare ``choices`` in their metadata and are checked the same way.
+
+Every field carries a one-line ``help`` string (``grpo-audio config-help`` prints them all).
+
+Usage::
+
+    cfg = load_config("examples/music_flamingo/tiny.yaml", ["grpo.num_generations=4", "train.lr=1e-5"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration could not be loaded: the message names the offending key."""
+
+
+def _f(default: Any = MISSING, help: str = "", choices: tuple[str, ...] | None = None, factory: Any = None) -> Any:
+    """A dataclass field with a help string (and optional fixed choices) in its metadata."""
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+FAMILY_CHOICES = ("music_flamingo", "audio_flamingo3", "qwen2_audio")
+
+
+@dataclass
+class ModelConfig:
+    """Which checkpoint to train and how to load it."""
+
+    path: str = _f(help="Model directory (save_pretrained layout) or hub id; required.")
+    family: str = _f(help="Model family adapter; required.", choices=FAMILY_CHOICES)
+    dtype: str = _f("float32", help="Parameter dtype for training.", choices=("float32", "bfloat16", "float16"))
+    attn_implementation: str = _f(
+        "sdpa", help="transformers attention kernel.", choices=("sdpa", "eager", "flash_attention_2")
+    )
+    trust_remote_code: bool = _f(False, help="Allow code from the checkpoint directory to run (off by default).")
+    freeze_audio_encoder: bool = _f(False, help="Keep the audio encoder's weights fixed.")
+    freeze_projector: bool = _f(False, help="Keep the audio-to-text projector's weights fixed.")
+    gradient_checkpointing: bool = _f(False, help="Recompute activations in the backward pass to save memory.")
+
+
+@dataclass
+class LoraConfig:
+    """Optional LoRA adapters (peft) on the language model."""
+
+    enabled: bool = _f(False, help="Train LoRA adapters instead of the full model.")
+    r: int = _f(16, help="LoRA rank.")
+    alpha: int = _f(32, help="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = _f(0.0, help="Dropout on the LoRA branch.")
+    target_modules: list[str] = _f(
+        help="Module name suffixes that get adapters.",
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+
+
+@dataclass
+class DataConfig:
+    """Where the rows come from and what happens to bad or over-long ones."""
+
+    train: str = _f("", help="Training manifest (JSONL) or dataset path.")
+    eval: str = _f("", help="Held-out manifest used for evaluation; empty disables evaluation.")
+    bad_rows: str = _f("raise", help="What to do with rows that fail validation.", choices=("raise", "skip"))
+    long_audio: str = _f(
+        "truncate",
+        help="Audio longer than the family's limit: cut it (counted warning) or reject the row.",
+        choices=("truncate", "reject"),
+    )
+    max_audio_seconds: float = _f(0.0, help="Override the family's audio length limit; 0 uses the family's.")
+    max_prompt_tokens: int = _f(
+        0, help="Reject prompts longer than this many tokens after audio expansion; 0 = no limit."
+    )
+
+
+@dataclass
+class RolloutConfig:
+    """How completions are sampled."""
+
+    engine: str = _f("vllm", help="Generation engine.", choices=("vllm", "hf"))
+    max_new_tokens: int = _f(256, help="Completion length cap.")
+    temperature: float = _f(1.0, help="Sampling temperature.")
+    top_p: float = _f(1.0, help="Nucleus sampling mass.")
+    top_k: int = _f(-1, help="Top-k sampling; -1 disables it.")
+    gpu_memory_utilization: float = _f(
+        0.3, help="vLLM's memory fraction (of the GPU, or of the NUMA node's RAM on CPU, where 0.9 fails)."
+    )
+    tensor_parallel_size: int = _f(1, help="vLLM tensor-parallel degree for rollouts.")
+    max_model_len: int = _f(4096, help="vLLM context length (prompt with audio tokens + completion).")
+    enforce_eager: bool = _f(True, help="Skip CUDA-graph capture in vLLM (faster start, slower decode).")
+
+
+@dataclass
+class GRPOConfig:
+    """The algorithm's knobs (see loss.py / advantages.py for the maths)."""
+
+    num_generations: int = _f(8, help="G: completions sampled per prompt (the group).")
+    beta: float = _f(0.0, help="KL coefficient to the reference policy (k3 estimator); 0 loads no reference model.")
+    epsilon: float = _f(0.2, help="Lower clip range of the importance ratio.")
+    epsilon_high: float = _f(0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28).")
+    loss_type: str = _f("dapo", help="Loss aggregation.", choices=("grpo", "dr_grpo", "dapo", "bnpo", "gspo"))
+    scale_rewards: str = _f(
+        "group",
+        help="Advantage normalisation: group std (GRPO), batch std, or none (Dr. GRPO).",
+        choices=("group", "batch", "none"),
+    )
+    num_iterations: int = _f(1, help="mu: optimisation passes over each batch of rollouts.")
+    shared_prefix: bool = _f(True, help="Encode audio and prompt once per group in logprob passes.")
+
+
+@dataclass
+class RewardSpec:
+    """One reward function: a registry name or a dotted path, its weight and its settings."""
+
+    name: str = _f(help="Name in grpo_audio.rewards.REWARDS, or 'package.module:function'; required.")
+    weight: float = _f(1.0, help="Weight in the total reward.")
+    kwargs: dict[str, Any] = _f(help="Settings passed to the reward's factory.", factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule and bookkeeping."""
+
+    lr: float = _f(1e-6, help="Peak learning rate.")
+    max_steps: int = _f(100, help="Number of optimiser steps.")
+    prompts_per_step: int = _f(8, help="Prompts per step (each sampled G times).")
+    warmup_ratio: float = _f(0.03, help="Fraction of steps with linear warm-up (paper: 0.03).")
+    lr_scheduler: str = _f("cosine", help="Learning-rate schedule.", choices=("cosine", "linear", "constant"))
+    max_grad_norm: float = _f(1.0, help="Gradient clipping norm.")
+    gradient_accumulation_steps: int = _f(1, help="Micro-batches per optimiser step.")
+    eval_every: int = _f(0, help="Evaluate every N steps; 0 disables.")
+    save_every: int = _f(0, help="Checkpoint every N steps; 0 saves only at the end.")
+    keep_last: int = _f(2, help="Number of checkpoints kept.")
+    resume: str = _f("auto", help="Resume from the newest complete checkpoint ('auto'), a path, or 'never'.")
+
+
+@dataclass
+class RunConfig:
+    """A GRPO run: the top-level schema of a training YAML."""
+
+    output_dir: str = _f(help="Where checkpoints, metrics and plots go; required.")
+    seed: int = _f(0, help="Seed for sampling, data order and initialisation.")
+    model: ModelConfig = _f(help="Model to train.", factory=ModelConfig)
+    lora: LoraConfig = _f(help="Optional LoRA adapters.", factory=LoraConfig)
+    data: DataConfig = _f(help="Training and evaluation data.", factory=DataConfig)
+    rollout: RolloutConfig = _f(help="Completion sampling.", factory=RolloutConfig)
+    grpo: GRPOConfig = _f(help="Algorithm settings.", factory=GRPOConfig)
+    train: TrainConfig = _f(help="Optimisation and bookkeeping.", factory=TrainConfig)
+    rewards: list[RewardSpec] = _f(help="Reward functions and weights.", factory=list)
+
+
+def _unknown_key_message(node_cls: type | None, full_key: str, key: str) -> str:
+    """``node_cls`` is the dataclass the unknown ``key`` was found in (None if not known)."""
+    valid = [f.name for f in dataclasses.fields(node_cls)] if node_cls is not None else []
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown config key '{full_key}'.{hint} Valid keys here: {', '.join(valid)}."
+
+
+def _node_class(schema: type, full_key: str) -> type | None:
+    node_cls: type | None = schema
+    for part in re.sub(r"\[\d+\]", "", full_key).split(".")[:-1]:
+        node_cls = _resolve_field_type(node_cls, part) if node_cls is not None else None
+    return node_cls
+
+
+def _resolve_field_type(cls: type, name: str) -> type | None:
+    hints = _type_hints(cls)
+    t = hints.get(name)
+    if t is not None and dataclasses.is_dataclass(t):
+        return t
+    origin_args = getattr(t, "__args__", None)
+    if origin_args and dataclasses.is_dataclass(origin_args[0]):  # list[RewardSpec]
+        return origin_args[0]
+    return None
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_choices(obj: Any, prefix: str = "") -> None:
+    if isinstance(obj, list):
+        for i, item in enumerate(obj):
+            _check_choices(item, f"{prefix}[{i}]")
+        return
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"config key '{key}' = {value!r} is not one of: {', '.join(choices)}.")
+        _check_choices(value, key)
+
+
+def to_object(cfg: DictConfig, schema: type[T]) -> T:
+    """Turn a merged omegaconf node into the dataclass instance, translating omegaconf's errors."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required config key(s): {', '.join(missing)}.")
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:  # pragma: no cover - caught by missing_keys above
+        raise ConfigError(f"missing required config key '{e.full_key}'.") from None
+    _check_choices(obj)
+    return obj  # type: ignore[return-value]
+
+
+def _check_unknown_keys(schema: type, data: Any, source: str, prefix: str = "") -> None:
+    """Find unknown keys ourselves, with their full path: omegaconf loses the path inside list items."""
+    if not isinstance(data, dict):
+        return
+    valid = {f.name for f in dataclasses.fields(schema)}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in valid:
+            raise ConfigError(f"{source}: {_unknown_key_message(schema, full, str(key))}")
+        sub = _resolve_field_type(schema, key)
+        if sub is None:
+            continue
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                _check_unknown_keys(sub, item, source, f"{full}[{i}].")
+        else:
+            _check_unknown_keys(sub, value, source, f"{full}.")
+
+
+def _merge(schema: type, base: DictConfig, other: DictConfig | ListConfig, source: str) -> DictConfig:
+    _check_unknown_keys(schema, OmegaConf.to_container(other), source)
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except ConfigKeyError as e:
+        node = _node_class(schema, e.full_key)
+        raise ConfigError(f"{source}: {_unknown_key_message(node, e.full_key, str(e.key))}") from None
+    except ValidationError as e:
+        raise ConfigError(f"{source}: config key '{e.full_key}' has the wrong type: {e.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{source}: config key '{key}': {str(e).splitlines()[0]}") from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    schema: type[T] = RunConfig,  # type: ignore[assignment]
+) -> T:
+    """Load a YAML file (optional) and ``key=value`` overrides against a dataclass schema.
+
+    Args:
+        path: YAML file mirroring ``schema``; None starts from the schema's defaults.
+        overrides: dot-list overrides, e.g. ``["grpo.beta=0.04", "model.path=/ckpt"]``.
+        schema: the top-level dataclass (``RunConfig`` for a GRPO run).
+
+    Returns:
+        An instance of ``schema``.
+
+    Raises:
+        ConfigError: unknown key (with the valid keys), wrong type, missing required field, or a value outside
+            a field's choices; the message names the key.
+    """
+    cfg: DictConfig = OmegaConf.structured(schema)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        cfg = _merge(schema, cfg, OmegaConf.load(path), str(path))
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must be key=value, got: {', '.join(bad)}")
+        cfg = _merge(schema, cfg, OmegaConf.from_dotlist(overrides), "command line")
+    return to_object(cfg, schema)
+
+
+def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:
+    """One line per field, ``key (type, default): help [choices]``, recursing into nested sections."""
+    lines: list[str] = []
+    hints = _type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            lines.append(f"{key}: {f.metadata['help']}")
+            lines.extend(describe(t, key + "."))
+            continue
+        if f.default is not dataclasses.MISSING and f.default is not MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "required"
+        tname = getattr(t, "__name__", str(t))
+        choices = f.metadata.get("choices")
+        extra = f" [{' | '.join(choices)}]" if choices else ""
+        lines.append(f"{key} ({tname}, {default}): {f.metadata['help']}{extra}")
+        sub = _resolve_field_type(schema, f.name)
+        if sub is not None:
+            lines.extend(describe(sub, key + "[]."))
+    return lines

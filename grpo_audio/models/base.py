@@ -1,0 +1,168 @@
+"""The model-family interface: what grpo-audio needs to know about an audio-LLM family.
+
+A family adapter says how to put audio into a chat prompt, how to call the family's processor, which
+modules are the audio encoder and projector (for freezing), how transformers' in-memory weight names map to
+the checkpoint layout vLLM loads, and what a tiny random checkpoint of the family looks like. Adding a family
+is one file with a subclass of :class:`ModelFamily` plus one line in ``grpo_audio.models.FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+# ChatML, as the Qwen2-based families use it. ``{{ AUDIO }}`` is replaced per family by the text that stands
+# for one audio clip in the prompt (the processor expands it to the right number of audio tokens).
+_CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'audio' %}{{ AUDIO }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """Dimensions of a tiny random checkpoint (text model head_dim must be 64: vLLM's CPU attention needs it)."""
+
+    vocab_size: int
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    text_intermediate: int
+    audio_hidden: int
+    audio_layers: int
+    audio_heads: int
+    audio_intermediate: int
+    max_position_embeddings: int = 8192
+
+
+class ModelFamily:
+    """Base class of the per-family adapters. Subclasses set the class attributes and ``tiny_config``."""
+
+    name: ClassVar[str]
+    #: transformers class names (looked up in ``transformers`` lazily so that importing the registry is cheap).
+    model_class_name: ClassVar[str]
+    processor_class_name: ClassVar[str]
+    #: architecture vLLM serves the checkpoint with.
+    vllm_architecture: ClassVar[str]
+    #: special tokens the family's tokenizer must have for audio.
+    audio_special_tokens: ClassVar[tuple[str, ...]]
+    #: the token the processor expands into one placeholder per audio embedding.
+    audio_token: ClassVar[str]
+    #: what stands for one audio clip in a rendered prompt before expansion.
+    audio_prompt_text: ClassVar[str]
+    #: names of the audio-feature tensors the processor returns (features, mask).
+    audio_feature_keys: ClassVar[tuple[str, str]]
+    #: module prefixes of the audio encoder and the projector in the transformers model.
+    audio_encoder_prefixes: ClassVar[tuple[str, ...]]
+    projector_prefixes: ClassVar[tuple[str, ...]]
+    #: the longest audio the family takes, in seconds (the processor's own limit).
+    max_audio_seconds: ClassVar[float]
+    sampling_rate: ClassVar[int] = 16000
+    #: (regex, replacement) pairs turning transformers' in-memory parameter names into the on-disk layout that
+    #: both transformers and vLLM load.
+    checkpoint_key_map: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    # ---- classes --------------------------------------------------------------------------------------------
+    @classmethod
+    def model_class(cls) -> type:
+        return getattr(importlib.import_module("transformers"), cls.model_class_name)
+
+    @classmethod
+    def processor_class(cls) -> type:
+        return getattr(importlib.import_module("transformers"), cls.processor_class_name)
+
+    # ---- prompts --------------------------------------------------------------------------------------------
+    @classmethod
+    def chat_template(cls) -> str:
+        return _CHATML_TEMPLATE.replace("{{ AUDIO }}", cls.audio_prompt_text)
+
+    @classmethod
+    def build_messages(cls, prompt: str | list[dict[str, Any]], system: str | None = None) -> list[dict[str, Any]]:
+        """Chat messages for one audio clip and a user prompt.
+
+        Args:
+            prompt: the user's text (the audio goes first in the user turn) or a full message list, returned
+                as it is (it must then hold exactly one ``{"type": "audio"}`` item).
+            system: optional system message.
+        """
+        if not isinstance(prompt, str):
+            return prompt
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": prompt}]})
+        return messages
+
+    @classmethod
+    def render_prompt(cls, processor: Any, messages: list[dict[str, Any]]) -> str:
+        """The prompt string (audio not yet expanded) that both transformers' processor and vLLM take."""
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    @classmethod
+    def count_audio_slots(cls, text: str) -> int:
+        """How many audio clips a rendered (unexpanded) prompt refers to."""
+        return text.count(cls.audio_token)
+
+    @classmethod
+    def process(cls, processor: Any, texts: list[str], audios: list[np.ndarray], **kwargs: Any) -> Any:
+        """Run the processor on rendered prompts and their audio (one clip per prompt), left-padded."""
+        return processor(text=texts, audio=audios, sampling_rate=cls.sampling_rate, return_tensors="pt", **kwargs)
+
+    # ---- weights --------------------------------------------------------------------------------------------
+    @classmethod
+    def to_checkpoint_key(cls, name: str) -> str:
+        """Map an in-memory parameter name to the checkpoint layout (the one vLLM expects)."""
+        for pattern, repl in cls.checkpoint_key_map:
+            new, n = re.subn(pattern, repl, name)
+            if n:
+                return new
+        return name
+
+    @classmethod
+    def tiny_config(cls, size: TinySize, token_ids: dict[str, int]) -> Any:
+        """A transformers config for a tiny random model of this family."""
+        raise NotImplementedError
+
+    @classmethod
+    def processor_kwargs(cls) -> dict[str, Any]:
+        """Extra constructor arguments of the family's processor."""
+        return {}
+
+
+# Composite AF3-style models keep their parts under ``model.*`` in memory and under the part names on disk.
+AF3_STYLE_KEY_MAP: tuple[tuple[str, str], ...] = (
+    (r"^model\.language_model\.", "language_model.model."),
+    (r"^lm_head\.", "language_model.lm_head."),
+    (r"^model\.audio_tower\.", "audio_tower."),
+    (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
+)
+
+
+def qwen2_text_config(size: TinySize, token_ids: dict[str, int]) -> dict[str, Any]:
+    """The Qwen2 text-model part of a tiny config (untied embeddings: see DESIGN.md on tying)."""
+    return {
+        "model_type": "qwen2",
+        "vocab_size": size.vocab_size,
+        "hidden_size": size.text_hidden,
+        "intermediate_size": size.text_intermediate,
+        "num_hidden_layers": size.text_layers,
+        "num_attention_heads": size.text_heads,
+        "num_key_value_heads": size.text_kv_heads,
+        "max_position_embeddings": size.max_position_embeddings,
+        "tie_word_embeddings": False,
+        "bos_token_id": token_ids["<|endoftext|>"],
+        "eos_token_id": token_ids["<|im_end|>"],
+        "pad_token_id": token_ids["<|endoftext|>"],
+    }

@@ -1,0 +1,48 @@
+"""Qwen2-Audio (``Qwen/Qwen2-Audio-7B-Instruct``): Whisper-style encoder + linear projector + Qwen2.
+
+The feature extractor pads or cuts every clip to 30 s (750 ``<|AUDIO|>`` tokens at most).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import AF3_STYLE_KEY_MAP, ModelFamily, TinySize, qwen2_text_config
+
+
+class Qwen2Audio(ModelFamily):
+    name = "qwen2_audio"
+    model_class_name = "Qwen2AudioForConditionalGeneration"
+    processor_class_name = "Qwen2AudioProcessor"
+    vllm_architecture = "Qwen2AudioForConditionalGeneration"
+    audio_special_tokens = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
+    audio_token = "<|AUDIO|>"
+    audio_prompt_text = "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+    audio_feature_keys = ("input_features", "feature_attention_mask")
+    audio_encoder_prefixes = ("model.audio_tower.",)
+    projector_prefixes = ("model.multi_modal_projector.",)
+    max_audio_seconds = 30.0
+    checkpoint_key_map = AF3_STYLE_KEY_MAP
+
+    @classmethod
+    def tiny_config(cls, size: TinySize, token_ids: dict[str, int]) -> Any:
+        from transformers import Qwen2AudioConfig
+
+        return Qwen2AudioConfig(
+            audio_config={
+                "model_type": "qwen2_audio_encoder",
+                "num_mel_bins": 128,
+                "d_model": size.audio_hidden,
+                "encoder_layers": size.audio_layers,
+                "encoder_attention_heads": size.audio_heads,
+                "encoder_ffn_dim": size.audio_intermediate,
+                "max_source_positions": 1500,
+            },
+            text_config=qwen2_text_config(size, token_ids),
+            audio_token_index=token_ids["<|AUDIO|>"],
+            tie_word_embeddings=False,
+        )
+
+    @classmethod
+    def processor_kwargs(cls) -> dict[str, Any]:
+        return {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}

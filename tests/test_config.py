@@ -1,0 +1,105 @@
+"""Config: YAML + overrides against the dataclass schema; typos and wrong types fail naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+
+from grpo_audio.config import ConfigError, RunConfig, describe, load_config
+
+GOOD = """
+output_dir: runs/x
+model:
+  path: /ckpt
+  family: music_flamingo
+grpo:
+  num_generations: 4
+rewards:
+  - name: format
+    weight: 0.5
+  - name: mcq_accuracy
+    kwargs: {strict: true}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_yaml_and_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), ["grpo.beta=0.04", "train.lr=2e-6", "rollout.engine=hf"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.model.family == "music_flamingo" and cfg.grpo.num_generations == 4
+    assert cfg.grpo.beta == 0.04 and cfg.train.lr == 2e-6 and cfg.rollout.engine == "hf"
+    assert [r.name for r in cfg.rewards] == ["format", "mcq_accuracy"]
+    assert cfg.rewards[0].weight == 0.5 and cfg.rewards[1].kwargs == {"strict": True}
+
+
+def test_typo_key_names_key_and_valid_choices(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, GOOD.replace("num_generations", "num_generation")))
+    msg = str(e.value)
+    assert "grpo.num_generation" in msg and "Did you mean 'num_generations'" in msg and "epsilon_high" in msg
+
+
+def test_typo_in_list_item_and_top_level(tmp_path):
+    with pytest.raises(ConfigError, match=r"rewards\[1\]\.kwrgs.*Did you mean 'kwargs'"):
+        load_config(write(tmp_path, GOOD.replace("kwargs:", "kwrgs:")))
+    with pytest.raises(ConfigError, match="'seeed'.*Did you mean 'seed'"):
+        load_config(write(tmp_path, GOOD + "seeed: 3\n"))
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"grpo\.num_generations.*wrong type"):
+        load_config(write(tmp_path, GOOD.replace("num_generations: 4", "num_generations: four")))
+    with pytest.raises(ConfigError, match=r"train\.max_steps"):
+        load_config(write(tmp_path, GOOD), ["train.max_steps=many"])
+
+
+def test_bad_choice_names_key_and_choices(tmp_path):
+    with pytest.raises(ConfigError, match=r"grpo\.loss_type.*'ppo'.*grpo, dr_grpo, dapo, bnpo, gspo"):
+        load_config(write(tmp_path, GOOD), ["grpo.loss_type=ppo"])
+    with pytest.raises(ConfigError, match=r"model\.family.*whisper.*music_flamingo"):
+        load_config(write(tmp_path, GOOD.replace("family: music_flamingo", "family: whisper")))
+
+
+def test_missing_required_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing required.*model\.path"):
+        load_config(write(tmp_path, GOOD.replace("  path: /ckpt\n", "")))
+    with pytest.raises(ConfigError, match=r"missing required.*output_dir"):
+        load_config(write(tmp_path, GOOD.replace("output_dir: runs/x\n", "")))
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(write(tmp_path, GOOD), ["grpo.beta"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def _all_dataclasses(cls, seen=None):
+    seen = seen if seen is not None else set()
+    if cls in seen:
+        return seen
+    seen.add(cls)
+    for t in typing.get_type_hints(cls).values():
+        for cand in (t, *getattr(t, "__args__", ())):
+            if dataclasses.is_dataclass(cand):
+                _all_dataclasses(cand, seen)
+    return seen
+
+
+def test_every_field_has_a_help_string():
+    classes = _all_dataclasses(RunConfig)
+    assert len(classes) >= 8
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help", "").strip(), f"{cls.__name__}.{f.name} has no help"
+    lines = describe()
+    assert any(line.startswith("grpo.loss_type (str, 'dapo')") and "gspo" in line for line in lines)
+    assert any(line.startswith("rewards[].weight") for line in lines)
