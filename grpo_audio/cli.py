@@ -28,6 +28,21 @@ def _config_help(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import write_corpus
+
+    paths = write_corpus(args.out, n=args.n, seed=args.seed, n_eval=args.n_eval)
+    for name, path in paths.items():
+        print(f"{name:7s} {sum(1 for _ in path.open())} rows  {path}")
+    return 0
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from .data.check import check_manifest
+
+    return check_manifest(args.manifest, family=args.family, long_audio=args.long_audio, max_seconds=args.max_seconds)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -63,6 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the GRPO run schema: one line per key (dotted), its type, default, help and choices.",
     )
     p.set_defaults(func=_config_help)
+
+    p = sub.add_parser(
+        "synth",
+        help="write the synthetic music-theory corpus (WAV clips + skills/think/rl/eval JSONL manifests)",
+        description="Render numpy-synthesized clips with exact ground truth (chords, keys, tempo, meter, "
+        "instruments) and write skills.jsonl, think.jsonl, rl.jsonl and a held-out eval.jsonl. Same seed, "
+        "same bytes.",
+    )
+    p.add_argument("out", help="output directory")
+    p.add_argument("--n", type=int, default=200, help="training clips (default 200)")
+    p.add_argument("--n-eval", type=int, default=None, help="held-out clips (default n // 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser(
+        "check-data",
+        help="validate a JSONL manifest up front: every row's fields and audio, lengths against a family",
+        description="Decode every row's audio and check its fields, prompt and length against the model "
+        "family's limit; print one line per row. Exit status 1 if any row is bad.",
+    )
+    p.add_argument("manifest", help="JSONL manifest (audio paths relative to it)")
+    p.add_argument("--family", choices=sorted(FAMILIES), default=None, help="apply this family's rate and limit")
+    p.add_argument(
+        "--long-audio",
+        choices=["truncate", "reject"],
+        default="truncate",
+        help="audio over the limit: truncate (reported) or reject (default truncate)",
+    )
+    p.add_argument("--max-seconds", type=float, default=None, help="override the family's audio length limit")
+    p.set_defaults(func=_check_data)
 
     p = sub.add_parser(
         "demo",

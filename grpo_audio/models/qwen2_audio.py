@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .base import AF3_STYLE_KEY_MAP, ModelFamily, TinySize, qwen2_text_config
 
 
@@ -46,3 +48,10 @@ class Qwen2Audio(ModelFamily):
     @classmethod
     def processor_kwargs(cls) -> dict[str, Any]:
         return {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+
+    @classmethod
+    def process(cls, processor: Any, texts: list[str], audios: list[np.ndarray], **kwargs: Any) -> Any:
+        # Unlike the Flamingo processors, Qwen2-Audio's pads text only when asked (it always pads audio to 30 s).
+        kwargs.setdefault("padding", True)
+        kwargs.setdefault("padding_side", "left")
+        return super().process(processor, texts, audios, **kwargs)

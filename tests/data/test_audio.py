@@ -1,0 +1,102 @@
+"""Audio decoding: formats, downmix, resampling, and every failure naming the row and field."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from grpo_audio.audio import AudioError, load_audio
+
+SR = 16000
+
+
+def tone(freq=440.0, seconds=1.0, sr=SR, channels=1):
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.4 * np.sin(2 * np.pi * freq * t)
+    return np.stack([x] * channels, axis=1).astype(np.float32) if channels > 1 else x.astype(np.float32)
+
+
+def peak_hz(wave, sr):
+    spec = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    return np.fft.rfftfreq(len(wave), 1 / sr)[spec.argmax()]
+
+
+def test_resampled_sine_keeps_its_frequency(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(1000.0, 2.0, 44100), 44100)
+    clip = load_audio(tmp_path / "a.wav", sample_id="r1", target_sr=16000)
+    assert clip.sampling_rate == 16000 and abs(len(clip.wave) - 32000) <= 1
+    assert abs(peak_hz(clip.wave, 16000) - 1000.0) < 1.0
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("MP3", None)])
+def test_formats_decode(tmp_path, fmt, subtype):
+    path = tmp_path / f"a.{fmt.lower()}"
+    sf.write(path, tone(440.0, 1.0), SR, format=fmt, subtype=subtype)
+    clip = load_audio(path, sample_id="r")
+    assert abs(clip.seconds - 1.0) < 0.06 and abs(peak_hz(clip.wave, SR) - 440) < 3
+
+
+def test_bytes_and_arrays(tmp_path):
+    buf = io.BytesIO()
+    sf.write(buf, tone(), SR, format="WAV")
+    assert load_audio(buf.getvalue(), sample_id="b").wave.shape == (SR,)
+    clip = load_audio(tone(500.0, 1.0, 8000, channels=2), sample_id="arr", sampling_rate=8000)
+    assert clip.wave.ndim == 1 and len(clip.wave) == SR and abs(peak_hz(clip.wave, SR) - 500) < 2
+    with pytest.raises(AudioError, match="row 'arr2': field 'audio': an audio array needs its sampling_rate"):
+        load_audio(tone(), sample_id="arr2")
+
+
+def test_six_channel_48k_is_downmixed_and_resampled(tmp_path):
+    x = tone(700.0, 1.0, 48000, channels=6)
+    x[:, 3] = 0.0  # a silent channel: the downmix is the mean
+    sf.write(tmp_path / "six.wav", x, 48000)
+    clip = load_audio(tmp_path / "six.wav", sample_id="six")
+    assert clip.wave.ndim == 1 and len(clip.wave) == SR
+    assert abs(peak_hz(clip.wave, SR) - 700) < 2
+    assert abs(np.abs(clip.wave).max() - 0.4 * 5 / 6) < 0.02
+
+
+def test_length_limit_truncate_or_reject(tmp_path):
+    sf.write(tmp_path / "long.wav", tone(seconds=5.0), SR)
+    clip = load_audio(tmp_path / "long.wav", sample_id="L", max_seconds=2.0)
+    assert clip.truncated and clip.seconds == 2.0 and clip.original_seconds == 5.0
+    with pytest.raises(AudioError, match="row 'L': field 'audio': audio is 5.0 s, longer than the limit of 2 s"):
+        load_audio(tmp_path / "long.wav", sample_id="L", max_seconds=2.0, long_audio="reject")
+
+
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda p: None, "file not found"),
+        (lambda p: p.write_bytes(b""), "file is empty"),
+        (lambda p: p.write_text("this is not audio\n" * 20), "not a readable audio file"),
+        (lambda p: sf.write(p, np.zeros((0,), np.float32), SR), "audio is empty"),
+        (lambda p: sf.write(p, np.array([0.1, np.nan, 0.2] * 400, np.float32), SR, subtype="FLOAT"), "NaN or Inf"),
+    ],
+    ids=["missing", "empty-file", "text-as-wav", "zero-length", "nan"],
+)
+def test_bad_files_name_row_field_reason(tmp_path, make, reason):
+    path = tmp_path / "x.wav"
+    make(path)
+    with pytest.raises(AudioError) as e:
+        load_audio(path, sample_id="row-9", field="audio")
+    assert str(e.value).startswith("row 'row-9': field 'audio': ") and reason in str(e.value)
+    assert e.value.sample_id == "row-9" and e.value.field == "audio"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
+def test_truncated_or_corrupt_flac(tmp_path, damage):
+    sf.write(tmp_path / "a.flac", tone(seconds=3.0), SR)
+    data = bytearray((tmp_path / "a.flac").read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 3 : len(data) // 3 + 2000] = (
+            np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
+        )
+    (tmp_path / "b.flac").write_bytes(bytes(data))
+    with pytest.raises(AudioError, match="row 'f': field 'audio': (not a readable audio file|truncated or corrupt)"):
+        load_audio(tmp_path / "b.flac", sample_id="f")

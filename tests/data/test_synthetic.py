@@ -1,0 +1,174 @@
+"""The synthetic corpus: its ground truth is checked by signal analysis, never by re-reading the generator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import mir_eval
+import numpy as np
+import pytest
+import soundfile as sf
+
+from grpo_audio.cli import main
+from grpo_audio.data.loaders import load_manifest
+from grpo_audio.data.synthetic import SR, TIMBRES, render_chord, render_key, render_note, render_rhythm, write_corpus
+
+C4 = 261.6256
+
+
+def chroma(wave: np.ndarray, sr: int = SR) -> np.ndarray:
+    """Energy per pitch class (0 = C) from the magnitude spectrum between 25 Hz and 5 kHz."""
+    spec = np.abs(np.fft.rfft(wave * np.hanning(len(wave)))) ** 2
+    freqs = np.fft.rfftfreq(len(wave), 1 / sr)
+    keep = (freqs > 25) & (freqs < 5000)
+    pcs = np.round(12 * np.log2(freqs[keep] / C4)).astype(int) % 12
+    return np.bincount(pcs, weights=spec[keep], minlength=12)
+
+
+def onsets(wave: np.ndarray, sr: int = SR) -> np.ndarray:
+    """Onset times (s): peaks of the positive energy difference in 5 ms frames."""
+    hop = sr // 200
+    energy = np.array([np.sum(wave[i : i + hop] ** 2) for i in range(0, len(wave) - hop, hop)])
+    flux = np.maximum(0.0, np.diff(np.log(energy + 1e-9)))
+    peaks = [i for i in range(1, len(flux) - 1) if flux[i] > 2.0 and flux[i] >= flux[i - 1] and flux[i] > flux[i + 1]]
+    kept = []
+    for p in peaks:  # one onset per 100 ms
+        if not kept or p - kept[-1] > 20:
+            kept.append(p)
+    return (np.array(kept) + 1) * hop / sr
+
+
+def test_c_major_triad_peaks_at_c_e_g():
+    wave = render_chord(0, "major", "piano", 2.0, rng=None, register=60)
+    spec = np.abs(np.fft.rfft(wave))
+    freqs = np.fft.rfftfreq(len(wave), 1 / SR)
+    top3 = sorted(freqs[np.argsort(spec)[-40:]])  # the three strongest peaks (with their neighbour bins)
+    for target in (C4, C4 * 2 ** (4 / 12), C4 * 2 ** (7 / 12)):
+        assert min(abs(f - target) for f in top3) < 1.0
+    assert set(np.argsort(chroma(wave))[-3:]) == {0, 4, 7}
+
+
+@pytest.mark.parametrize("instrument", sorted(set(TIMBRES) - {"bell"}))
+@pytest.mark.parametrize("chord", ["A:min", "F#:maj7", "D:7", "Bb:dim", "E:aug", "G:min7"])
+def test_chords_sound_their_notes(chord, instrument):
+    root, bitmap, _ = mir_eval.chord.encode(chord)  # independent reference for the chord's pitch classes
+    notes = {(root + i) % 12 for i in np.flatnonzero(bitmap)}
+    quality = {
+        "min": "minor",
+        "maj7": "major seventh",
+        "7": "dominant seventh",
+        "dim": "diminished",
+        "aug": "augmented",
+        "min7": "minor seventh",
+    }[chord.split(":")[1]]
+    wave = render_chord(root, quality, instrument, 2.0, np.random.default_rng(0), register=48)
+    assert set(np.argsort(chroma(wave))[-len(notes) :]) == notes
+
+
+def test_120_bpm_onsets_are_half_a_second_apart():
+    for style in ("click", "drums"):
+        t = onsets(render_rhythm(120, "4/4", style, 6.0, np.random.default_rng(1)))
+        assert len(t) >= 10 and abs(np.median(np.diff(t)) - 0.5) < 0.01, style
+
+
+def test_meter_accents_recur_every_bar():
+    for meter, period in (("3/4", 3), ("4/4", 4), ("2/4", 2)):
+        wave = render_rhythm(100, meter, "click", 8.0, np.random.default_rng(2))
+        t = onsets(wave)
+        hop = SR // 200
+        level = np.array([np.abs(wave[int(x * SR) - hop : int(x * SR) + 3 * hop]).max() for x in t])
+        strong = np.flatnonzero(level > 0.75 * level.max())
+        assert (np.diff(strong) == period).all() and len(strong) >= 3, meter
+
+
+def test_key_melody_uses_the_scale_and_ends_on_the_tonic():
+    wave, _ = render_key(9, "minor", "flute", "melody", 120, np.random.default_rng(3), register=48)
+    top7 = set(np.argsort(chroma(wave))[-7:])
+    assert top7 == {9, 11, 0, 2, 4, 5, 7}  # A natural minor
+    last = wave[-int(0.8 * SR) :]
+    assert np.argmax(chroma(last)) == 9
+
+
+def test_instruments_have_distinct_spectra():
+    spectra = {}
+    for name, timbre in TIMBRES.items():
+        w = render_note(69, 1.0, timbre)
+        s = np.abs(np.fft.rfft(w))[:8000]
+        spectra[name] = s / np.linalg.norm(s)
+    names = sorted(spectra)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert spectra[a] @ spectra[b] < 0.97, (a, b)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("syn") / "c", n=30, seed=7)
+
+
+def test_corpus_labels_match_the_audio(corpus):
+    rows = [json.loads(x) for x in corpus["skills"].read_text().splitlines()]
+    base = corpus["skills"].parent
+    checked = {"chord": 0, "tempo": 0}
+    for row in rows:
+        if not row["id"].endswith("-mcq"):
+            continue
+        wave, sr = sf.read(base / row["audio"], dtype="float32")
+        if row["task"] == "chord" and row["metadata"]["instrument"] != "bass":
+            root, bitmap, _ = mir_eval.chord.encode(row["metadata"]["chord"])
+            notes = {(root + i) % 12 for i in np.flatnonzero(bitmap)}
+            assert set(np.argsort(chroma(wave, sr))[-len(notes) :]) == notes, row["id"]
+            checked["chord"] += 1
+        if row["task"] == "tempo":
+            gap = np.median(np.diff(onsets(wave, sr)))
+            assert abs(gap - 60 / row["metadata"]["tempo"]) < 0.015, row["id"]
+            checked["tempo"] += 1
+    assert checked["chord"] >= 3 and checked["tempo"] >= 3
+
+
+def test_corpus_files_rows_and_loaders(corpus):
+    for name in ("skills", "think", "rl", "eval"):
+        rows = load_manifest(corpus[name], family="music_flamingo")
+        assert rows, name
+    think = load_manifest(corpus["think"], decode=False)
+    assert all(r.thinking and r.choices and r.answer in "ABCD" for r in think)
+    mcq = [r for r in load_manifest(corpus["skills"], decode=False) if r.choices]
+    assert {r.task for r in mcq} == {"chord", "key", "tempo", "meter", "instrument"}
+    assert {r.answer for r in mcq} > {"A", "B"}  # answers are shuffled over letters
+    for r in mcq:
+        assert len(set(r.choices)) == 4
+
+
+def _digest(folder):
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_same_bytes_different_seed_different_clips(tmp_path):
+    a = _digest(write_corpus(tmp_path / "a", n=6, seed=1)["rl"].parent)
+    b = _digest(write_corpus(tmp_path / "b", n=6, seed=1)["rl"].parent)
+    c = _digest(write_corpus(tmp_path / "c", n=6, seed=2)["rl"].parent)
+    assert a == b
+    clips = [k for k in a if k.startswith("clips/")]
+    assert clips and all(a[k] != c[k] for k in clips)
+
+
+def test_eval_split_shares_no_clip(corpus):
+    base = corpus["eval"].parent
+    eval_audio = {json.loads(x)["audio"] for x in corpus["eval"].read_text().splitlines()}
+    train_audio = {
+        json.loads(x)["audio"] for n in ("skills", "think", "rl") for x in corpus[n].read_text().splitlines()
+    }
+    assert eval_audio and train_audio and not eval_audio & train_audio
+    digest = lambda paths: {hashlib.sha256((base / p).read_bytes()).hexdigest() for p in paths}  # noqa: E731
+    assert not digest(eval_audio) & digest(train_audio)
+
+
+def test_synth_cli(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "s"), "--n", "5", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "skills  15 rows" in out and (tmp_path / "s" / "eval.jsonl").exists()
