@@ -1,0 +1,175 @@
+"""The reward registry, dotted-path loading, and weighted combination with a safety net.
+
+Rewards are looked up by name in ``REWARDS``; a name of the form ``package.module:function`` imports a user's
+function. A spec with settings (``kwargs``) builds a new instance through the registered reward's class (or
+calls the user's factory with them). :class:`RewardSet` calls several rewards, checks what they return, and
+combines them with weights into a total plus one component per reward for logging.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .accuracy import answer_accuracy, mcq_accuracy
+from .caption import structured_caption
+from .format import format_reward
+from .music_theory import music_theory
+
+logger = logging.getLogger(__name__)
+
+RewardFn = Callable[..., list]
+
+REWARDS: dict[str, RewardFn] = {
+    "format": format_reward,
+    "mcq_accuracy": mcq_accuracy,
+    "answer_accuracy": answer_accuracy,
+    "music_theory": music_theory,
+    "structured_caption": structured_caption,
+}
+
+ON_ERROR = ("raise", "zero", "skip")
+
+
+class RewardError(RuntimeError):
+    """A reward raised or returned something unusable; the message names the reward and the sample."""
+
+
+def reward_name(fn: Any) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def load_reward(name: str, **kwargs: Any) -> RewardFn:
+    """A reward by registry name or ``package.module:function`` path, built with ``kwargs`` if given.
+
+    >>> load_reward("format")(None, ["<think>x</think><answer>y</answer>"])
+    [1.0]
+    >>> load_reward("answer_accuracy", numeric_tolerance=0.05)(None, ["<answer>123</answer>"], answer=["120"])
+    [1.0]
+    """
+    if name in REWARDS:
+        fn = REWARDS[name]
+        return type(fn)(**kwargs) if kwargs else fn
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"cannot load reward '{name}': {e}") from None
+        return obj(**kwargs) if kwargs else obj
+    raise ValueError(f"unknown reward '{name}'; registered: {', '.join(REWARDS)}; or give 'package.module:function'")
+
+
+@dataclass
+class RewardOutput:
+    """Rewards of a batch of N completions.
+
+    Attributes:
+        total: [N] weighted sum over rewards; a reward's ``None`` (does not apply) adds nothing.
+        components: per reward name, [N] values with NaN where the reward returned None or was skipped.
+        errors: per reward name, how many values were replaced under the ``zero``/``skip`` policies.
+    """
+
+    total: list[float]
+    components: dict[str, list[float]]
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """``rewards/<name>/mean`` and ``/std`` over applicable samples, ``rewards/<name>/errors``, total."""
+        out: dict[str, float] = {}
+        for name, values in self.components.items():
+            vals = [v for v in values if not math.isnan(v)]
+            mean = sum(vals) / len(vals) if vals else math.nan
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals)) if vals else math.nan
+            out[f"rewards/{name}/mean"], out[f"rewards/{name}/std"] = mean, std
+            out[f"rewards/{name}/errors"] = float(self.errors.get(name, 0))
+        out["reward/mean"] = sum(self.total) / len(self.total) if self.total else math.nan
+        return out
+
+
+class RewardSet:
+    """Several rewards with weights, called through a safety net.
+
+    Each reward is called with TRL's signature. What it returns is checked: a list, one value per completion,
+    each finite or None. An exception or a bad value follows ``on_error``: ``raise`` (default; a
+    ``RewardError`` naming the reward and the sample id), ``zero`` (the bad values become 0.0) or ``skip``
+    (they become None); both of the latter are counted in ``RewardOutput.errors``.
+
+    >>> rs = RewardSet([(format_reward, 0.5), (mcq_accuracy, 1.0)])
+    >>> out = rs(["Q"], ["<think>t</think><answer>B</answer>"], choices=[["x", "y"]], answer=["B"], id=["q1"])
+    >>> out.total, out.components
+    ([1.5], {'format': [1.0], 'mcq_accuracy': [1.0]})
+    """
+
+    def __init__(self, rewards: Sequence[tuple[RewardFn, float] | RewardFn], on_error: str = "raise"):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.rewards = [(r, 1.0) if callable(r) else (r[0], float(r[1])) for r in rewards]
+        self.on_error = on_error
+        names = [reward_name(fn) for fn, _ in self.rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward names must be unique (they name the logged components): {names}")
+        self.names = names
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[Any], on_error: str = "raise") -> RewardSet:
+        """From config entries with ``name``, ``weight`` and ``kwargs`` (``RewardSpec`` or dicts)."""
+        rewards = []
+        for spec in specs:
+            get = spec.get if isinstance(spec, dict) else lambda k, d=None, s=spec: getattr(s, k, d)
+            rewards.append((load_reward(get("name"), **dict(get("kwargs", {}) or {})), float(get("weight", 1.0))))
+        return cls(rewards, on_error=on_error)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> RewardOutput:
+        n = len(completions)
+        ids = [str(i) for i in (columns.get("id") or range(n))]
+        total = [0.0] * n
+        components: dict[str, list[float]] = {}
+        errors: dict[str, int] = {}
+        for (fn, weight), name in zip(self.rewards, self.names, strict=True):
+            values = self._call_one(fn, name, prompts, completions, columns, ids, errors)
+            components[name] = [math.nan if v is None else float(v) for v in values]
+            for i, v in enumerate(values):
+                if v is not None:
+                    total[i] += weight * float(v)
+        return RewardOutput(total=total, components=components, errors=errors)
+
+    def _call_one(self, fn, name, prompts, completions, columns, ids, errors) -> list[float | None]:
+        n = len(completions)
+        try:
+            values = fn(prompts=prompts, completions=completions, **columns)
+        except Exception as e:  # noqa: BLE001 - any failure of user code goes through the policy
+            return self._fail(name, f"raised {type(e).__name__}: {e}", ids, list(range(n)), [None] * n, errors, e)
+        if not isinstance(values, (list, tuple)) or len(values) != n:
+            got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+            return self._fail(
+                name, f"returned {got} values for {n} completions", ids, list(range(n)), [None] * n, errors
+            )
+        values = list(values)
+        bad = [i for i, v in enumerate(values) if v is not None and not _finite(v)]
+        if bad:
+            return self._fail(name, f"returned {values[bad[0]]!r}", ids, bad, values, errors)
+        return values
+
+    def _fail(self, name, what, ids, bad, values, errors, exc=None) -> list[float | None]:
+        where = ", ".join(ids[i] for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        msg = f"reward '{name}' {what} (sample id: {where})"
+        if self.on_error == "raise":
+            raise RewardError(msg) from exc
+        logger.warning("%s; policy %s", msg, self.on_error)
+        errors[name] = errors.get(name, 0) + len(bad)
+        replacement = 0.0 if self.on_error == "zero" else None
+        for i in bad:
+            values[i] = replacement
+        return values
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

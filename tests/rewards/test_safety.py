@@ -1,0 +1,108 @@
+"""The safety net: a reward that raises, returns the wrong length or NaN follows the configured policy."""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+
+import pytest
+
+from grpo_audio.rewards import REWARDS, RewardError, RewardSet, load_reward, mcq_accuracy
+
+
+def raises(prompts, completions, **kw):
+    raise KeyError("metadata")
+
+
+def short(prompts, completions, **kw):
+    return [1.0] * (len(completions) - 1)
+
+
+def nan_second(prompts, completions, **kw):
+    return [1.0, float("nan"), None]
+
+
+def not_a_number(prompts, completions, **kw):
+    return ["high", 1.0, 1.0]
+
+
+def ones(prompts, completions, **kw):
+    return [1.0] * len(completions)
+
+
+IDS = ["clip-1", "clip-2", "clip-3"]
+CASES = [
+    (raises, "reward 'raises' raised KeyError: 'metadata' (sample id: clip-1, clip-2, clip-3)", [0, 1, 2]),
+    (short, "reward 'short' returned 2 values for 3 completions (sample id: clip-1, clip-2, clip-3)", [0, 1, 2]),
+    (nan_second, "reward 'nan_second' returned nan (sample id: clip-2)", [1]),
+    (not_a_number, "reward 'not_a_number' returned 'high' (sample id: clip-1)", [0]),
+]
+
+
+@pytest.mark.parametrize("fn,message,bad", CASES, ids=[c[0].__name__ for c in CASES])
+def test_raise_policy_names_reward_and_sample(fn, message, bad):
+    with pytest.raises(RewardError) as e:
+        RewardSet([fn, ones])(["p"] * 3, ["c"] * 3, id=IDS)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("fn,message,bad", CASES, ids=[c[0].__name__ for c in CASES])
+@pytest.mark.parametrize("policy", ["zero", "skip"])
+def test_zero_and_skip_policies_count(fn, message, bad, policy, caplog):
+    with caplog.at_level(logging.WARNING):
+        out = RewardSet([(fn, 2.0), (ones, 1.0)], on_error=policy)(["p"] * 3, ["c"] * 3, id=IDS)
+    assert message in caplog.text and f"policy {policy}" in caplog.text
+    assert out.errors == {fn.__name__: len(bad)}
+    metrics = out.metrics()
+    assert metrics[f"rewards/{fn.__name__}/errors"] == len(bad)
+    for i in range(3):
+        value = out.components[fn.__name__][i]
+        if i in bad:
+            assert (value == 0.0) if policy == "zero" else math.isnan(value)
+            assert out.total[i] == 1.0  # only the healthy reward counts (0 * 2 or nothing)
+        else:  # healthy values of the faulty reward still count, None adds nothing
+            assert out.total[i] == 1.0 + (0.0 if math.isnan(value) else 2.0 * value)
+
+
+def test_none_means_not_applicable_and_metrics():
+    out = RewardSet([mcq_accuracy])(
+        ["p", "p"], ["<answer>A</answer>", "x"], choices=[["a", "b"], None], answer=["A", None]
+    )
+    assert out.total == [1.0, 0.0] and out.components["mcq_accuracy"][0] == 1.0
+    assert math.isnan(out.components["mcq_accuracy"][1])
+    m = out.metrics()
+    assert m["rewards/mcq_accuracy/mean"] == 1.0 and m["rewards/mcq_accuracy/std"] == 0.0 and m["reward/mean"] == 0.5
+
+
+def test_registry_specs_and_pickling():
+    rs = RewardSet.from_specs(
+        [{"name": "format", "weight": 0.5}, {"name": "answer_accuracy", "kwargs": {"numeric_tolerance": 0.1}}]
+    )
+    assert rs.names == ["format", "answer_accuracy"]
+    assert rs(["p"], ["<think>t</think><answer>105</answer>"], answer=["100"]).total == [1.5]
+    for name, fn in REWARDS.items():
+        clone = pickle.loads(pickle.dumps(fn))
+        assert type(clone) is type(fn) and clone.__name__ == name
+    built = load_reward("music_theory", tempo_tolerance=0.1)
+    assert pickle.loads(pickle.dumps(built)).tempo_tolerance == 0.1
+    with pytest.raises(ValueError, match="unknown reward 'formt'; registered: format"):
+        load_reward("formt")
+    with pytest.raises(ValueError, match="cannot load reward 'nope.mod:f'"):
+        load_reward("nope.mod:f")
+    with pytest.raises(ValueError, match="names must be unique"):
+        RewardSet([mcq_accuracy, mcq_accuracy])
+    with pytest.raises(ValueError, match="on_error must be one of"):
+        RewardSet([mcq_accuracy], on_error="ignore")
+
+
+def test_config_reward_specs_build_a_reward_set(tmp_path):
+    from grpo_audio.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "output_dir: x\nmodel: {path: p, family: qwen2_audio}\n"
+        "rewards:\n  - {name: format, weight: 0.2}\n  - {name: music_theory, kwargs: {half_double: 0.5}}\n"
+    )
+    rs = RewardSet.from_specs(load_config(cfg).rewards)
+    assert rs.names == ["format", "music_theory"] and rs.rewards[1][0].half_double == 0.5
