@@ -1,0 +1,1 @@
+"""Rollout engines: vLLM (with audio) and transformers generate behind one interface."""

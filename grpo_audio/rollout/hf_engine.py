@@ -1,0 +1,135 @@
+"""Rollouts with transformers' ``generate``: for environments without vLLM, and the reference in tests.
+
+The engine samples from the policy model itself, so ``sync_weights`` only swaps the reference. Logprobs are
+those of the sampling distribution (``output_scores``: logits after temperature / top-k / top-p), the same
+quantity vLLM returns with ``logprobs_mode="processed_logprobs"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..data.schema import Row
+from ..models import ModelFamily
+from .base import RolloutBatch, SamplingConfig, check_sampling, finish_reason, prepare_prompts
+
+
+class HFEngine:
+    """``RolloutEngine`` over ``model.generate``.
+
+    Args:
+        model: the policy (a transformers model of ``family``, possibly PEFT-wrapped).
+        processor: the family's processor.
+        family: the model family adapter.
+        max_model_len: context limit for prompt + completion (prompts that do not fit are rejected).
+        batch_size: prompts per ``generate`` call.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        family: type[ModelFamily],
+        max_model_len: int | None = None,
+        batch_size: int = 8,
+    ):
+        self.model, self.processor, self.family = model, processor, family
+        self.max_model_len, self.batch_size = max_model_len, batch_size
+        self.tokenizer = processor.tokenizer
+
+    def sync_weights(self, model: Any) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, rows: list[Row], n: int, sampling: SamplingConfig) -> RolloutBatch:
+        check_sampling(n, sampling)
+        prepared = prepare_prompts(self.family, self.processor, rows, self.max_model_len)
+        eos = self.tokenizer.eos_token_id
+        stop_ids = {eos, *sampling.stop_token_ids}
+        ids_out: list[list[int]] = []
+        lps_out: list[list[float]] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            windows = [self._windows(len(c)) for c in prepared.clips]
+            per_clip = next(iter(prepared.batch.audio.values())).shape[0] == len(rows)  # Qwen2-Audio
+            if per_clip:
+                windows = [1] * len(rows)
+            for start in range(0, len(rows), self.batch_size):
+                end = min(len(rows), start + self.batch_size)
+                inputs = self._expanded_inputs(prepared.batch, windows, start, end, n)
+                ids, lps = self._generate(inputs, sampling, stop_ids)
+                ids_out += ids
+                lps_out += lps
+        finally:
+            self.model.train(was_training)
+        return RolloutBatch(
+            prompts=prepared.batch,
+            n=n,
+            completion_ids=ids_out,
+            completion_text=self.tokenizer.batch_decode(ids_out, skip_special_tokens=True),
+            logprobs=lps_out,
+            finish_reason=[finish_reason(c, stop_ids) for c in ids_out],
+            row_index=[i for i in range(len(rows)) for _ in range(n)],
+            row_ids=[r.id for r in rows for _ in range(n)],
+        )
+
+    @staticmethod
+    def _expanded_inputs(batch, windows: list[int], start: int, end: int, n: int) -> dict[str, torch.Tensor]:
+        """Inputs of rows [start, end), each repeated n times, audio windows kept with their row.
+
+        ``generate(num_return_sequences=n)`` is not used: transformers repeats the audio tensors entry by entry,
+        which for clips of several 30 s windows (Audio/Music Flamingo) pairs copies with the wrong windows.
+        """
+        offsets = [sum(windows[:i]) for i in range(len(windows) + 1)]
+        order = [w for r in range(start, end) for _ in range(n) for w in range(offsets[r], offsets[r + 1])]
+        index = torch.tensor(order, dtype=torch.long)
+        return {
+            "input_ids": batch.input_ids[start:end].repeat_interleave(n, dim=0),
+            "attention_mask": batch.attention_mask[start:end].repeat_interleave(n, dim=0),
+            **{k: v.index_select(0, index) for k, v in batch.audio.items()},
+        }
+
+    def _windows(self, n_samples: int) -> int:
+        fe = self.processor.feature_extractor
+        window = int(fe.sampling_rate * fe.chunk_length)
+        return max(1, -(-n_samples // window))
+
+    def _generate(self, inputs: dict, sampling: SamplingConfig, stop_ids: set[int]):
+        greedy = sampling.temperature == 0
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "do_sample": not greedy,
+            "return_dict_in_generate": True,
+            "output_scores": True,
+            "eos_token_id": None if sampling.ignore_eos else sorted(stop_ids),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if not greedy:
+            kwargs.update(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k if sampling.top_k > 0 else 0,
+            )
+        if sampling.ignore_eos:
+            kwargs["min_new_tokens"] = sampling.max_new_tokens
+        out = self.model.generate(**inputs, **kwargs)
+        prompt_len = inputs["input_ids"].shape[1]
+        seqs = out.sequences[:, prompt_len:]  # [b*n, T]
+        scores = torch.stack(out.scores, dim=1).float()  # [b*n, T, V], processed logits
+        logprobs = torch.log_softmax(scores, -1).gather(-1, seqs[:, : scores.shape[1], None])[..., 0]
+        ids, lps = [], []
+        for seq, lp in zip(seqs.tolist(), logprobs.tolist(), strict=True):
+            length = len(seq)
+            if not sampling.ignore_eos:
+                for t, tok in enumerate(seq):
+                    if tok in stop_ids:
+                        length = t + 1
+                        break
+            ids.append(seq[:length])
+            lps.append(lp[:length])
+        return ids, lps

@@ -1,0 +1,67 @@
+"""The transformers engine: grouping, finish reasons, logprobs of the sampling distribution, batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from grpo_audio.models import get_family
+from grpo_audio.rollout.base import PromptTooLongError, SamplingConfig
+from grpo_audio.rollout.hf_engine import HFEngine
+from tests.rollout.helpers import chord_clip, hf_logprobs, rows_for
+
+
+@pytest.fixture(scope="module")
+def af3(tiny_checkpoint):
+    family = get_family("audio_flamingo3")
+    path = tiny_checkpoint(family.name)
+    return family, family.model_class().from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+
+
+def test_groups_logprobs_and_finish_reasons(af3):
+    family, model, processor = af3
+    rows = rows_for([chord_clip(2.0), chord_clip(40.0, 300.0), chord_clip(5.0, 150.0)])
+    engine = HFEngine(model, processor, family, batch_size=2)
+    batch = engine.generate(rows, n=3, sampling=SamplingConfig(max_new_tokens=4, temperature=0.7, seed=0))
+    assert batch.row_index == [0, 0, 0, 1, 1, 1, 2, 2, 2] and batch.row_ids[3] == "r1"
+    eos = processor.tokenizer.eos_token_id
+    for ids, lps, reason in zip(batch.completion_ids, batch.logprobs, batch.finish_reason, strict=True):
+        assert len(ids) == len(lps) and reason == ("stop" if ids[-1] == eos else "length")
+    # logprobs are those of the sampling distribution: softmax(logits / temperature)
+    model_t = TemperatureScaled(model, 0.7)
+    want = hf_logprobs(model_t, family, processor, [rows[i] for i in batch.row_index], batch.completion_ids)
+    for got, w in zip(batch.logprobs, want, strict=True):
+        assert (torch.tensor(got) - w).abs().max() < 1e-4
+
+
+def test_batching_does_not_change_results(af3):
+    """Rows with 2 windows and 1 window split across generate calls: audio windows stay with their rows."""
+    family, model, processor = af3
+    rows = rows_for([chord_clip(3.0), chord_clip(40.0, 300.0), chord_clip(5.0, 150.0)])
+    greedy = SamplingConfig(max_new_tokens=5, temperature=0.0)
+    one = HFEngine(model, processor, family, batch_size=1).generate(rows, n=1, sampling=greedy)
+    two = HFEngine(model, processor, family, batch_size=2).generate(rows, n=1, sampling=greedy)
+    assert one.completion_ids == two.completion_ids
+
+
+def test_errors_name_the_row(af3):
+    family, model, processor = af3
+    rows = rows_for([chord_clip(20.0)])
+    with pytest.raises(PromptTooLongError, match="row 'r0'"):
+        HFEngine(model, processor, family, max_model_len=100).generate(rows, 1, SamplingConfig(temperature=0.0))
+    with pytest.raises(ValueError, match="greedy decoding gives n identical"):
+        HFEngine(model, processor, family).generate(rows, 2, SamplingConfig(temperature=0.0))
+
+
+class TemperatureScaled(torch.nn.Module):
+    """A view of a model whose logits are divided by a temperature."""
+
+    def __init__(self, model, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        out.logits = out.logits / self.temperature
+        return out
