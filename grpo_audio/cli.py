@@ -43,6 +43,15 @@ def _check_data(args: argparse.Namespace) -> int:
     return check_manifest(args.manifest, family=args.family, long_audio=args.long_audio, max_seconds=args.max_seconds)
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from .rollout import SamplingConfig, generate_manifest
+
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    count = generate_manifest(args.model_dir, args.manifest, args.out, engine=args.engine, n=args.n, sampling=sampling)
+    print(f"wrote {count} completions to {args.out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -110,9 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_check_data)
 
     p = sub.add_parser(
+        "generate",
+        help="sample completions with audio for every row of a manifest (vLLM or transformers)",
+        description="Load a checkpoint, validate the manifest, sample N completions per row and write one JSONL "
+        "line per completion (id, completion, finish reason, token count, reference answer).",
+    )
+    p.add_argument("model_dir", help="checkpoint directory")
+    p.add_argument("manifest", help="JSONL manifest")
+    p.add_argument("out", help="output JSONL")
+    p.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="generation engine (default vllm)")
+    p.add_argument("--n", type=int, default=1, help="completions per row (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="completion length cap (default 256)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser(
         "demo",
         help="build a demo-size checkpoint and generate from synthetic music with audio through vLLM",
-        description="Build a demo-size Audio Flamingo 3 checkpoint, render synthetic chords, sample completions "
+        description="Build a demo-size Music Flamingo checkpoint, render synthetic music, sample completions "
         "with audio through vLLM (and greedy decoding in both vLLM and transformers, which must agree), and "
         "write a report.",
     )

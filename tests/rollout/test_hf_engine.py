@@ -65,3 +65,48 @@ class TemperatureScaled(torch.nn.Module):
         out = self.model(**kwargs)
         out.logits = out.logits / self.temperature
         return out
+
+
+def test_build_engine_and_generate_cli(af3, tiny_checkpoint, tmp_path):
+    import json
+
+    import soundfile as sf
+
+    from grpo_audio.cli import main
+    from grpo_audio.config import RolloutConfig
+    from grpo_audio.rollout import build_engine, sampling_config
+
+    family, model, processor = af3
+    cfg = RolloutConfig(engine="hf", max_new_tokens=7, temperature=0.5, top_k=5)
+    engine = build_engine(cfg, tiny_checkpoint(family.name), family, model=model, processor=processor)
+    assert isinstance(engine, HFEngine)
+    s = sampling_config(cfg, seed=4)
+    assert (s.max_new_tokens, s.temperature, s.top_k, s.seed) == (7, 0.5, 5, 4)
+    with pytest.raises(ValueError, match="pass model and processor"):
+        build_engine(cfg, tiny_checkpoint(family.name), family)
+
+    sf.write(tmp_path / "a.wav", chord_clip(2.0), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "audio": "a.wav", "prompt": "Key?", "answer": "C major"}) + "\n"
+            for i in range(3)
+        )
+    )
+    out = tmp_path / "out.jsonl"
+    argv = [
+        "generate",
+        str(tiny_checkpoint(family.name)),
+        str(manifest),
+        str(out),
+        "--engine",
+        "hf",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "3",
+    ]
+    assert main(argv) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["id"], x["sample"]) for x in lines] == [(f"q{i}", j) for i in range(3) for j in range(2)]
+    assert all(x["tokens"] <= 3 and x["answer"] == "C major" for x in lines)
