@@ -1,0 +1,77 @@
+"""Group-relative advantages (pure tensors, no I/O).
+
+For each prompt's G completions with rewards r_1..r_G, the advantage of completion i is
+
+    A_i = (r_i - mean(r)) / (max(std, std_floor) + 1e-4)
+
+where ``std`` is the group's standard deviation (``scale_rewards="group"``, GRPO), the whole batch's
+(``"batch"``), or 1 (``"none"``, Dr. GRPO, arXiv 2503.20783, which argues the division biases towards easy and
+hard prompts). The 1e-4 matches TRL; ``std_floor`` (default 0) keeps a group whose rewards differ by a hair
+from getting advantages of +-2 out of noise. Groups whose rewards are all equal give zero advantages and no
+gradient; they are reported (``frac_zero_std_groups``) and can be dropped and refilled by the trainer (DAPO's
+dynamic sampling, arXiv 2503.14476).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+EPS = 1e-4
+
+
+@dataclass
+class AdvantageStats:
+    """Statistics of one batch of advantages (floats, for logging)."""
+
+    reward_mean: float
+    reward_std: float
+    frac_zero_std_groups: float
+    advantage_mean: float
+    advantage_std: float
+    advantage_abs_mean: float
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale_rewards: str = "group", std_floor: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, AdvantageStats]:
+    """Group-relative advantages.
+
+    Args:
+        rewards: [B*G] total reward per completion, prompt-major (completion j of prompt i at i*G + j).
+        group_size: G.
+        scale_rewards: ``group`` | ``batch`` | ``none``.
+        std_floor: lower bound on the std used for scaling.
+
+    Returns:
+        advantages [B*G], zero_std [B] (True for groups whose rewards are all equal), stats.
+
+    >>> adv, zero, _ = group_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2)
+    >>> adv.round(decimals=3).tolist(), zero.tolist()
+    ([0.707, -0.707, 0.0, 0.0], [False, True])
+    """
+    if scale_rewards not in ("group", "batch", "none"):
+        raise ValueError(f"scale_rewards must be group, batch or none, got {scale_rewards!r}")
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.view(-1, group_size)  # [B, G]
+    mean = grouped.mean(dim=1, keepdim=True)
+    group_std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
+    zero_std = torch.isclose(group_std.squeeze(1), torch.zeros_like(group_std.squeeze(1)))
+    advantages = grouped - mean
+    if scale_rewards == "group":
+        advantages = advantages / (group_std.clamp(min=std_floor) + EPS)
+    elif scale_rewards == "batch":
+        batch_std = rewards.std() if rewards.numel() > 1 else torch.zeros(())
+        advantages = advantages / (batch_std.clamp(min=std_floor) + EPS)
+    advantages = advantages.reshape(-1)
+    stats = AdvantageStats(
+        reward_mean=rewards.mean().item(),
+        reward_std=rewards.std().item() if rewards.numel() > 1 else 0.0,
+        frac_zero_std_groups=zero_std.float().mean().item(),
+        advantage_mean=advantages.mean().item(),
+        advantage_std=advantages.std().item() if advantages.numel() > 1 else 0.0,
+        advantage_abs_mean=advantages.abs().mean().item(),
+    )
+    return advantages, zero_std, stats
