@@ -13,6 +13,22 @@ import sys
 from .models import FAMILIES
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .trainer import GRPOTrainer
+
+    cfg = load_config(args.config, args.overrides)
+    trainer = GRPOTrainer(cfg)
+    try:
+        last = trainer.train()
+    finally:
+        trainer.close()
+    print(
+        f"done: step {trainer.step}, reward {last.get('reward/mean', float('nan')):.4f}; outputs in {cfg.output_dir}"
+    )
+    return 0
+
+
 def _tiny_model(args: argparse.Namespace) -> int:
     from .models.tiny import build_tiny_model
 
@@ -66,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Qwen2-Audio): tiny local checkpoints, rollouts through vLLM with audio, custom rewards.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="run GRPO from a YAML config (plus key=value overrides)",
+        description="GRPO on an audio-language model: rollouts with audio (vLLM or transformers), rewards, "
+        "clipped policy loss, weight sync, metrics (JSONL, TensorBoard, PNG) and atomic checkpoints; resumes from "
+        "the newest complete checkpoint (train.resume=auto). `grpo-audio config-help` lists every key.",
+    )
+    p.add_argument("config", help="YAML file mirroring grpo_audio.config.RunConfig")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.beta=0.04 train.lr=1e-6")
+    p.set_defaults(func=_train)
 
     p = sub.add_parser(
         "tiny-model",

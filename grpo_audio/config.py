@@ -125,7 +125,20 @@ class GRPOConfig:
         choices=("group", "batch", "none"),
     )
     num_iterations: int = _f(1, help="mu: optimisation passes over each batch of rollouts.")
-    shared_prefix: bool = _f(True, help="Encode audio and prompt once per group in logprob passes.")
+    std_floor: float = _f(0.0, help="Lower bound on the reward std used to scale advantages.")
+    dynamic_sampling: bool = _f(False, help="Drop groups with equal rewards and refill from new prompts (DAPO).")
+    max_resample_rounds: int = _f(2, help="Extra rollout rounds dynamic sampling may spend per step.")
+    is_mode: str = _f(
+        "token_truncate",
+        help="Rollout/trainer importance-sampling correction.",
+        choices=("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+    )
+    is_cap: float = _f(2.0, help="Upper bound of the importance-sampling ratio.")
+    reward_on_error: str = _f(
+        "raise",
+        help="A reward that raises or returns bad values: stop, or count and use 0 / drop it.",
+        choices=("raise", "zero", "skip"),
+    )
 
 
 @dataclass
@@ -147,8 +160,14 @@ class TrainConfig:
     warmup_ratio: float = _f(0.03, help="Fraction of steps with linear warm-up (paper: 0.03).")
     lr_scheduler: str = _f("cosine", help="Learning-rate schedule.", choices=("cosine", "linear", "constant"))
     max_grad_norm: float = _f(1.0, help="Gradient clipping norm.")
-    gradient_accumulation_steps: int = _f(1, help="Micro-batches per optimiser step.")
+    micro_batch_size: int = _f(
+        8, help="Completions per forward/backward; gradients accumulate over the whole rollout batch."
+    )
+    weight_decay: float = _f(0.0, help="AdamW weight decay.")
     eval_every: int = _f(0, help="Evaluate every N steps; 0 disables.")
+    eval_rows: int = _f(64, help="Rows of the eval set used per evaluation (0 = all).")
+    eval_temperature: float = _f(0.0, help="Sampling temperature at evaluation (0 = greedy).")
+    samples_per_eval: int = _f(8, help="Sample completions written to samples.jsonl per evaluation.")
     save_every: int = _f(0, help="Checkpoint every N steps; 0 saves only at the end.")
     keep_last: int = _f(2, help="Number of checkpoints kept.")
     resume: str = _f("auto", help="Resume from the newest complete checkpoint ('auto'), a path, or 'never'.")

@@ -31,6 +31,8 @@ class PromptBatch:
             (W = number of 30 s windows over the batch; one per clip for Qwen2-Audio).
         prompts: [B] rendered prompt strings before audio expansion (what vLLM takes).
         row_ids: [B] ids of the rows.
+        audio_windows: [B] entries of the audio tensors that belong to each row, in order (30 s windows for
+            the Flamingos; 1 for Qwen2-Audio).
     """
 
     input_ids: torch.Tensor
@@ -38,6 +40,20 @@ class PromptBatch:
     audio: dict[str, torch.Tensor]
     prompts: list[str]
     row_ids: list[str]
+    audio_windows: list[int]
+
+    def audio_for(self, row_index: list[int]) -> dict[str, torch.Tensor]:
+        """The audio tensors for a list of rows (repeats allowed), each row's windows kept together."""
+        offsets = [0]
+        for w in self.audio_windows:
+            offsets.append(offsets[-1] + w)
+        order = [e for r in row_index for e in range(offsets[r], offsets[r + 1])]
+        index = torch.tensor(order, dtype=torch.long)
+        return {k: v.index_select(0, index) for k, v in self.audio.items()}
+
+    def prompt_ids(self, row: int) -> torch.Tensor:
+        """[P] unpadded prompt ids of one row."""
+        return self.input_ids[row][self.attention_mask[row].bool()]
 
 
 @dataclass
@@ -87,12 +103,23 @@ def collate_prompts(family: type[ModelFamily], processor, rows: list[Row], clips
     # The processors pad text on the left and audio to whole 30 s windows by default; a `padding` argument here
     # would also change the audio padding, which the encoders do not accept.
     processed = family.process(processor, prompts, list(clips))
+    audio = _audio_tensors(family, processed)
+    entries = next(iter(audio.values())).shape[0]
+    if entries == len(rows):
+        windows = [1] * len(rows)
+    else:  # one entry per 30 s window (Audio / Music Flamingo)
+        fe = processor.feature_extractor
+        size = int(fe.sampling_rate * fe.chunk_length)
+        windows = [max(1, -(-len(c) // size)) for c in clips]
+        if sum(windows) != entries:
+            raise RuntimeError(f"audio windows {windows} do not add up to the processor's {entries} entries")
     return PromptBatch(
         input_ids=processed["input_ids"],
         attention_mask=processed["attention_mask"],
-        audio=_audio_tensors(family, processed),
+        audio=audio,
         prompts=prompts,
         row_ids=[r.id for r in rows],
+        audio_windows=windows,
     )
 
 

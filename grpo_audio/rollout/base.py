@@ -128,6 +128,17 @@ def prepare_prompts(
     return PreparedPrompts(batch=batch, clips=clips, lengths=lengths)
 
 
+def banned_token_ids(family: type[ModelFamily], tokenizer: Any) -> list[int]:
+    """Token ids a completion must never contain: the family's audio placeholders and framing tokens.
+
+    A sampled audio placeholder would be read as an audio slot when the completion is scored, and the
+    placeholder count would no longer match the audio features. Engines and the trainer's logprob passes
+    both exclude these ids, so their distributions stay the same.
+    """
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in family.audio_special_tokens]
+    return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+
+
 def check_sampling(n: int, sampling: SamplingConfig) -> None:
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")

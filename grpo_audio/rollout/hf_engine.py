@@ -13,7 +13,7 @@ import torch
 
 from ..data.schema import Row
 from ..models import ModelFamily
-from .base import RolloutBatch, SamplingConfig, check_sampling, finish_reason, prepare_prompts
+from .base import RolloutBatch, SamplingConfig, banned_token_ids, check_sampling, finish_reason, prepare_prompts
 
 
 class HFEngine:
@@ -38,6 +38,7 @@ class HFEngine:
         self.model, self.processor, self.family = model, processor, family
         self.max_model_len, self.batch_size = max_model_len, batch_size
         self.tokenizer = processor.tokenizer
+        self.banned = banned_token_ids(family, self.tokenizer)
 
     def sync_weights(self, model: Any) -> None:
         self.model = model
@@ -53,13 +54,9 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            windows = [self._windows(len(c)) for c in prepared.clips]
-            per_clip = next(iter(prepared.batch.audio.values())).shape[0] == len(rows)  # Qwen2-Audio
-            if per_clip:
-                windows = [1] * len(rows)
             for start in range(0, len(rows), self.batch_size):
                 end = min(len(rows), start + self.batch_size)
-                inputs = self._expanded_inputs(prepared.batch, windows, start, end, n)
+                inputs = self._expanded_inputs(prepared.batch, start, end, n)
                 ids, lps = self._generate(inputs, sampling, stop_ids)
                 ids_out += ids
                 lps_out += lps
@@ -77,25 +74,18 @@ class HFEngine:
         )
 
     @staticmethod
-    def _expanded_inputs(batch, windows: list[int], start: int, end: int, n: int) -> dict[str, torch.Tensor]:
+    def _expanded_inputs(batch, start: int, end: int, n: int) -> dict[str, torch.Tensor]:
         """Inputs of rows [start, end), each repeated n times, audio windows kept with their row.
 
         ``generate(num_return_sequences=n)`` is not used: transformers repeats the audio tensors entry by entry,
         which for clips of several 30 s windows (Audio/Music Flamingo) pairs copies with the wrong windows.
         """
-        offsets = [sum(windows[:i]) for i in range(len(windows) + 1)]
-        order = [w for r in range(start, end) for _ in range(n) for w in range(offsets[r], offsets[r + 1])]
-        index = torch.tensor(order, dtype=torch.long)
+        rows = [r for r in range(start, end) for _ in range(n)]
         return {
             "input_ids": batch.input_ids[start:end].repeat_interleave(n, dim=0),
             "attention_mask": batch.attention_mask[start:end].repeat_interleave(n, dim=0),
-            **{k: v.index_select(0, index) for k, v in batch.audio.items()},
+            **batch.audio_for(rows),
         }
-
-    def _windows(self, n_samples: int) -> int:
-        fe = self.processor.feature_extractor
-        window = int(fe.sampling_rate * fe.chunk_length)
-        return max(1, -(-n_samples // window))
 
     def _generate(self, inputs: dict, sampling: SamplingConfig, stop_ids: set[int]):
         greedy = sampling.temperature == 0
@@ -108,6 +98,7 @@ class HFEngine:
             "output_scores": True,
             "eos_token_id": None if sampling.ignore_eos else sorted(stop_ids),
             "pad_token_id": self.tokenizer.pad_token_id,
+            "suppress_tokens": self.banned,
         }
         if not greedy:
             kwargs.update(

@@ -29,7 +29,16 @@ from safetensors.torch import save_file
 
 from ..data.schema import Row
 from ..models import ModelFamily, family_of_architecture
-from .base import PreparedPrompts, RolloutBatch, SamplingConfig, check_sampling, finish_reason, prepare_prompts
+from ..models.weights import checkpoint_state_dict
+from .base import (
+    PreparedPrompts,
+    RolloutBatch,
+    SamplingConfig,
+    banned_token_ids,
+    check_sampling,
+    finish_reason,
+    prepare_prompts,
+)
 
 
 class VLLMEngine:
@@ -85,6 +94,8 @@ class VLLMEngine:
             **engine_kwargs,
         )
         self.last_sync_s: float | None = None
+        # -100 is the most vLLM allows; exp(-100) underflows to 0 next to the other logits.
+        self.logit_bias = {i: -100.0 for i in banned_token_ids(self.family, self.tokenizer)}
 
     # ---- generation ---------------------------------------------------------------------------------------
     def _requests(self, prepared: PreparedPrompts) -> list[dict[str, Any]]:
@@ -111,6 +122,7 @@ class VLLMEngine:
                 logprobs=0,
                 stop_token_ids=sorted(sampling.stop_token_ids),
                 ignore_eos=sampling.ignore_eos,
+                logit_bias=self.logit_bias,
                 seed=None if sampling.seed is None else sampling.seed + i,
             )
             for i in range(len(rows))
@@ -193,33 +205,3 @@ class VLLMEngine:
             core.shutdown()
         del self.llm
         gc.collect()
-
-
-@torch.no_grad()
-def checkpoint_state_dict(model: Any, family: type[ModelFamily]) -> dict[str, torch.Tensor]:
-    """The model's weights under checkpoint names, with LoRA adapters folded in.
-
-    For a PEFT model, each adapted layer's weight is ``W + delta`` computed on a copy (peft's
-    ``get_delta_weight``); the model itself is never merged. In-place merge/unmerge (what TRL does) is not
-    bit-exact in floating point, so the base weights would drift a little with every sync.
-    """
-    is_peft = hasattr(model, "get_base_model") and hasattr(model, "peft_config")
-    base = model.get_base_model() if is_peft else model
-    deltas: dict[str, torch.Tensor] = {}
-    if is_peft:
-        from peft.tuners.lora import LoraLayer
-
-        for module_name, module in base.named_modules():
-            if isinstance(module, LoraLayer):
-                active = [a for a in module.active_adapters if a in module.lora_A]
-                if active and not module.merged:
-                    deltas[f"{module_name}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in active)
-    out = {}
-    for name, tensor in base.state_dict().items():
-        if "lora_" in name or ".original_module." in name:
-            continue
-        if name in deltas:
-            tensor = tensor + deltas[name].to(tensor.dtype)
-        name = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
-        out[family.to_checkpoint_key(name)] = tensor.detach().to("cpu").contiguous().clone()
-    return out

@@ -20,13 +20,23 @@ def rows_for(clips: list[np.ndarray], prompt: str = "Which chord is played?") ->
 
 
 @torch.no_grad()
-def hf_logprobs(model, family, processor, rows: list[Row], completions: list[list[int]]) -> list[torch.Tensor]:
-    """Teacher-forced per-token logprobs of ``completions`` under ``model`` (float32, one row at a time)."""
+def hf_logprobs(
+    model, family, processor, rows: list[Row], completions: list[list[int]], exclude_audio_tokens: bool = False
+) -> list[torch.Tensor]:
+    """Teacher-forced per-token logprobs of ``completions`` under ``model`` (float32, one row at a time).
+
+    ``exclude_audio_tokens``: renormalise without the audio placeholder tokens, as the engines sample.
+    """
+    from grpo_audio.rollout.base import banned_token_ids
+
+    banned = banned_token_ids(family, processor.tokenizer) if exclude_audio_tokens else []
     out = []
     for row, comp in zip(rows, completions, strict=True):
         clip = row.load_audio(family).wave
         batch = collate_sequences(family, processor, [row], [clip], [comp])
         logits = model(**batch.model_inputs()).logits[0, :-1].float()
+        if banned:
+            logits[..., banned] = float("-inf")
         lp = torch.log_softmax(logits, -1).gather(-1, batch.input_ids[0, 1:, None])[:, 0]
         out.append(lp[-len(comp) :])
     return out

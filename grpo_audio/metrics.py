@@ -1,0 +1,90 @@
+"""Run metrics: one JSON line per step (``metrics.jsonl``), TensorBoard scalars, and a PNG of the curves.
+
+Appending is crash-safe in the sense that matters: a line is written and flushed per step, so a killed run
+keeps every finished step; on resume, lines from steps after the checkpoint are dropped before appending.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Writes metrics to ``out/metrics.jsonl`` and TensorBoard (``out/tb``)."""
+
+    def __init__(self, out: str | Path, resume_step: int | None = None, tensorboard: bool = True):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.path = self.out / "metrics.jsonl"
+        if self.path.exists():
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and resume_step is not None and json.loads(line).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    self.writer.add_scalar(k, v, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    return v
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def plot_curves(metrics_path: str | Path, out_png: str | Path, title: str = "GRPO") -> Path:
+    """Reward (train, per function) and eval accuracy/rewards over steps, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    train_keys = ["reward/mean"] + sorted(
+        {k for r in records for k in r if k.startswith("rewards/") and k.endswith("/mean")}
+    )
+    for key in train_keys:
+        pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if pts:
+            axes[0].plot(*zip(*pts, strict=True), label=key, lw=2 if key == "reward/mean" else 1)
+    axes[0].set(title=f"{title}: training rewards", xlabel="step", ylabel="reward")
+    axes[0].legend(fontsize=7)
+    eval_keys = sorted({k for r in records for k in r if k.startswith("eval/") and k.endswith("/mean")})
+    for key in eval_keys:
+        pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if pts:
+            axes[1].plot(*zip(*pts, strict=True), marker="o", label=key)
+    axes[1].set(title=f"{title}: evaluation (rewards as metrics)", xlabel="step", ylabel="score")
+    if eval_keys:
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

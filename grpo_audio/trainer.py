@@ -1,0 +1,488 @@
+"""The GRPO loop for audio-language models.
+
+One step: take P prompts -> the rollout engine samples G completions each (vLLM with audio, or transformers)
+-> rewards (through the safety net) -> group-relative advantages (optionally dropping and refilling groups whose
+rewards are all equal, DAPO's dynamic sampling) -> ``num_iterations`` optimiser steps over the rollout batch in
+micro-batches (old-policy logprobs fixed at rollout time, reference logprobs when beta > 0) -> the new weights
+are pushed into the engine -> metrics, evaluation, checkpoints.
+
+Run: ``grpo-audio train CONFIG.yaml [key=value ...]``; from Python, ``GRPOTrainer(config).train()``.
+
+Departures from the paper / TRL: the IS correction against the rollout engine's logprobs is on by default
+(``grpo.is_mode``), since vLLM and the trainer never compute exactly the same numbers; completions are passed to
+reward functions in TRL's conversational format (message lists), so TRL's reward functions run unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .advantages import group_advantages
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from .config import RunConfig
+from .data.schema import Row
+from .logprobs import completion_logprobs
+from .loss import LossConfig, policy_loss
+from .metrics import MetricsLogger, plot_curves
+from .models import ModelFamily, get_family
+from .models.weights import save_model_dir
+from .rollout import RolloutBatch, build_engine, sampling_config
+from .rollout.base import banned_token_ids
+
+logger = logging.getLogger(__name__)
+
+
+class GRPOTrainer:
+    """GRPO on an audio-language model.
+
+    Args:
+        config: the run configuration.
+        model: the policy (loaded from ``config.model.path`` when None).
+        reward_funcs: a ``RewardSet`` (built from ``config.rewards`` when None).
+        train_rows, eval_rows: the data (loaded from ``config.data`` when None).
+        engine: a rollout engine (built from ``config.rollout`` when None).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        model: Any = None,
+        reward_funcs: Any = None,
+        train_rows: list[Row] | None = None,
+        eval_rows: list[Row] | None = None,
+        engine: Any = None,
+    ):
+        from accelerate import Accelerator
+        from transformers import AutoProcessor
+
+        from .data.loaders import load_manifest
+        from .rewards import RewardSet
+
+        self.cfg = config
+        self.family: type[ModelFamily] = get_family(config.model.family)
+        self.out = Path(config.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        bf16 = config.model.dtype == "bfloat16"
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
+        self.processor = AutoProcessor.from_pretrained(config.model.path)
+        self.tokenizer = self.processor.tokenizer
+        self.banned_ids = banned_token_ids(self.family, self.tokenizer)
+        if model is None:
+            model = self.family.model_class().from_pretrained(
+                config.model.path,
+                dtype=getattr(torch, config.model.dtype),
+                attn_implementation=config.model.attn_implementation,
+                trust_remote_code=config.model.trust_remote_code,
+            )
+        self.model = self._prepare_model(model)
+        self.ref_model = self._reference_model()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("no trainable parameters: check model.freeze_* and lora settings")
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
+        self.scheduler = self._scheduler()
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.rewards = (
+            reward_funcs
+            if reward_funcs is not None
+            else RewardSet.from_specs(config.rewards, on_error=config.grpo.reward_on_error)
+        )
+        data = config.data
+        limits = {
+            "family": self.family,
+            "bad_rows": data.bad_rows,
+            "long_audio": data.long_audio,
+            "max_audio_seconds": data.max_audio_seconds or None,
+        }
+        self.train_rows = train_rows if train_rows is not None else load_manifest(data.train, **limits)
+        self.eval_rows = (
+            eval_rows if eval_rows is not None else (load_manifest(data.eval, **limits) if data.eval else [])
+        )
+        if not self.train_rows:
+            raise ValueError("no training rows")
+        self.loss_cfg = LossConfig(
+            loss_type=config.grpo.loss_type,
+            epsilon=config.grpo.epsilon,
+            epsilon_high=config.grpo.epsilon_high,
+            beta=config.grpo.beta,
+            max_completion_length=config.rollout.max_new_tokens,
+            is_mode=config.grpo.is_mode,
+            is_cap=config.grpo.is_cap,
+        )
+        self.step = 0
+        self.epoch, self.cursor = 0, 0
+        self.order = self._permutation(0)
+        resumed = self._maybe_resume()
+        self.engine = (
+            engine
+            if engine is not None
+            else build_engine(
+                config.rollout,
+                config.model.path,
+                self.family,
+                model=self.policy,
+                processor=self.processor,
+                seed=config.seed,
+            )
+        )
+        if resumed or config.lora.enabled:  # the engine starts from the checkpoint on disk
+            self.engine.sync_weights(self.policy)
+        self.metrics = MetricsLogger(self.out, resume_step=self.step if resumed else None)
+
+    # ---- setup ----------------------------------------------------------------------------------------------
+    @property
+    def policy(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _prepare_model(self, model: Any) -> Any:
+        cfg = self.cfg
+        for name, p in model.named_parameters():
+            if cfg.model.freeze_audio_encoder and name.startswith(self.family.audio_encoder_prefixes):
+                p.requires_grad_(False)
+            if cfg.model.freeze_projector and name.startswith(self.family.projector_prefixes):
+                p.requires_grad_(False)
+        if cfg.lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            # Adapters on the language model only (the audio encoder has q_proj/v_proj too).
+            targets = "|".join(cfg.lora.target_modules)
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=cfg.lora.r,
+                    lora_alpha=cfg.lora.alpha,
+                    lora_dropout=cfg.lora.dropout,
+                    target_modules=rf".*language_model.*\.({targets})",
+                ),
+            )
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        model.train()
+        return model
+
+    def _reference_model(self) -> Any:
+        if self.cfg.grpo.beta == 0.0:
+            return None
+        if self.cfg.lora.enabled:
+            return None  # the reference is the base model: adapters disabled (see _ref_context)
+        ref = copy.deepcopy(self.model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    def _scheduler(self):
+        from transformers import get_scheduler
+
+        total = self.cfg.train.max_steps * self.cfg.grpo.num_iterations
+        warmup = math.ceil(self.cfg.train.warmup_ratio * total)
+        name = "constant_with_warmup" if self.cfg.train.lr_scheduler == "constant" else self.cfg.train.lr_scheduler
+        return get_scheduler(name, self.optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        return np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_rows)).tolist()
+
+    def _maybe_resume(self) -> bool:
+        resume = self.cfg.train.resume
+        if resume == "never":
+            return False
+        path = latest_checkpoint(self.out / "checkpoints") if resume == "auto" else Path(resume)
+        if path is None:
+            return False
+        state = load_checkpoint(path)
+        missing, unexpected = self.policy.load_state_dict(state["policy_state"], strict=False)
+        trainable = {n for n, p in self.policy.named_parameters() if p.requires_grad}
+        if unexpected or (trainable & set(missing)):
+            raise RuntimeError(
+                f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        ts = state["trainer_state"]
+        self.step, self.epoch, self.cursor = ts["step"], ts["epoch"], ts["cursor"]
+        self.order = self._permutation(self.epoch)
+        logger.warning("resumed from %s at step %d", path, self.step)
+        return True
+
+    # ---- data -----------------------------------------------------------------------------------------------
+    def next_rows(self, k: int) -> list[Row]:
+        rows = []
+        while len(rows) < k:
+            if self.cursor >= len(self.order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self.order = self._permutation(self.epoch)
+            rows.append(self.train_rows[self.order[self.cursor]])
+            self.cursor += 1
+        return rows
+
+    # ---- one step -------------------------------------------------------------------------------------------
+    def _score(self, rows: list[Row], batch: RolloutBatch):
+        """Rewards of every completion (TRL call convention: columns repeated per completion)."""
+        columns: dict[str, list] = {}
+        for i in batch.row_index:
+            for k, v in rows[i].columns().items():
+                columns.setdefault(k, []).append(v)
+        prompts = [rows[i].prompt for i in batch.row_index]
+        completions = [[{"role": "assistant", "content": t}] for t in batch.completion_text]
+        return self.rewards(prompts, completions, **columns)
+
+    def _rollout(self, rows: list[Row], seed: int):
+        g = self.cfg.grpo.num_generations
+        sampling = sampling_config(self.cfg.rollout, seed=seed)
+        batch = self.engine.generate(rows, n=g, sampling=sampling)
+        return batch, self._score(rows, batch)
+
+    def _collect(self) -> tuple[list[Row], RolloutBatch, Any, dict[str, float]]:
+        """Rollouts for one step; with dynamic sampling, groups with equal rewards are replaced by new ones."""
+        cfg, g = self.cfg, self.cfg.grpo.num_generations
+        want = cfg.train.prompts_per_step
+        rows = self.next_rows(want)
+        t = time.perf_counter()
+        batch, rewards = self._rollout(rows, seed=self.cfg.seed * 100_003 + self.step * 101)
+        extra = {"rollout_s": time.perf_counter() - t, "resample_rounds": 0.0}
+        _, zero, stats0 = group_advantages(torch.tensor(rewards.total), g)
+        extra["frac_zero_std_groups"] = stats0.frac_zero_std_groups
+        if not cfg.grpo.dynamic_sampling or not zero.any():
+            return rows, batch, rewards, extra
+        kept = [i for i in range(len(rows)) if not zero[i]]
+        pool = [(rows[i], batch, rewards, i) for i in kept]
+        for round_ in range(cfg.grpo.max_resample_rounds):
+            if len(pool) >= want:
+                break
+            more = self.next_rows(want)
+            t = time.perf_counter()
+            b2, r2 = self._rollout(more, seed=self.cfg.seed * 100_003 + self.step * 101 + round_ + 1)
+            extra["rollout_s"] += time.perf_counter() - t
+            extra["resample_rounds"] += 1
+            _, z2, _ = group_advantages(torch.tensor(r2.total), g)
+            pool += [(more[i], b2, r2, i) for i in range(len(more)) if not z2[i]]
+        if not pool:
+            return rows, batch, rewards, extra
+        pool = pool[:want]
+        return self._merge_groups(pool, extra)
+
+    def _merge_groups(self, pool, extra):
+        """Rebuild one RolloutBatch + RewardOutput from groups taken from several rollout rounds."""
+        from .data.collate import collate_prompts
+        from .rewards import RewardOutput
+
+        g = self.cfg.grpo.num_generations
+        rows = [p[0] for p in pool]
+        clips = [r.load_audio(self.family).wave for r in rows]
+        prompts = collate_prompts(self.family, self.processor, rows, clips)
+        fields: dict[str, list] = {"completion_ids": [], "completion_text": [], "logprobs": [], "finish_reason": []}
+        total, components = [], {}
+        for _, b, r, i in pool:
+            sl = slice(i * g, (i + 1) * g)
+            for k in fields:
+                fields[k] += getattr(b, k)[sl]
+            total += r.total[sl]
+            for name, vals in r.components.items():
+                components.setdefault(name, []).extend(vals[sl])
+        batch = RolloutBatch(
+            prompts=prompts,
+            n=g,
+            row_index=[i for i in range(len(rows)) for _ in range(g)],
+            row_ids=[r.id for r in rows for _ in range(g)],
+            **fields,
+        )
+        return rows, batch, RewardOutput(total=total, components=components), extra
+
+    @contextlib.contextmanager
+    def _ref_context(self):
+        if self.cfg.lora.enabled:
+            with self.policy.disable_adapter():
+                yield self.model
+        else:
+            yield self.ref_model
+
+    def train_step(self) -> dict[str, float]:
+        """One GRPO step; returns its metrics."""
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        rows, batch, rewards, extra = self._collect()
+        g = cfg.grpo.num_generations
+        advantages, _, adv_stats = group_advantages(
+            torch.tensor(rewards.total, dtype=torch.float32), g, cfg.grpo.scale_rewards, cfg.grpo.std_floor
+        )
+        pad = self.tokenizer.pad_token_id
+        comp_ids, comp_mask, sampling_lps = batch.padded(pad)
+        n = comp_ids.shape[0]
+        mb = max(1, cfg.train.micro_batch_size)
+        temp = cfg.rollout.temperature or 1.0
+        chunks = [list(range(s, min(n, s + mb))) for s in range(0, n, mb)]
+        t_update = time.perf_counter()
+
+        def score(model, idx, grad: bool, entropy: bool = False):
+            ctx = contextlib.nullcontext() if grad else torch.no_grad()
+            with ctx:
+                return completion_logprobs(
+                    model,
+                    batch.prompts,
+                    [batch.row_index[i] for i in idx],
+                    comp_ids[idx],
+                    comp_mask[idx],
+                    pad,
+                    temperature=temp,
+                    with_entropy=entropy,
+                )
+
+        old_lps = None
+        if cfg.grpo.num_iterations > 1:
+            old_lps = torch.cat([score(self.model, idx, grad=False)[0] for idx in chunks]).cpu()
+        ref_lps = None
+        if cfg.grpo.beta != 0.0:
+            with self._ref_context() as ref:
+                ref_lps = torch.cat([score(ref, idx, grad=False)[0] for idx in chunks]).cpu()
+
+        stats_acc: dict[str, list[float]] = {}
+        num_tokens = comp_mask.sum().clamp(min=1).float()
+        grad_norm = 0.0
+        for _ in range(cfg.grpo.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for idx in chunks:
+                lps, ent = score(self.model, idx, grad=True, entropy=True)
+                old = old_lps[idx].to(lps.device) if old_lps is not None else lps.detach()
+                loss, st = policy_loss(
+                    lps,
+                    old,
+                    advantages[idx].to(lps.device),
+                    comp_mask[idx].to(lps.device),
+                    self.loss_cfg,
+                    ref_logps=ref_lps[idx].to(lps.device) if ref_lps is not None else None,
+                    sampling_logps=sampling_lps[idx].to(lps.device),
+                    entropies=ent,
+                    num_sequences=n,
+                    num_tokens=num_tokens,
+                )
+                self.accelerator.backward(loss)
+                for k, v in asdict(st).items():
+                    stats_acc.setdefault(k, []).append(v * len(idx) / n if k == "policy_loss" else v)
+            grad_norm = float(
+                self.accelerator.clip_grad_norm_(
+                    [p for p in self.model.parameters() if p.requires_grad], cfg.train.max_grad_norm
+                )
+            )
+            self.optimizer.step()
+            self.scheduler.step()
+        update_s = time.perf_counter() - t_update
+        t_sync = time.perf_counter()
+        self.engine.sync_weights(self.policy)
+        sync_s = time.perf_counter() - t_sync
+        self.step += 1
+
+        lengths = [len(c) for c in batch.completion_ids]
+        total_s = time.perf_counter() - t_start
+        metrics: dict[str, float] = {
+            **rewards.metrics(),
+            "reward/std": float(np.std(rewards.total)),
+            "advantages/mean": adv_stats.advantage_mean,
+            "advantages/std": adv_stats.advantage_std,
+            "advantages/abs_mean": adv_stats.advantage_abs_mean,
+            "frac_zero_std_groups": extra["frac_zero_std_groups"],
+            "resample_rounds": extra["resample_rounds"],
+            "loss": sum(stats_acc["policy_loss"]),
+            **{k: float(np.mean(v)) for k, v in stats_acc.items() if k != "policy_loss"},
+            "completions/mean_length": float(np.mean(lengths)),
+            "completions/min_length": float(min(lengths)),
+            "completions/max_length": float(max(lengths)),
+            "completions/truncation_rate": batch.finish_reason.count("length") / len(batch.finish_reason),
+            "grad_norm": grad_norm,
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s/rollout": sum(lengths) / max(extra["rollout_s"], 1e-9),
+            "tokens_per_s/update": sum(lengths) * cfg.grpo.num_iterations / max(update_s, 1e-9),
+            "time/rollout_s": extra["rollout_s"],
+            "time/update_s": update_s,
+            "time/sync_s": sync_s,
+            "time/step_s": total_s,
+        }
+        return metrics
+
+    # ---- evaluation, checkpoints, loop ----------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Reward functions as metrics on the eval rows; a few completions go to ``samples.jsonl``."""
+        import json
+
+        from .rollout.base import SamplingConfig
+
+        rows = self.eval_rows[: self.cfg.train.eval_rows or None]
+        if not rows:
+            return {}
+        temperature = self.cfg.train.eval_temperature
+        sampling = SamplingConfig(
+            max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=temperature, seed=self.cfg.seed
+        )
+        batch = self.engine.generate(rows, n=1, sampling=sampling)
+        rewards = self._score(rows, batch)
+        out = {f"eval/{k}": v for k, v in rewards.metrics().items() if k.endswith("/mean")}
+        with (self.out / "samples.jsonl").open("a") as f:
+            for i in range(min(len(rows), self.cfg.train.samples_per_eval)):
+                f.write(
+                    json.dumps(
+                        {
+                            "step": self.step,
+                            "id": rows[i].id,
+                            "task": rows[i].task,
+                            "completion": batch.completion_text[i],
+                            "answer": rows[i].answer,
+                            "reward": rewards.total[i],
+                        }
+                    )
+                    + "\n"
+                )
+        return out
+
+    def save(self) -> Path:
+        def write_model(folder: Path) -> None:
+            save_model_dir(self.policy, self.family, self.processor, folder)
+
+        state = {k: v for k, v in self.policy.state_dict().items()}
+        return save_checkpoint(
+            self.out / "checkpoints",
+            self.step,
+            write_model,
+            state,
+            self.optimizer,
+            self.scheduler,
+            {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "seed": self.cfg.seed},
+            keep_last=self.cfg.train.keep_last,
+        )
+
+    def train(self) -> dict[str, float]:
+        """Run to ``train.max_steps``; returns the last step's metrics."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg.train
+        last: dict[str, float] = {}
+        if self.step == 0 and cfg.eval_every and self.eval_rows:
+            self.metrics.log(0, self.evaluate())
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="grpo", unit="step")
+        while self.step < cfg.max_steps:
+            last = self.train_step()
+            if cfg.eval_every and self.eval_rows and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+                last.update(self.evaluate())
+            self.metrics.log(self.step, last)
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
+                self.save()
+            bar.update(1)
+            bar.set_postfix(reward=f"{last['reward/mean']:.3f}", loss=f"{last['loss']:.4f}")
+        bar.close()
+        self.metrics.close()
+        plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+        return last
+
+    def close(self) -> None:
+        if hasattr(self.engine, "close"):
+            self.engine.close()
