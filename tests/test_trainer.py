@@ -1,0 +1,273 @@
+"""The GRPO trainer: learning on a toy task, one step with vLLM, metrics and plots, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from grpo_audio.checkpoint import latest_checkpoint, save_checkpoint
+from grpo_audio.config import load_config
+from grpo_audio.data.schema import Row
+from grpo_audio.rewards import RewardSet
+from grpo_audio.trainer import GRPOTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def digits(prompts, completions, **columns):
+    """Toy reward: the share of characters that are digits (dense, so every group has a signal)."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
+
+
+def tone_rows(n, prefix="r"):
+    t = np.arange(16000) / 16000
+    return [
+        Row(
+            id=f"{prefix}{i}",
+            audio=(0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)).astype(np.float32),
+            sampling_rate=16000,
+            prompt="What is the tempo in BPM?",
+            answer="120",
+            metadata={"tempo": 120},
+        )
+        for i in range(n)
+    ]
+
+
+def config(tmp_path, checkpoint, family="audio_flamingo3", **overrides):
+    base = {
+        "output_dir": str(tmp_path / "run"),
+        "model.path": str(checkpoint),
+        "model.family": family,
+        "rollout.engine": "hf",
+        "rollout.max_new_tokens": 8,
+        "grpo.num_generations": 8,
+        "train.prompts_per_step": 4,
+        "train.lr": 3e-3,
+        "train.warmup_ratio": 0.0,
+        "train.lr_scheduler": "constant",
+        "train.micro_batch_size": 16,
+        "train.resume": "never",
+        "grpo.loss_type": "dapo",
+    }
+    base.update(overrides)
+    return load_config(None, [f"{k}={v}" for k, v in base.items()])
+
+
+def test_learns_a_toy_task_and_writes_metrics_and_plot(tmp_path, tiny_checkpoint):
+    cfg = config(
+        tmp_path,
+        tiny_checkpoint("audio_flamingo3"),
+        **{"train.max_steps": 20, "train.eval_every": 10, "train.samples_per_eval": 3},
+    )
+    rewards = RewardSet([digits, (RewardSet.from_specs([{"name": "answer_accuracy"}]).rewards[0][0], 0.0)])
+    trainer = GRPOTrainer(cfg, reward_funcs=rewards, train_rows=tone_rows(8), eval_rows=tone_rows(3, "e"))
+    trainer.train()
+    records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "reward/mean" in r]
+    first = np.mean([r["reward/mean"] for r in train[:3]])
+    last = np.mean([r["reward/mean"] for r in train[-3:]])
+    assert last > first + 0.15, (first, last)  # the policy learned to write digits
+
+    expected = {
+        "reward/mean",
+        "reward/std",
+        "rewards/digits/mean",
+        "rewards/digits/std",
+        "rewards/answer_accuracy/mean",
+        "advantages/mean",
+        "advantages/std",
+        "loss",
+        "kl",
+        "clip_ratio_low",
+        "clip_ratio_high",
+        "clip_ratio_region",
+        "is_ratio_mean",
+        "is_ratio_max",
+        "is_ratio_min",
+        "entropy",
+        "completions/mean_length",
+        "completions/max_length",
+        "completions/truncation_rate",
+        "frac_zero_std_groups",
+        "tokens_per_s/rollout",
+        "tokens_per_s/update",
+        "time/rollout_s",
+        "time/update_s",
+        "time/sync_s",
+        "time/step_s",
+        "grad_norm",
+        "lr",
+    }
+    assert expected <= set(train[-1]), expected - set(train[-1])
+    assert [r["step"] for r in train] == list(range(1, 21))
+    assert any("eval/rewards/digits/mean" in r for r in records if r["step"] in (0, 10, 20))
+    assert (tmp_path / "run/curves.png").stat().st_size > 10_000
+    assert list((tmp_path / "run/tb").iterdir())
+    samples = [json.loads(x) for x in (tmp_path / "run/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 9 and {"completion", "reward", "step"} <= set(samples[0])
+    ckpt = latest_checkpoint(tmp_path / "run/checkpoints")
+    assert ckpt is not None and ckpt.name == "step-000020"
+    family = trainer.family
+    loaded = family.model_class().from_pretrained(ckpt / "model")
+    assert torch.equal(loaded.lm_head.weight, trainer.policy.lm_head.weight)
+
+
+def test_dynamic_sampling_drops_groups_without_signal(tmp_path, tiny_checkpoint):
+    def only_odd(prompts, completions, id, **columns):
+        return [0.5 if int(i[1:]) % 2 == 0 else d for i, d in zip(id, digits(prompts, completions), strict=True)]
+
+    cfg = config(
+        tmp_path,
+        tiny_checkpoint("audio_flamingo3"),
+        **{"train.max_steps": 1, "grpo.dynamic_sampling": True, "grpo.max_resample_rounds": 3},
+    )
+    trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([only_odd]), train_rows=tone_rows(8))
+    rows, batch, rewards, extra = trainer._collect()
+    assert len(rows) == 4 and all(int(r.id[1:]) % 2 == 1 for r in rows)
+    assert extra["resample_rounds"] >= 1 and extra["frac_zero_std_groups"] > 0
+    assert batch.row_ids == [r.id for r in rows for _ in range(8)] and len(rewards.total) == 32
+
+
+def test_one_step_with_vllm_on_music_flamingo(tmp_path, tiny_checkpoint):
+    """Trainable weights change, frozen ones are bit-identical, the next rollout samples from the new weights."""
+    from tests.rollout.helpers import chord_clip, hf_logprobs, rows_for
+
+    path = tiny_checkpoint("music_flamingo")
+    cfg = config(
+        tmp_path,
+        path,
+        family="music_flamingo",
+        **{
+            "rollout.engine": "vllm",
+            "rollout.max_model_len": 1024,
+            "model.freeze_audio_encoder": True,
+            "train.max_steps": 1,
+            "train.lr": 1e-2,
+        },
+    )
+    trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(4))
+    try:
+        before = {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}
+        metrics = trainer.train_step()
+        after = dict(trainer.policy.named_parameters())
+        frozen = [n for n in before if n.startswith(trainer.family.audio_encoder_prefixes)]
+        trainable = [n for n in before if n not in frozen]
+        assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
+        assert sum(not torch.equal(before[n], after[n]) for n in trainable) > len(trainable) // 2
+        assert metrics["is_ratio_max"] < 1.01 and metrics["is_ratio_min"] > 0.99  # vLLM and trainer agree
+
+        rows = rows_for([chord_clip(3.0)])
+        tok = trainer.tokenizer
+        comps = [tok("<answer>120 BPM</answer>", add_special_tokens=False)["input_ids"]]
+        got = torch.tensor(trainer.engine.completion_logprobs(rows, comps)[0])
+        new = hf_logprobs(trainer.policy.eval(), trainer.family, trainer.processor, rows, comps)[0]
+        old_model = trainer.family.model_class().from_pretrained(path).eval()
+        old = hf_logprobs(old_model, trainer.family, trainer.processor, rows, comps)[0]
+        assert (got - new).abs().max() < 1e-3 and (got - old).abs().max() > 1e-2
+    finally:
+        trainer.close()
+
+
+def test_half_written_checkpoints_are_never_picked_up(tmp_path):
+    root = tmp_path / "checkpoints"
+
+    class Opt:
+        def state_dict(self):
+            return {"x": 1}
+
+    def write_model(folder):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+
+    save_checkpoint(root, 2, write_model, {"w": torch.ones(2)}, Opt(), Opt(), {"step": 2}, keep_last=2)
+    (root / ".tmp-step-000004-999").mkdir()  # a save killed half-way
+    (root / "step-000005").mkdir()  # a folder without the COMPLETE marker
+    (root / "step-000005" / "policy.safetensors").write_bytes(b"")
+    assert latest_checkpoint(root).name == "step-000002"
+    for step in (3, 4, 6):
+        save_checkpoint(root, step, write_model, {"w": torch.ones(2) * step}, Opt(), Opt(), {"step": step}, 2)
+    assert not list(root.glob(".tmp-*"))
+    assert sorted(p.name for p in root.iterdir() if (p / "COMPLETE").exists()) == ["step-000004", "step-000006"]
+    assert latest_checkpoint(root).name == "step-000006"
+
+
+RESUME_YAML = """
+output_dir: {out}
+seed: 3
+model: {{path: {model}, family: audio_flamingo3}}
+data: {{train: {manifest}}}
+rollout: {{engine: hf, max_new_tokens: 6}}
+grpo: {{num_generations: 4, loss_type: grpo, num_iterations: 2}}
+train: {{lr: 0.003, max_steps: 6, prompts_per_step: 2, save_every: 2, keep_last: 2, warmup_ratio: 0.2,
+         micro_batch_size: 3, resume: auto}}
+rewards: [{{name: "toy_rewards:digits"}}]
+"""
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_checkpoint):
+    (tmp_path / "toy_rewards.py").write_text(
+        "def digits(prompts, completions, **kw):\n"
+        "    t = [c[0]['content'] for c in completions]\n"
+        "    return [sum(ch.isdigit() for ch in s) / max(1, len(s)) for s in t]\n"
+    )
+    for i in range(5):
+        sf.write(tmp_path / f"c{i}.wav", tone_rows(5)[i].audio, 16000)
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": f"c{i}", "audio": f"c{i}.wav", "prompt": "Tempo?"}) + "\n" for i in range(5))
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def cmd(name):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(
+            RESUME_YAML.format(out=tmp_path / name, model=tiny_checkpoint("audio_flamingo3"), manifest=manifest)
+        )
+        return [sys.executable, "-m", "grpo_audio.cli", "train", str(cfg)]
+
+    subprocess.run(cmd("straight"), check=True, env=env, cwd=REPO, capture_output=True)
+
+    proc = subprocess.Popen(cmd("killed"), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed/checkpoints/step-000002/COMPLETE"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.exists(), "the run never wrote its first checkpoint"
+    time.sleep(random.Random(0).uniform(0.0, 2.0))  # somewhere after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(cmd("killed"), check=True, env=env, cwd=REPO, capture_output=True)
+
+    a = load_file(str(tmp_path / "straight/checkpoints/step-000006/policy.safetensors"))
+    b = load_file(str(tmp_path / "killed/checkpoints/step-000006/policy.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # no duplicated or lost lines after the resume
+    from grpo_audio.models import get_family
+
+    initial = get_family("audio_flamingo3").model_class().from_pretrained(tiny_checkpoint("audio_flamingo3"))
+    assert not torch.equal(initial.state_dict()["lm_head.weight"], a["lm_head.weight"])  # training moved it
+
+
+def test_train_cli_rejects_bad_config(tmp_path, capsys):
+    from grpo_audio.cli import main
+    from grpo_audio.config import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: x\nmodel: {path: p, family: audio_flamingo3}\ngrpo: {num_generatons: 4}\n")
+    with pytest.raises(ConfigError, match="grpo.num_generatons.*Did you mean 'num_generations'"):
+        main(["train", str(bad)])
