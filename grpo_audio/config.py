@@ -125,6 +125,9 @@ class GRPOConfig:
         choices=("group", "batch", "none"),
     )
     num_iterations: int = _f(1, help="mu: optimisation passes over each batch of rollouts.")
+    shared_prefix: bool = _f(
+        True, help="Logprob passes run each prompt and its audio once per group (false: per sample, the reference)."
+    )
     std_floor: float = _f(0.0, help="Lower bound on the reward std used to scale advantages.")
     dynamic_sampling: bool = _f(False, help="Drop groups with equal rewards and refill from new prompts (DAPO).")
     max_resample_rounds: int = _f(2, help="Extra rollout rounds dynamic sampling may spend per step.")

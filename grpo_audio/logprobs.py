@@ -1,13 +1,30 @@
 """Per-token logprobs of sampled completions under a model (policy, old policy, reference).
 
-This is the per-sample path: every completion is scored as its own sequence (prompt with audio, then the
-completion), so the audio encoder and the prompt run once per completion. It is the reference the faster
-shared-prefix path is checked against.
+Two paths compute the same numbers:
 
-Sequences are built right-aligned: ``[pad ... pad | prompt | completion (right-padded to C)]``, so the
-completion always occupies the last C positions and the logits at positions L-C-1 .. L-2 predict it.
-Logits are divided by the sampling temperature, so the logprobs are those of the distribution the rollout
-engine sampled from (vLLM's ``processed_logprobs`` with top-p = 1, top-k off).
+- **shared prefix** (default, :func:`shared_prefix_logprobs`): for each group of G completions of one prompt,
+  the full model (audio encoder, projector, language model) runs once on the prompt with ``use_cache=True``;
+  the prompt's key/value cache is repeated G times (``DynamicCache.batch_repeat_interleave``) and only the
+  language model runs on the G completions, attending to it. The first completion token's logits come from the
+  prompt pass's last position. Gradients flow through the cache into the prompt pass, so the loss backward is
+  exact. Several groups of different prompt lengths go in one batch: prompts are left-padded, and each
+  completion's positions continue from its own prompt's length.
+- **per sample** (:func:`completion_logprobs`): every completion is scored as its own sequence (prompt with
+  audio, then completion), so the audio and the prompt run G times per group. It is the reference the shared
+  path is tested against, and the fallback where the shared path does not apply.
+
+Why a KV cache rather than packed sequences with a prefix-sharing attention mask: the cache path reuses the
+models' own attention kernels (sdpa, flash) and their mask handling unchanged, needs no custom 4D masks (which
+would force the slow eager/sdpa-with-mask kernels and break with flash attention), and its cost is what the
+theory says, G(P+C) tokens down to P + GC, with no padding of G prompts. What it does not support, and why
+(the trainer falls back to the per-sample path and logs the reason): gradient checkpointing (transformers turns
+the cache off under it) and distributed wrappers (DDP/FSDP hooks run only through the wrapper's forward; the
+shared path calls the language model and head directly).
+
+Sequences for the per-sample path are right-aligned: ``[pad ... pad | prompt | completion (right-padded to C)]``,
+so the completion occupies the last C positions. Logits are divided by the sampling temperature, and token ids
+the engines never sample (audio placeholders) are excluded, so the logprobs are those of the distribution the
+rollout engine sampled from (vLLM's ``processed_logprobs`` with top-p = 1, top-k off).
 """
 
 from __future__ import annotations
@@ -81,15 +98,94 @@ def completion_logprobs(
     }
     c = completion_ids.shape[1]
     out = model(**inputs, use_cache=False, logits_to_keep=c + 1)
-    logits = out.logits[:, -c - 1 : -1].float()
+    return _token_logprobs(
+        out.logits[:, -c - 1 : -1], completion_ids.to(device), temperature, banned_ids, with_entropy
+    )
+
+
+def _token_logprobs(
+    logits: torch.Tensor, ids: torch.Tensor, temperature: float, banned_ids: list[int] | None, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logprobs [N, C] of ``ids`` [N, C] under ``logits`` [N, C, V] (temperature, banned ids), entropies."""
+    logits = logits.float()
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     if banned_ids:
-        logits[..., banned_ids] = float("-inf")
+        logits = logits.index_fill(-1, torch.tensor(banned_ids, device=logits.device), float("-inf"))
     logp_all = torch.log_softmax(logits, dim=-1)  # [N, C, V]
-    logps = logp_all.gather(-1, completion_ids.to(device).unsqueeze(-1)).squeeze(-1)
+    logps = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+            p = logp_all.exp()
+            entropy = -(p * logp_all.masked_fill(p == 0, 0.0)).sum(-1)
     return logps, entropy
+
+
+def _parts(model: Any) -> tuple[Any, Any]:
+    """The (PEFT-unwrapped) model's language model and output head; LoRA layers stay in place."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
+    return base.model.language_model, base.lm_head
+
+
+def shared_prefix_logprobs(
+    model: Any,
+    prompts: PromptBatch,
+    rows: list[int],
+    group_size: int,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    pad_id: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    banned_ids: list[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token logprobs [B*G, C] of G completions per prompt, each prompt (and its audio) computed once.
+
+    Args:
+        model: the policy (a transformers model of an AF3-style family, possibly PEFT-wrapped, not DDP-wrapped).
+        prompts: the rollout's prompt batch.
+        rows: [B] prompt rows, one per group; completion ``b * G + j`` belongs to ``rows[b]``.
+        group_size: G.
+        completion_ids: [B*G, C] right-padded completion ids.
+        completion_mask: [B*G, C] 1 on completion tokens.
+        pad_id, temperature, with_entropy, banned_ids: as in :func:`completion_logprobs`.
+    """
+    device = next(model.parameters()).device
+    b, g = len(rows), group_size
+    n, c = completion_ids.shape
+    if n != b * g:
+        raise ValueError(f"{n} completions for {b} groups of {g}")
+    prompt_list = [prompts.prompt_ids(r) for r in rows]
+    p = max(len(x) for x in prompt_list)
+    prefix_ids = torch.full((b, p), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((b, p), dtype=torch.long)
+    for i, ids in enumerate(prompt_list):
+        prefix_ids[i, p - len(ids) :] = ids
+        prefix_mask[i, p - len(ids) :] = 1
+    prefix_pos = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = {
+        "input_ids": prefix_ids,
+        "attention_mask": prefix_mask,
+        "position_ids": prefix_pos,
+        **prompts.audio_for(rows),
+    }
+    out = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=True, logits_to_keep=1)
+    first_logits = out.logits[:, -1].repeat_interleave(g, dim=0)  # [B*G, V]: predicts each completion's token 1
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(g)
+
+    completion_ids, completion_mask = completion_ids.to(device), completion_mask.to(device)
+    if c > 1:
+        language_model, lm_head = _parts(model)
+        feed = completion_ids[:, :-1]  # tokens 1..C-1 predict tokens 2..C
+        lengths = prefix_mask.sum(-1).to(device).repeat_interleave(g)  # [B*G]
+        positions = lengths[:, None] + torch.arange(c - 1, device=device)[None, :]
+        attention = torch.cat([prefix_mask.to(device).repeat_interleave(g, dim=0), completion_mask[:, :-1]], dim=1)
+        hidden = language_model(
+            input_ids=feed, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True
+        ).last_hidden_state
+        logits = torch.cat([first_logits[:, None], lm_head(hidden)], dim=1)  # [B*G, C, V]
+    else:
+        logits = first_logits[:, None]
+    return _token_logprobs(logits, completion_ids, temperature, banned_ids, with_entropy)

@@ -31,7 +31,7 @@ from .advantages import group_advantages
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from .config import RunConfig
 from .data.schema import Row
-from .logprobs import completion_logprobs
+from .logprobs import completion_logprobs, shared_prefix_logprobs
 from .loss import LossConfig, policy_loss
 from .metrics import MetricsLogger, plot_curves
 from .models import ModelFamily, get_family
@@ -300,6 +300,20 @@ class GRPOTrainer:
         )
         return rows, batch, RewardOutput(total=total, components=components), extra
 
+    def _use_shared_prefix(self) -> bool:
+        """Whether logprob passes share each prompt across its group (see logprobs.py for what it needs)."""
+        if not self.cfg.grpo.shared_prefix:
+            return False
+        reason = None
+        if self.cfg.model.gradient_checkpointing:
+            reason = "gradient checkpointing turns the prompt's KV cache off"
+        elif self.accelerator.num_processes > 1:
+            reason = "distributed wrappers (DDP/FSDP) need every forward to go through the wrapper"
+        if reason and not getattr(self, "_fallback_logged", False):
+            logger.warning("shared-prefix logprobs disabled: %s; using the per-sample path", reason)
+            self._fallback_logged = True
+        return reason is None
+
     @contextlib.contextmanager
     def _ref_context(self):
         if self.cfg.lora.enabled:
@@ -322,22 +336,25 @@ class GRPOTrainer:
         n = comp_ids.shape[0]
         mb = max(1, cfg.train.micro_batch_size)
         temp = cfg.rollout.temperature or 1.0
-        chunks = [list(range(s, min(n, s + mb))) for s in range(0, n, mb)]
+        shared = self._use_shared_prefix()
+        if shared:  # micro-batches of whole groups
+            per = max(1, mb // g)
+            chunks = [list(range(s * g, min(n, (s + per) * g))) for s in range(0, n // g, per)]
+        else:
+            chunks = [list(range(s, min(n, s + mb))) for s in range(0, n, mb)]
         t_update = time.perf_counter()
 
         def score(model, idx, grad: bool, entropy: bool = False):
             ctx = contextlib.nullcontext() if grad else torch.no_grad()
+            kwargs = {"temperature": temp, "with_entropy": entropy, "banned_ids": self.banned_ids}
             with ctx:
-                return completion_logprobs(
-                    model,
-                    batch.prompts,
-                    [batch.row_index[i] for i in idx],
-                    comp_ids[idx],
-                    comp_mask[idx],
-                    pad,
-                    temperature=temp,
-                    with_entropy=entropy,
-                )
+                if shared:
+                    groups = [batch.row_index[i] for i in idx[::g]]
+                    return shared_prefix_logprobs(
+                        model, batch.prompts, groups, g, comp_ids[idx], comp_mask[idx], pad, **kwargs
+                    )
+                rows_of = [batch.row_index[i] for i in idx]
+                return completion_logprobs(model, batch.prompts, rows_of, comp_ids[idx], comp_mask[idx], pad, **kwargs)
 
         old_lps = None
         if cfg.grpo.num_iterations > 1:

@@ -271,3 +271,34 @@ def test_train_cli_rejects_bad_config(tmp_path, capsys):
     bad.write_text("output_dir: x\nmodel: {path: p, family: audio_flamingo3}\ngrpo: {num_generatons: 4}\n")
     with pytest.raises(ConfigError, match="grpo.num_generatons.*Did you mean 'num_generations'"):
         main(["train", str(bad)])
+
+
+def test_shared_prefix_and_per_sample_steps_agree(tmp_path, tiny_checkpoint):
+    """One step from the same start and seed: the same loss and gradients whichever logprob path computes them.
+
+    (Adam's first moment after one step is (1 - beta1) * gradient; the weights themselves are not compared,
+    since Adam turns float noise in near-zero gradients into full-size steps.)"""
+    moments, losses = [], []
+    for shared in (True, False):
+        cfg = config(
+            tmp_path / str(shared),
+            tiny_checkpoint("music_flamingo"),
+            family="music_flamingo",
+            **{"train.max_steps": 1, "grpo.shared_prefix": shared, "grpo.beta": 0.05, "train.micro_batch_size": 8},
+        )
+        trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(4))
+        m = trainer.train_step()
+        assert trainer._use_shared_prefix() is shared and m["kl"] >= 0
+        losses.append(m["loss"])
+        moments.append(
+            {
+                n: trainer.optimizer.state[p]["exp_avg"].clone()
+                for n, p in trainer.policy.named_parameters()
+                if p in trainer.optimizer.state
+            }
+        )
+    assert abs(losses[0] - losses[1]) <= 1e-5 * max(1.0, abs(losses[1]))
+    a, b = moments
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        assert (a[name] - b[name]).norm() <= 1e-4 * b[name].norm().clamp(min=1e-12), name
