@@ -48,7 +48,7 @@ def group_advantages(
         advantages [B*G], zero_std [B] (True for groups whose rewards are all equal), stats.
 
     >>> adv, zero, _ = group_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2)
-    >>> adv.round(decimals=3).tolist(), zero.tolist()
+    >>> [round(a, 3) for a in adv.tolist()], zero.tolist()
     ([0.707, -0.707, 0.0, 0.0], [False, True])
     """
     if scale_rewards not in ("group", "batch", "none"):

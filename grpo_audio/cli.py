@@ -29,6 +29,38 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sft(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from transformers import AutoProcessor
+
+    from .data.loaders import load_manifest
+    from .models import family_of_architecture
+    from .sft import SFTSettings, run_sft
+
+    arch = json.loads((Path(args.model_dir) / "config.json").read_text())["architectures"][0]
+    family = family_of_architecture(arch)
+    rows = load_manifest(args.manifest, family=family)
+    model = family.model_class().from_pretrained(args.model_dir)
+    settings = SFTSettings(
+        target=args.target,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        logging_steps=args.logging_steps,
+    )
+    model_dir, history = run_sft(
+        model, family, AutoProcessor.from_pretrained(args.model_dir), rows, args.out, settings
+    )
+    if history:
+        print(f"loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
+    print(f"wrote {model_dir}")
+    return 0
+
+
 def _tiny_model(args: argparse.Namespace) -> int:
     from .models.tiny import build_tiny_model
 
@@ -93,6 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML file mirroring grpo_audio.config.RunConfig")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.beta=0.04 train.lr=1e-6")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning on a manifest (TRL SFTTrainer, loss on the target only)",
+        description="SFT of an audio LLM on a JSONL manifest with TRL's SFTTrainer and grpo-audio's audio "
+        "collator: the target is the row's answer (or caption), or with --target think a "
+        "<think>...</think><answer>...</answer> chain of thought (cold start). Prompt and audio are masked.",
+    )
+    p.add_argument("model_dir", help="checkpoint directory")
+    p.add_argument("manifest", help="JSONL manifest")
+    p.add_argument("out", help="output directory (the model goes to OUT/model)")
+    p.add_argument("--target", choices=["answer", "think"], default="answer", help="what to learn (default answer)")
+    p.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
+    p.add_argument("--max-steps", type=int, default=-1, help="optimiser steps; overrides --epochs when > 0")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per step (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps (default 10)")
+    p.set_defaults(func=_sft)
 
     p = sub.add_parser(
         "tiny-model",

@@ -1,0 +1,231 @@
+"""Logprob pass speed: forward + backward over one group, shared prefix vs per sample.
+
+A demo-size Music Flamingo checkpoint built locally (float32, sdpa), one prompt with A seconds of audio
+(~25 audio tokens per second), G completions of C tokens. The shared-prefix path runs the audio encoder and
+the prompt once and the G completions against the repeated prompt KV cache; the per-sample path runs G full
+sequences. Runs alternate between the two paths (this machine is noisy), medians are compared. Peak memory of
+each path is measured in a fresh subprocess (peak RSS during the pass minus RSS before it). With ``--grpo-step``
+it also times whole GRPO steps (vLLM rollouts included) with each path, alternating.
+
+Run: ``.venv/bin/python benchmarks/logprob_pass.py [--sweep] [--grpo-step]``. The main ratio is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve()
+
+
+def _setup(model_dir: Path, audio_s: float, group: int, completion: int, seed: int = 0):
+    from transformers import AutoProcessor
+
+    from grpo_audio.data.collate import collate_prompts
+    from grpo_audio.data.schema import Row
+    from grpo_audio.data.synthetic import make_clip
+    from grpo_audio.models import get_family
+
+    family = get_family("music_flamingo")
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = family.model_class().from_pretrained(model_dir, attn_implementation="sdpa")
+    wave = make_clip("key", "bench", np.random.default_rng(seed)).wave
+    wave = np.tile(wave, int(np.ceil(audio_s * 16000 / len(wave))))[: int(audio_s * 16000)]
+    row = Row(id="bench", audio=wave, sampling_rate=16000, prompt="Describe this music in detail.")
+    prompts = collate_prompts(family, processor, [row], [wave])
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(20, 500, (group, completion), generator=g)
+    mask = torch.ones_like(ids)
+    return model, prompts, ids, mask, processor.tokenizer.pad_token_id
+
+
+def _pass(model, prompts, ids, mask, pad, shared: bool) -> float:
+    from grpo_audio.logprobs import completion_logprobs, shared_prefix_logprobs
+
+    model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    if shared:
+        lps, _ = shared_prefix_logprobs(model, prompts, [0], ids.shape[0], ids, mask, pad)
+    else:
+        lps, _ = completion_logprobs(model, prompts, [0] * ids.shape[0], ids, mask, pad)
+    (lps * mask).sum().backward()
+    return time.perf_counter() - start
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_probe(args) -> None:
+    model, prompts, ids, mask, pad = _setup(Path(args.model_dir), args.audio, args.group, args.completion)
+    before = _rss_kb("VmRSS:")
+    _pass(model, prompts, ids, mask, pad, shared=args.path == "shared")
+    print(json.dumps({"peak_mb": (_rss_kb("VmHWM:") - before) / 1024}))
+
+
+def peak_mb(model_dir: Path, path: str, audio: float, group: int, completion: int) -> float:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(HERE),
+            "--memory-probe",
+            "--model-dir",
+            str(model_dir),
+            "--path",
+            path,
+            "--audio",
+            str(audio),
+            "--group",
+            str(group),
+            "--completion",
+            str(completion),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+
+
+def compare(model_dir: Path, audio: float, group: int, completion: int, reps: int) -> dict:
+    model, prompts, ids, mask, pad = _setup(model_dir, audio, group, completion)
+    _pass(model, prompts, ids, mask, pad, True)  # warm-up
+    times = {"shared": [], "per_sample": []}
+    for _ in range(reps):
+        times["shared"].append(_pass(model, prompts, ids, mask, pad, True))
+        times["per_sample"].append(_pass(model, prompts, ids, mask, pad, False))
+    p = int(prompts.attention_mask.sum())
+    result = {
+        "audio_s": audio,
+        "G": group,
+        "P": p,
+        "C": completion,
+        "shared_s": statistics.median(times["shared"]),
+        "per_sample_s": statistics.median(times["per_sample"]),
+        "theory": group * (p + completion) / (p + group * completion),
+        "shared_peak_mb": peak_mb(model_dir, "shared", audio, group, completion),
+        "per_sample_peak_mb": peak_mb(model_dir, "per_sample", audio, group, completion),
+    }
+    result["ratio"] = result["per_sample_s"] / result["shared_s"]
+    return result
+
+
+def grpo_steps(model_dir: Path, reps: int) -> dict:
+    """Whole GRPO steps (vLLM rollouts, rewards, update, sync) alternating the two logprob paths."""
+    from grpo_audio.config import load_config
+    from grpo_audio.data.schema import Row
+    from grpo_audio.data.synthetic import make_clip
+    from grpo_audio.rewards import RewardSet
+    from grpo_audio.trainer import GRPOTrainer
+
+    rows = []
+    for i in range(2):
+        wave = make_clip("key", f"s{i}", np.random.default_rng(i)).wave
+        wave = np.tile(wave, int(np.ceil(30 * 16000 / len(wave))))[: 30 * 16000]
+        rows.append(Row(id=f"s{i}", audio=wave, sampling_rate=16000, prompt="Describe this music."))
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tempfile.mkdtemp()}",
+            f"model.path={model_dir}",
+            "model.family=music_flamingo",
+            "rollout.engine=vllm",
+            "rollout.max_new_tokens=128",
+            "rollout.max_model_len=2048",
+            "grpo.num_generations=8",
+            "train.prompts_per_step=2",
+            "train.micro_batch_size=8",
+            "train.resume=never",
+            "train.lr=1e-5",
+            "train.max_steps=100",
+        ],
+    )
+
+    def length(prompts, completions, **kw):
+        return [len(c[0]["content"]) / 100 for c in completions]
+
+    trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([length]), train_rows=rows)
+    trainer.train_step()  # warm-up
+    times = {True: [], False: []}
+    for _ in range(reps):
+        for shared in (True, False):
+            trainer.cfg.grpo.shared_prefix = shared
+            m = trainer.train_step()
+            times[shared].append((m["time/step_s"], m["time/update_s"], m["time/rollout_s"]))
+    trainer.close()
+    med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in times.items()}
+    return {
+        "shared_step_s": med[True][0],
+        "per_sample_step_s": med[False][0],
+        "shared_update_s": med[True][1],
+        "per_sample_update_s": med[False][1],
+        "rollout_s": med[True][2],
+        "step_ratio": med[False][0] / med[True][0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", action="store_true", help="also G in 4, 8, 16 x audio 10, 30, 120 s")
+    parser.add_argument("--grpo-step", action="store_true", help="also whole GRPO steps with vLLM rollouts")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--audio", type=float, default=30.0)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--completion", type=int, default=128)
+    args = parser.parse_args()
+    if args.memory_probe:
+        return memory_probe(args)
+
+    from grpo_audio.models.tiny import build_tiny_model
+
+    torch.manual_seed(0)
+    model_dir = build_tiny_model("music_flamingo", Path(tempfile.mkdtemp()) / "mf", size="demo", seed=0)
+    header = (
+        f"{'audio':>6} {'G':>3} {'P':>5} {'C':>4} {'shared s':>9} {'per-sample s':>12} {'ratio':>6} "
+        f"{'theory':>6} {'shared MB':>9} {'per-sample MB':>13}"
+    )
+    print(header)
+
+    def show(r):
+        print(
+            f"{r['audio_s']:>6.0f} {r['G']:>3} {r['P']:>5} {r['C']:>4} {r['shared_s']:>9.2f} "
+            f"{r['per_sample_s']:>12.2f} {r['ratio']:>6.2f} {r['theory']:>6.2f} {r['shared_peak_mb']:>9.0f} "
+            f"{r['per_sample_peak_mb']:>13.0f}",
+            flush=True,
+        )
+
+    if args.sweep:
+        for audio in (10.0, 30.0, 120.0):
+            for group in (4, 8, 16):
+                if (audio, group) != (30.0, 8):
+                    show(compare(model_dir, audio, group, args.completion, reps=2))
+    main_result = compare(model_dir, 30.0, 8, args.completion, reps=args.reps)
+    show(main_result)
+    if args.grpo_step:
+        s = grpo_steps(model_dir, reps=3)
+        print(
+            f"GRPO step (vLLM rollouts, G=8, 2 prompts x 30 s, 128 new tokens): shared {s['shared_step_s']:.1f} s "
+            f"(update {s['shared_update_s']:.1f} s), per-sample {s['per_sample_step_s']:.1f} s "
+            f"(update {s['per_sample_update_s']:.1f} s), rollout {s['rollout_s']:.1f} s; "
+            f"step ratio {s['step_ratio']:.2f}x"
+        )
+    print(f"ratio per-sample/shared at G=8, 30 s, C={args.completion}: {main_result['ratio']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Supervised stages of the Music Flamingo recipe on TRL's ``SFTTrainer`` with grpo-audio's audio collator.
+
+Two stages use it: ``sft`` (skills data: captions and question answering, target = the answer or caption) and
+``cold_start`` (chain-of-thought data, target = ``<think>thinking</think><answer>answer</answer>``, MF-Think
+style). The loss is on the target only: the collator masks every prompt, audio-placeholder and padding position
+(``data.collate.collate_sequences``). TRL's own dataset preparation is skipped (it knows nothing of audio); the
+dataset handed to TRL holds row indices and the collator turns them into processor batches.
+
+Run: ``grpo-audio sft MODEL_DIR MANIFEST OUT [--target answer|think] [--epochs N]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data.collate import collate_sequences
+from .data.schema import Row
+from .models import ModelFamily
+from .models.weights import save_model_dir
+
+TARGETS = ("answer", "think")
+
+
+def target_text(row: Row, target: str) -> str:
+    """The text a row teaches: its answer (or caption), or a think block then the answer."""
+    answer = row.answer if row.answer is not None else row.caption
+    if answer is None:
+        raise ValueError(f"row '{row.id}': field 'answer': an SFT row needs an answer or a caption")
+    if target == "answer":
+        return answer
+    if target == "think":
+        if not row.thinking:
+            raise ValueError(f"row '{row.id}': field 'thinking': a cold-start row needs its chain of thought")
+        return f"<think>{row.thinking}</think><answer>{answer}</answer>"
+    raise ValueError(f"unknown SFT target '{target}'; choose one of: {', '.join(TARGETS)}")
+
+
+class AudioSFTCollator:
+    """Turns a list of ``{"index": i}`` items into model inputs with labels on the target only."""
+
+    def __init__(
+        self,
+        family: type[ModelFamily],
+        processor: Any,
+        rows: list[Row],
+        target: str,
+        max_audio_seconds: float | None = None,
+    ):
+        self.family, self.processor, self.rows, self.target = family, processor, rows, target
+        self.max_audio_seconds = max_audio_seconds
+        for row in rows:  # fail before training, naming the row
+            target_text(row, target)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [self.rows[int(f["index"])] for f in features]
+        clips = [r.load_audio(self.family, max_seconds=self.max_audio_seconds).wave for r in rows]
+        batch = collate_sequences(
+            self.family, self.processor, rows, clips, [target_text(r, self.target) for r in rows]
+        )
+        return batch.model_inputs(with_labels=True)
+
+
+@dataclass
+class SFTSettings:
+    """Settings of one supervised stage."""
+
+    target: str = "answer"
+    epochs: float = 1.0
+    max_steps: int = -1
+    lr: float = 1e-4
+    batch_size: int = 8
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    logging_steps: int = 10
+
+
+def run_sft(
+    model: Any, family: type[ModelFamily], processor: Any, rows: list[Row], out: str | Path, settings: SFTSettings
+) -> tuple[Path, list[dict[str, float]]]:
+    """Train ``model`` on ``rows`` with TRL's SFTTrainer and save it to ``out/model``.
+
+    Returns the saved model directory and TRL's log history (loss per logging step).
+    """
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    out = Path(out)
+    args = SFTConfig(
+        output_dir=str(out / "trl"),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        learning_rate=settings.lr,
+        per_device_train_batch_size=settings.batch_size,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a fraction of the steps
+        lr_scheduler_type=settings.lr_scheduler,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        seed=settings.seed,
+        logging_steps=settings.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict({"index": list(range(len(rows)))}),
+        data_collator=AudioSFTCollator(family, processor, rows, settings.target),
+        processing_class=processor.tokenizer,
+    )
+    trainer.train()
+    model_dir = save_model_dir(trainer.model, family, processor, out / "model")
+    return model_dir, [h for h in trainer.state.log_history if "loss" in h]
