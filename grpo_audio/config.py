@@ -151,6 +151,9 @@ class RewardSpec:
     name: str = _f(help="Name in grpo_audio.rewards.REWARDS, or 'package.module:function'; required.")
     weight: float = _f(1.0, help="Weight in the total reward.")
     kwargs: dict[str, Any] = _f(help="Settings passed to the reward's factory.", factory=dict)
+    tasks: list[str] = _f(
+        help="Row tasks the reward applies to (e.g. [caption]); other rows get None. Empty: all rows.", factory=list
+    )
 
 
 @dataclass

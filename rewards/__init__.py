@@ -24,12 +24,13 @@ from .music_theory import (
     parse_tempi,
     tempo_score,
 )
-from .registry import REWARDS, RewardError, RewardOutput, RewardSet, load_reward, reward_name
+from .registry import REWARDS, ForTasks, RewardError, RewardOutput, RewardSet, load_reward, reward_name
 from .text import completion_text, extract_answer, normalize
 
 __all__ = [
     "REWARDS",
     "AnswerAccuracy",
+    "ForTasks",
     "FormatReward",
     "MCQAccuracy",
     "MusicTheory",

@@ -121,7 +121,9 @@ class RewardSet:
         rewards = []
         for spec in specs:
             get = spec.get if isinstance(spec, dict) else lambda k, d=None, s=spec: getattr(s, k, d)
-            rewards.append((load_reward(get("name"), **dict(get("kwargs", {}) or {})), float(get("weight", 1.0))))
+            fn = load_reward(get("name"), **dict(get("kwargs", {}) or {}))
+            tasks = list(get("tasks", []) or [])
+            rewards.append((ForTasks(fn, tasks) if tasks else fn, float(get("weight", 1.0))))
         return cls(rewards, on_error=on_error)
 
     def __call__(self, prompts: list[Any], completions: list[Any], **columns: Any) -> RewardOutput:
@@ -166,6 +168,30 @@ class RewardSet:
         for i in bad:
             values[i] = replacement
         return values
+
+
+class ForTasks:
+    """A reward restricted to rows of some tasks (the ``task`` column); other rows get None (not applicable).
+
+    The paper scores QA rows with format + accuracy and caption rows with format + the structured caption
+    reward; this is how one config says so.
+
+    >>> from grpo_audio.rewards import structured_caption
+    >>> r = ForTasks(structured_caption, ["caption"])
+    >>> r(None, ["in A minor", "in A minor"], metadata=[{"key": "A minor"}] * 2, task=["caption", "key"])
+    [1.0, None]
+    """
+
+    def __init__(self, fn: RewardFn, tasks: Sequence[str]):
+        self.fn, self.tasks = fn, tuple(tasks)
+        self.__name__ = reward_name(fn)
+
+    def __call__(self, prompts: Any, completions: list[Any], **columns: Any) -> list[float | None]:
+        task = columns.get("task") or [""] * len(completions)
+        values = self.fn(prompts=prompts, completions=completions, **columns)
+        if not isinstance(values, (list, tuple)) or len(values) != len(completions):
+            return values  # the safety net reports it
+        return [v if t in self.tasks else None for v, t in zip(values, task, strict=True)]
 
 
 def _finite(v: Any) -> bool:

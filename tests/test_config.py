@@ -103,3 +103,13 @@ def test_every_field_has_a_help_string():
     lines = describe()
     assert any(line.startswith("grpo.loss_type (str, 'dapo')") and "gspo" in line for line in lines)
     assert any(line.startswith("rewards[].weight") for line in lines)
+
+
+def test_every_example_yaml_loads_against_the_schema():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml"))
+    assert examples
+    for path in examples:
+        cfg = load_config(path)
+        assert cfg.rewards and cfg.model.family

@@ -106,3 +106,26 @@ def test_config_reward_specs_build_a_reward_set(tmp_path):
     )
     rs = RewardSet.from_specs(load_config(cfg).rewards)
     assert rs.names == ["format", "music_theory"] and rs.rewards[1][0].half_double == 0.5
+
+
+def test_rewards_restricted_to_tasks():
+    rs = RewardSet.from_specs(
+        [
+            {"name": "format", "weight": 1.0},
+            {"name": "mcq_accuracy", "tasks": ["chord", "key"]},
+            {"name": "structured_caption", "tasks": ["caption"]},
+        ]
+    )
+    comps = ["<think>t</think><answer>B</answer>", "<think>t</think><answer>A minor piece</answer>"]
+    out = rs(
+        ["p", "p"],
+        comps,
+        task=["chord", "caption"],
+        choices=[["C major", "A minor"], None],
+        answer=["B", None],
+        metadata=[{"key": "A minor"}, {"key": "A minor"}],
+        id=["q", "c"],
+    )
+    assert out.components["mcq_accuracy"][0] == 1.0 and math.isnan(out.components["mcq_accuracy"][1])
+    assert math.isnan(out.components["structured_caption"][0]) and out.components["structured_caption"][1] == 1.0
+    assert out.total == [2.0, 2.0]
