@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m grpo_audio.demo --out $(DEMO_OUT)
+	$(BIN)/grpo-audio demo --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
