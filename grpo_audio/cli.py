@@ -1,8 +1,15 @@
 """The ``grpo-audio`` command line. Each subcommand is load arguments -> build -> run.
 
-grpo-audio tiny-model FAMILY OUT [--size test|demo] [--seed N]
-grpo-audio config-help
-grpo-audio demo [--out DIR]
+grpo-audio recipe CONFIG [key=value ...]          run sft -> cold_start -> grpo -> eval from one YAML
+grpo-audio train CONFIG [key=value ...]           GRPO from a YAML
+grpo-audio sft MODEL_DIR MANIFEST OUT             supervised fine-tuning (TRL SFTTrainer)
+grpo-audio eval MODEL_DIR DATA                    accuracy per question type
+grpo-audio generate MODEL_DIR MANIFEST OUT        sample completions with audio
+grpo-audio synth OUT [--n N] [--seed S]           the synthetic music-theory corpus
+grpo-audio check-data MANIFEST [--family F]       validate a dataset up front
+grpo-audio tiny-model FAMILY OUT [--size S]       a tiny random checkpoint, built locally
+grpo-audio config-help                            every config key with its help
+grpo-audio demo [--out DIR]                       vLLM rollouts with audio on a demo-size model
 """
 
 from __future__ import annotations
@@ -11,6 +18,14 @@ import argparse
 import sys
 
 from .models import FAMILIES
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    from .config import RecipeConfig, load_config
+    from .recipe import Recipe
+
+    Recipe(load_config(args.config, args.overrides, schema=RecipeConfig)).run()
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -58,6 +73,29 @@ def _sft(args: argparse.Namespace) -> int:
     if history:
         print(f"loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
     print(f"wrote {model_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .evaluate import evaluate_model, load_eval_rows
+    from .models import family_of_architecture
+
+    arch = json.loads((Path(args.model_dir) / "config.json").read_text())["architectures"][0]
+    rows = load_eval_rows(args.data, family=family_of_architecture(arch))
+    if args.max_rows:
+        rows = rows[: args.max_rows]
+    report = evaluate_model(args.model_dir, rows, engine=args.engine, max_new_tokens=args.max_new_tokens)
+    for key in ("mcq_accuracy", "open_accuracy", "format_rate"):
+        if report[key] is not None:
+            print(f"{key:14s} {report[key]:.3f}")
+    for task, acc in report["per_task"].items():
+        print(f"  {task:24s} {acc:.3f}  (n={report['counts'][task]})")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report written to {args.out}")
     return 0
 
 
@@ -116,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
+        "recipe",
+        help="run a multi-stage recipe (sft -> cold_start -> grpo -> eval) from one YAML",
+        description="Run the stages of a recipe YAML in order, each from the previous stage's model, evaluate "
+        "after each, and write a report folder (report.md/json, stages.png, GRPO curves, samples, wall time).",
+    )
+    p.add_argument("config", help="YAML file mirroring grpo_audio.config.RecipeConfig")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=_recipe)
+
+    p = sub.add_parser(
         "train",
         help="run GRPO from a YAML config (plus key=value overrides)",
         description="GRPO on an audio-language model: rollouts with audio (vLLM or transformers), rewards, "
@@ -144,6 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps (default 10)")
     p.set_defaults(func=_sft)
+
+    p = sub.add_parser(
+        "eval",
+        help="accuracy per question type on an MCQ / open-answer set (manifest or MuChoMusic/MMAU-style JSON)",
+        description="Greedy completions for every row, scored with mcq_accuracy (MCQ rows) or answer_accuracy "
+        "(open rows); prints overall and per-category accuracy and the format rate.",
+    )
+    p.add_argument("model_dir", help="checkpoint directory")
+    p.add_argument("data", help="JSONL manifest, or a .json list in the MuChoMusic / MMAU layout")
+    p.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="generation engine (default vllm)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="completion length cap (default 128)")
+    p.add_argument("--max-rows", type=int, default=0, help="evaluate the first N rows only (default all)")
+    p.add_argument("--out", default="", help="write the full report (per-row results) as JSON")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser(
         "tiny-model",

@@ -344,3 +344,64 @@ def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:
         if sub is not None:
             lines.extend(describe(sub, key + "[]."))
     return lines
+
+
+STAGE_KINDS = ("sft", "cold_start", "grpo", "eval")
+
+
+@dataclass
+class StageConfig:
+    """One stage of a recipe; each training stage starts from the previous stage's model."""
+
+    name: str = _f(help="Stage name (its folder under output_dir); required.")
+    kind: str = _f(help="What the stage does.", choices=STAGE_KINDS)
+    data: str = _f("", help="Manifest for the stage; 'synthetic:NAME' uses the recipe's synthetic NAME.jsonl.")
+    epochs: float = _f(1.0, help="SFT epochs.")
+    max_steps: int = _f(-1, help="SFT optimiser steps (overrides epochs when > 0); GRPO: use grpo_overrides.")
+    lr: float = _f(1e-4, help="SFT learning rate.")
+    batch_size: int = _f(8, help="SFT rows per step.")
+    grpo_overrides: dict[str, Any] = _f(
+        help="GRPO stage: dotted overrides of the recipe's run settings, e.g. {train.max_steps: 20}.", factory=dict
+    )
+
+
+@dataclass
+class SyntheticConfig:
+    """The synthetic music-theory corpus a recipe can generate for itself."""
+
+    enabled: bool = _f(False, help="Generate the corpus into OUTPUT_DIR/data before the stages.")
+    n: int = _f(400, help="Training clips.")
+    n_eval: int = _f(100, help="Held-out clips.")
+    seed: int = _f(0, help="Corpus seed.")
+
+
+@dataclass
+class RecipeEvalConfig:
+    """Evaluation after each training stage."""
+
+    data: str = _f("synthetic:eval", help="Eval manifest (or 'synthetic:eval').")
+    max_rows: int = _f(0, help="Evaluate the first N rows only (0 = all).")
+    max_new_tokens: int = _f(128, help="Completion length cap at evaluation.")
+    engine: str = _f("hf", help="Engine for evaluation (greedy decoding).", choices=("vllm", "hf"))
+
+
+@dataclass
+class RecipeConfig:
+    """A recipe: stages (sft -> cold_start -> grpo -> eval) run in order from one YAML."""
+
+    output_dir: str = _f(help="Where every stage, the report and the curves go; required.")
+    seed: int = _f(0, help="Seed of every stage.")
+    tiny_model: str = _f(
+        "",
+        help="Build a tiny checkpoint of model.family of this size as the base model ('' = use model.path).",
+        choices=("", "test", "demo"),
+    )
+    model: ModelConfig = _f(help="Base model (path may be empty when tiny_model is set).", factory=ModelConfig)
+    synthetic: SyntheticConfig = _f(help="Synthetic corpus generation.", factory=SyntheticConfig)
+    eval: RecipeEvalConfig = _f(help="Evaluation after each training stage.", factory=RecipeEvalConfig)
+    lora: LoraConfig = _f(help="LoRA for the GRPO stages.", factory=LoraConfig)
+    rollout: RolloutConfig = _f(help="GRPO rollout settings.", factory=RolloutConfig)
+    grpo: GRPOConfig = _f(help="GRPO algorithm settings.", factory=GRPOConfig)
+    train: TrainConfig = _f(help="GRPO optimisation settings.", factory=TrainConfig)
+    rewards: list[RewardSpec] = _f(help="GRPO rewards.", factory=list)
+    stages: list[StageConfig] = _f(help="The stages, in order.", factory=list)

@@ -110,6 +110,11 @@ def test_every_example_yaml_loads_against_the_schema():
 
     examples = sorted((Path(__file__).resolve().parents[1] / "examples").rglob("*.yaml"))
     assert examples
+    from omegaconf import OmegaConf
+
+    from grpo_audio.config import RecipeConfig
+
     for path in examples:
-        cfg = load_config(path)
+        schema = RecipeConfig if "stages" in OmegaConf.load(path) else RunConfig
+        cfg = load_config(path, schema=schema)
         assert cfg.rewards and cfg.model.family
