@@ -71,7 +71,7 @@ def run_demo(out: str | Path, engine: str = "vllm", num_prompts: int = 8, n: int
         vllm.sync_weights(model)
         report["weight_sync_s"] = round(vllm.last_sync_s, 3)
         vllm.close()
-    report["audio_tokens_per_prompt"] = int(sampled.prompts.attention_mask.sum(-1).float().mean())
+    report["prompt_tokens_with_audio"] = int(sampled.prompts.attention_mask.sum(-1).float().mean())
     report["finish_reasons"] = {r: sampled.finish_reason.count(r) for r in sorted(set(sampled.finish_reason))}
     report["samples"] = [
         {"clip": rows[i].id, "task": clips[i].task, "completion": sampled.completion_text[i * n]}
