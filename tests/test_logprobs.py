@@ -105,3 +105,18 @@ def test_shared_prefix_with_lora_and_frozen_encoder(tiny_checkpoint):
     results = both_paths(model, prompts, ids, mask, processor.tokenizer.pad_token_id, banned, weights)
     assert_same(results, mask, model)
     assert all("lora_" in n or "multi_modal_projector" in n for n in results[0][2])
+
+
+def test_bf16_model_gets_bf16_audio_features(tiny_checkpoint):
+    """A bf16 policy runs both paths (audio features are cast to the model's dtype) and they agree to bf16
+    precision."""
+    family, model, processor, prompts, ids, mask, weights, banned = setup("audio_flamingo3", tiny_checkpoint)
+    model = model.to(torch.bfloat16)
+    pad = processor.tokenizer.pad_token_id
+    with torch.no_grad():
+        a, _ = shared_prefix_logprobs(model, prompts, [0, 1, 2], G, ids, mask, pad, banned_ids=banned)
+        b, _ = completion_logprobs(
+            model, prompts, [r for r in range(3) for _ in range(G)], ids, mask, pad, banned_ids=banned
+        )
+    m = mask.bool()
+    assert a.dtype == torch.float32 and (a[m] - b[m]).abs().max() < 0.1
