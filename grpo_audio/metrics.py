@@ -15,8 +15,14 @@ from typing import Any
 class MetricsLogger:
     """Writes metrics to ``out/metrics.jsonl`` and TensorBoard (``out/tb``)."""
 
-    def __init__(self, out: str | Path, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(
+        self, out: str | Path, resume_step: int | None = None, tensorboard: bool = True, enabled: bool = True
+    ):
+        self.enabled = enabled
         self.out = Path(out)
+        self.writer = None
+        if not enabled:  # processes other than the main one log nothing
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         self.path = self.out / "metrics.jsonl"
         if self.path.exists():
@@ -33,6 +39,8 @@ class MetricsLogger:
             self.writer = SummaryWriter(str(self.out / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")

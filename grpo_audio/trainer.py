@@ -111,6 +111,9 @@ class GRPOTrainer:
         )
         if not self.train_rows:
             raise ValueError("no training rows")
+        if config.grpo.dynamic_sampling and self.accelerator.num_processes > 1:
+            # Refilled groups differ per process, and DDP needs the same number of backward passes everywhere.
+            raise ValueError("grpo.dynamic_sampling supports one process only for now")
         self.loss_cfg = LossConfig(
             loss_type=config.grpo.loss_type,
             epsilon=config.grpo.epsilon,
@@ -138,7 +141,9 @@ class GRPOTrainer:
         )
         if resumed or config.lora.enabled:  # the engine starts from the checkpoint on disk
             self.engine.sync_weights(self.policy)
-        self.metrics = MetricsLogger(self.out, resume_step=self.step if resumed else None)
+        self.metrics = MetricsLogger(
+            self.out, resume_step=self.step if resumed else None, enabled=self.accelerator.is_main_process
+        )
 
     # ---- setup ----------------------------------------------------------------------------------------------
     @property
@@ -218,14 +223,16 @@ class GRPOTrainer:
 
     # ---- data -----------------------------------------------------------------------------------------------
     def next_rows(self, k: int) -> list[Row]:
+        """This process's k prompts: every process walks the same order and takes its own slice of k * world."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
         rows = []
-        while len(rows) < k:
+        while len(rows) < k * world:
             if self.cursor >= len(self.order):
                 self.epoch, self.cursor = self.epoch + 1, 0
                 self.order = self._permutation(self.epoch)
             rows.append(self.train_rows[self.order[self.cursor]])
             self.cursor += 1
-        return rows
+        return rows[rank * k : (rank + 1) * k]
 
     # ---- one step -------------------------------------------------------------------------------------------
     def _score(self, rows: list[Row], batch: RolloutBatch):
@@ -365,7 +372,9 @@ class GRPOTrainer:
                 ref_lps = torch.cat([score(ref, idx, grad=False)[0] for idx in chunks]).cpu()
 
         stats_acc: dict[str, list[float]] = {}
-        num_tokens = comp_mask.sum().clamp(min=1).float()
+        # Token and sequence normalisers are global; DDP averages gradients over processes, hence the * world.
+        world = self.accelerator.num_processes
+        num_tokens = self.accelerator.reduce(comp_mask.sum().float(), reduction="sum").clamp(min=1) / world
         grad_norm = 0.0
         for _ in range(cfg.grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
@@ -401,10 +410,12 @@ class GRPOTrainer:
         self.step += 1
 
         lengths = [len(c) for c in batch.completion_ids]
+        all_rewards = self.accelerator.gather(torch.tensor(rewards.total, device=self.accelerator.device)).cpu()
         total_s = time.perf_counter() - t_start
         metrics: dict[str, float] = {
             **rewards.metrics(),
-            "reward/std": float(np.std(rewards.total)),
+            "reward/mean": all_rewards.mean().item(),  # over every process
+            "reward/std": all_rewards.std(unbiased=False).item(),
             "advantages/mean": adv_stats.advantage_mean,
             "advantages/std": adv_stats.advantage_std,
             "advantages/abs_mean": adv_stats.advantage_abs_mean,
@@ -466,7 +477,11 @@ class GRPOTrainer:
             save_model_dir(self.policy, self.family, self.processor, folder)
 
         state = {k: v for k, v in self.policy.state_dict().items()}
-        return save_checkpoint(
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return self.out / "checkpoints" / f"step-{self.step:06d}"
+        path = save_checkpoint(
             self.out / "checkpoints",
             self.step,
             write_model,
@@ -476,6 +491,8 @@ class GRPOTrainer:
             {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "seed": self.cfg.seed},
             keep_last=self.cfg.train.keep_last,
         )
+        self.accelerator.wait_for_everyone()
+        return path
 
     def train(self) -> dict[str, float]:
         """Run to ``train.max_steps``; returns the last step's metrics."""
@@ -483,21 +500,26 @@ class GRPOTrainer:
 
         cfg = self.cfg.train
         last: dict[str, float] = {}
-        if self.step == 0 and cfg.eval_every and self.eval_rows:
+        main = self.accelerator.is_main_process
+        if self.step == 0 and cfg.eval_every and self.eval_rows and main:
             self.metrics.log(0, self.evaluate())
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="grpo", unit="step")
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="grpo", unit="step", disable=not main)
         while self.step < cfg.max_steps:
             last = self.train_step()
             if cfg.eval_every and self.eval_rows and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
-                last.update(self.evaluate())
-            self.metrics.log(self.step, last)
+                if main:  # evaluation and logging run on the main process only
+                    last.update(self.evaluate())
+            if main:
+                self.metrics.log(self.step, last)
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
                 self.save()
             bar.update(1)
             bar.set_postfix(reward=f"{last['reward/mean']:.3f}", loss=f"{last['loss']:.4f}")
         bar.close()
         self.metrics.close()
-        plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+        if main:
+            plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+        self.accelerator.wait_for_everyone()
         return last
 
     def close(self) -> None:

@@ -302,3 +302,44 @@ def test_shared_prefix_and_per_sample_steps_agree(tmp_path, tiny_checkpoint):
     assert a.keys() == b.keys() and len(a) > 10
     for name in a:
         assert (a[name] - b[name]).norm() <= 1e-4 * b[name].norm().clamp(min=1e-12), name
+
+
+def test_two_processes_with_ddp(tmp_path, tiny_checkpoint):
+    """DDP on the CPU (gloo, torchrun): two processes, each with its own prompts and engine, one set of outputs."""
+    (tmp_path / "toy_rewards.py").write_text(
+        "def digits(prompts, completions, **kw):\n"
+        "    t = [c[0]['content'] for c in completions]\n"
+        "    return [sum(ch.isdigit() for ch in s) / max(1, len(s)) for s in t]\n"
+    )
+    for i in range(6):
+        sf.write(tmp_path / f"c{i}.wav", tone_rows(6)[i].audio, 16000)
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": f"c{i}", "audio": f"c{i}.wav", "prompt": "Tempo?"}) + "\n" for i in range(6))
+    )
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(
+        RESUME_YAML.format(out=tmp_path / "ddp", model=tiny_checkpoint("audio_flamingo3"), manifest=manifest).replace(
+            "max_steps: 6", "max_steps: 3"
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    torchrun = Path(sys.executable).parent / "torchrun"  # accelerate's launcher runs one process on a CPU
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "-m", "grpo_audio.cli", "train", str(cfg)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shared-prefix logprobs disabled: distributed wrappers" in proc.stderr
+    steps = [json.loads(x)["step"] for x in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # written once, by the main process
+    ckpt = latest_checkpoint(tmp_path / "ddp/checkpoints")
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    # 3 steps x 2 prompts x 2 processes = 12 rows of a 6-row set: each process took its own prompts
+    assert ckpt.name == "step-000003" and (state["epoch"], state["cursor"]) == (1, 6)
+    from grpo_audio.models import get_family
+
+    get_family("audio_flamingo3").model_class().from_pretrained(ckpt / "model")
