@@ -218,19 +218,25 @@ rewards: [{{name: "toy_rewards:digits"}}]
 """
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_checkpoint):
+def toy_project(tmp_path: Path, n: int) -> tuple[Path, dict[str, str]]:
+    """A manifest of n tones and an importable module with the digits reward, for runs in subprocesses."""
     (tmp_path / "toy_rewards.py").write_text(
         "def digits(prompts, completions, **kw):\n"
         "    t = [c[0]['content'] for c in completions]\n"
         "    return [sum(ch.isdigit() for ch in s) / max(1, len(s)) for s in t]\n"
     )
-    for i in range(5):
-        sf.write(tmp_path / f"c{i}.wav", tone_rows(5)[i].audio, 16000)
+    for i, row in enumerate(tone_rows(n)):
+        sf.write(tmp_path / f"c{i}.wav", row.audio, 16000)
     manifest = tmp_path / "train.jsonl"
     manifest.write_text(
-        "".join(json.dumps({"id": f"c{i}", "audio": f"c{i}.wav", "prompt": "Tempo?"}) + "\n" for i in range(5))
+        "".join(json.dumps({"id": f"c{i}", "audio": f"c{i}.wav", "prompt": "Tempo?"}) + "\n" for i in range(n))
     )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return manifest, env
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_checkpoint):
+    manifest, env = toy_project(tmp_path, 5)
 
     def cmd(name):
         cfg = tmp_path / f"{name}.yaml"
@@ -306,24 +312,13 @@ def test_shared_prefix_and_per_sample_steps_agree(tmp_path, tiny_checkpoint):
 
 def test_two_processes_with_ddp(tmp_path, tiny_checkpoint):
     """DDP on the CPU (gloo, torchrun): two processes, each with its own prompts and engine, one set of outputs."""
-    (tmp_path / "toy_rewards.py").write_text(
-        "def digits(prompts, completions, **kw):\n"
-        "    t = [c[0]['content'] for c in completions]\n"
-        "    return [sum(ch.isdigit() for ch in s) / max(1, len(s)) for s in t]\n"
-    )
-    for i in range(6):
-        sf.write(tmp_path / f"c{i}.wav", tone_rows(6)[i].audio, 16000)
-    manifest = tmp_path / "train.jsonl"
-    manifest.write_text(
-        "".join(json.dumps({"id": f"c{i}", "audio": f"c{i}.wav", "prompt": "Tempo?"}) + "\n" for i in range(6))
-    )
+    manifest, env = toy_project(tmp_path, 6)
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(
         RESUME_YAML.format(out=tmp_path / "ddp", model=tiny_checkpoint("audio_flamingo3"), manifest=manifest).replace(
             "max_steps: 6", "max_steps: 3"
         )
     )
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     torchrun = Path(sys.executable).parent / "torchrun"  # accelerate's launcher runs one process on a CPU
     proc = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "-m", "grpo_audio.cli", "train", str(cfg)],
