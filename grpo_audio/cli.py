@@ -66,6 +66,7 @@ def _sft(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         logging_steps=args.logging_steps,
+        freeze_audio_encoder=args.freeze_audio_encoder,
     )
     model_dir, history = run_sft(
         model, family, AutoProcessor.from_pretrained(args.model_dir), rows, args.out, settings
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="rows per step (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps (default 10)")
+    p.add_argument("--freeze-audio-encoder", action="store_true", help="keep the audio encoder fixed")
     p.set_defaults(func=_sft)
 
     p = sub.add_parser(

@@ -360,6 +360,9 @@ class StageConfig:
     max_steps: int = _f(-1, help="SFT optimiser steps (overrides epochs when > 0); GRPO: use grpo_overrides.")
     lr: float = _f(1e-4, help="SFT learning rate.")
     batch_size: int = _f(8, help="SFT rows per step.")
+    freeze_audio_encoder: bool = _f(
+        False, help="SFT: keep the audio encoder fixed (no backward through it: ~2.5x faster steps on the demo model)."
+    )
     grpo_overrides: dict[str, Any] = _f(
         help="GRPO stage: dotted overrides of the recipe's run settings, e.g. {train.max_steps: 20}.", factory=dict
     )

@@ -95,6 +95,7 @@ class Recipe:
             batch_size=stage.batch_size,
             seed=self.cfg.seed,
             logging_steps=1,
+            freeze_audio_encoder=stage.freeze_audio_encoder,
         )
         return run_sft(
             model, self.family, AutoProcessor.from_pretrained(model_dir), rows, self.out / stage.name, settings

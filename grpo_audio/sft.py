@@ -79,6 +79,7 @@ class SFTSettings:
     max_grad_norm: float = 1.0
     seed: int = 0
     logging_steps: int = 10
+    freeze_audio_encoder: bool = False
 
 
 def run_sft(
@@ -92,6 +93,10 @@ def run_sft(
     from trl import SFTConfig, SFTTrainer
 
     out = Path(out)
+    if settings.freeze_audio_encoder:
+        for name, p in model.named_parameters():
+            if name.startswith(family.audio_encoder_prefixes):
+                p.requires_grad_(False)
     args = SFTConfig(
         output_dir=str(out / "trl"),
         num_train_epochs=settings.epochs,

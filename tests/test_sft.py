@@ -62,3 +62,27 @@ def test_sft_command_lowers_the_loss_and_saves_a_loadable_model(corpus, tiny_che
     tuned = family.model_class().from_pretrained(tmp_path / "out/model")
     base = family.model_class().from_pretrained(path)
     assert not torch.equal(tuned.lm_head.weight, base.lm_head.weight)
+
+
+def test_sft_with_a_frozen_audio_encoder(corpus, tiny_checkpoint, tmp_path):
+    path = tiny_checkpoint("music_flamingo")
+    argv = [
+        "sft",
+        str(path),
+        str(corpus["skills"]),
+        str(tmp_path / "out"),
+        "--max-steps",
+        "2",
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        "4",
+        "--freeze-audio-encoder",
+    ]
+    assert main(argv) == 0
+    family = get_family("music_flamingo")
+    tuned = dict(family.model_class().from_pretrained(tmp_path / "out/model").named_parameters())
+    base = dict(family.model_class().from_pretrained(path).named_parameters())
+    encoder = [n for n in base if n.startswith(family.audio_encoder_prefixes)]
+    assert encoder and all(torch.equal(tuned[n], base[n]) for n in encoder)
+    assert not torch.equal(tuned["lm_head.weight"], base["lm_head.weight"])
