@@ -45,17 +45,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
 
     from transformers import AutoProcessor
 
     from .data.loaders import load_manifest
-    from .models import family_of_architecture
+    from .models import family_of_checkpoint
     from .sft import SFTSettings, run_sft
 
-    arch = json.loads((Path(args.model_dir) / "config.json").read_text())["architectures"][0]
-    family = family_of_architecture(arch)
+    family = family_of_checkpoint(args.model_dir)
     rows = load_manifest(args.manifest, family=family)
     model = family.model_class().from_pretrained(args.model_dir)
     settings = SFTSettings(
@@ -82,10 +79,9 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .evaluate import evaluate_model, load_eval_rows
-    from .models import family_of_architecture
+    from .models import family_of_checkpoint
 
-    arch = json.loads((Path(args.model_dir) / "config.json").read_text())["architectures"][0]
-    rows = load_eval_rows(args.data, family=family_of_architecture(arch))
+    rows = load_eval_rows(args.data, family=family_of_checkpoint(args.model_dir))
     if args.max_rows:
         rows = rows[: args.max_rows]
     report = evaluate_model(args.model_dir, rows, engine=args.engine, max_new_tokens=args.max_new_tokens)

@@ -130,10 +130,9 @@ def evaluate_model(
 def _engine(model_dir: str | Path, engine: str, max_model_len: int) -> Any:
     from transformers import AutoProcessor
 
-    from .models import family_of_architecture
+    from .models import family_of_checkpoint
 
-    arch = json.loads((Path(model_dir) / "config.json").read_text())["architectures"][0]
-    family = family_of_architecture(arch)
+    family = family_of_checkpoint(model_dir)
     if engine == "vllm":
         from .rollout.vllm_engine import VLLMEngine
 

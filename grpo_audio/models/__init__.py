@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .audio_flamingo3 import AudioFlamingo3
 from .base import ModelFamily, TinySize
 from .music_flamingo import MusicFlamingo
@@ -30,4 +33,12 @@ def family_of_architecture(architecture: str) -> type[ModelFamily]:
     raise ValueError(f"no model family serves architecture '{architecture}'; known families: {', '.join(FAMILIES)}")
 
 
-__all__ = ["FAMILIES", "ModelFamily", "TinySize", "family_of_architecture", "get_family"]
+def family_of_checkpoint(model_dir: str | Path) -> type[ModelFamily]:
+    """The adapter for a checkpoint directory, from the architecture in its ``config.json``."""
+    config = Path(model_dir) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"not a checkpoint directory (no config.json): {model_dir}")
+    return family_of_architecture(json.loads(config.read_text())["architectures"][0])
+
+
+__all__ = ["FAMILIES", "ModelFamily", "TinySize", "family_of_architecture", "family_of_checkpoint", "get_family"]

@@ -77,10 +77,9 @@ def generate_manifest(
     from transformers import AutoProcessor
 
     from ..data.loaders import load_manifest
-    from ..models import family_of_architecture
+    from ..models import family_of_checkpoint
 
-    arch = json.loads((Path(model_dir) / "config.json").read_text())["architectures"][0]
-    family = family_of_architecture(arch)
+    family = family_of_checkpoint(model_dir)
     rows = load_manifest(manifest, family=family)
     sampling = sampling or SamplingConfig()
     if engine == "vllm":

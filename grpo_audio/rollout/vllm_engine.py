@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..data.schema import Row
-from ..models import ModelFamily, family_of_architecture
+from ..models import ModelFamily, family_of_checkpoint
 from ..models.weights import checkpoint_state_dict
 from .base import (
     PreparedPrompts,
@@ -68,15 +68,12 @@ class VLLMEngine:
         enforce_eager: bool = True,
         **engine_kwargs: Any,
     ):
-        import json
-
         from transformers import AutoProcessor
         from vllm import LLM
 
         self.model_dir = Path(model_dir)
         if family is None:
-            arch = json.loads((self.model_dir / "config.json").read_text())["architectures"][0]
-            family = family_of_architecture(arch)
+            family = family_of_checkpoint(self.model_dir)
         self.family = family
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.tokenizer = self.processor.tokenizer
