@@ -32,8 +32,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The embedded default recipe: synthetic corpus, demo-size Music Flamingo, text -> SFT -> cold start -> GRPO
+# (vLLM rollouts) -> evaluation after each stage; the report goes to $(DEMO_OUT)/report.md.
 demo: $(STAMP)
-	$(BIN)/grpo-audio demo --out $(DEMO_OUT)
+	$(BIN)/grpo-audio recipe examples/music_flamingo/tiny.yaml output_dir=$(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

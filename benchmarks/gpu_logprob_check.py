@@ -1,6 +1,6 @@
 """GPU check of the training side: shared-prefix vs per-sample logprob passes in float32 and bf16 on CUDA.
 
-For a demo-size and a larger Music Flamingo built locally (random weights), one prompt with 30 s of audio and
+For a bench-size and a larger Music Flamingo built locally (random weights), one prompt with 30 s of audio and
 G = 8 completions of 128 tokens: the largest logprob and gradient differences between the two paths, and the
 forward + backward time of each (alternating, medians). Needs torch, transformers and tokenizers only (audio
 I/O modules are stubbed: this check feeds arrays directly).
@@ -106,6 +106,6 @@ if __name__ == "__main__":
         for audio_s, g in ((30.0, 16), (120.0, 8), (120.0, 16)):
             run("large", torch.bfloat16, audio_s=audio_s, g=g)
     else:
-        for size in ("demo", "large"):
+        for size in ("bench", "large"):
             for dtype in (torch.float32, torch.bfloat16):
                 run(size, dtype)

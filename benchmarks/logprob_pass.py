@@ -1,6 +1,6 @@
 """Logprob pass speed: forward + backward over one group, shared prefix vs per sample.
 
-A demo-size Music Flamingo checkpoint built locally (float32, sdpa), one prompt with A seconds of audio
+A bench-size Music Flamingo checkpoint built locally (float32, sdpa), one prompt with A seconds of audio
 (~25 audio tokens per second), G completions of C tokens. The shared-prefix path runs the audio encoder and
 the prompt once and the G completions against the repeated prompt KV cache; the per-sample path runs G full
 sequences. Runs alternate between the two paths (this machine is noisy), medians are compared. Peak memory of
@@ -194,7 +194,7 @@ def main() -> None:
     from grpo_audio.models.tiny import build_tiny_model
 
     torch.manual_seed(0)
-    model_dir = build_tiny_model("music_flamingo", Path(tempfile.mkdtemp()) / "mf", size="demo", seed=0)
+    model_dir = build_tiny_model("music_flamingo", Path(tempfile.mkdtemp()) / "mf", size="bench", seed=0)
     header = (
         f"{'audio':>6} {'G':>3} {'P':>5} {'C':>4} {'shared s':>9} {'per-sample s':>12} {'ratio':>6} "
         f"{'theory':>6} {'shared MB':>9} {'per-sample MB':>13}"

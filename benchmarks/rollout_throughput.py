@@ -1,6 +1,6 @@
 """Rollout throughput: completion tokens/s of the vLLM engine vs the HF engine on the same checkpoint.
 
-Setup (the acceptance benchmark): a demo-size Music Flamingo checkpoint built locally, 16 prompts with 5 s of
+Setup (the acceptance benchmark): a bench-size Music Flamingo checkpoint built locally, 16 prompts with 5 s of
 audio each, n = 8 completions per prompt, exactly 64 new tokens each (``ignore_eos``), float32. Runs alternate
 vLLM / HF for ``--rounds`` rounds (this machine is noisy, so both are measured under the same conditions), and
 the median of each is compared. Also times ``sync_weights`` (policy -> vLLM) for the same model.
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--size", default="demo", choices=["test", "demo"])
+    parser.add_argument("--size", default="bench", choices=["test", "demo", "bench"])
     args = parser.parse_args()
 
     from transformers import AutoProcessor

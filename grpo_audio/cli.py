@@ -53,7 +53,7 @@ def _sft(args: argparse.Namespace) -> int:
     from .sft import SFTSettings, run_sft
 
     family = family_of_checkpoint(args.model_dir)
-    rows = load_manifest(args.manifest, family=family)
+    rows = load_manifest(args.manifest, family=family, decode=args.target != "text")
     model = family.model_class().from_pretrained(args.model_dir)
     settings = SFTSettings(
         target=args.target,
@@ -64,6 +64,7 @@ def _sft(args: argparse.Namespace) -> int:
         seed=args.seed,
         logging_steps=args.logging_steps,
         freeze_audio_encoder=args.freeze_audio_encoder,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     model_dir, history = run_sft(
         model, family, AutoProcessor.from_pretrained(args.model_dir), rows, args.out, settings
@@ -176,12 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="supervised fine-tuning on a manifest (TRL SFTTrainer, loss on the target only)",
         description="SFT of an audio LLM on a JSONL manifest with TRL's SFTTrainer and grpo-audio's audio "
         "collator: the target is the row's answer (or caption), or with --target think a "
-        "<think>...</think><answer>...</answer> chain of thought (cold start). Prompt and audio are masked.",
+        "<think>...</think><answer>...</answer> chain of thought (cold start). Prompt and audio are masked. "
+        "--target text trains on the whole text of each row without its audio (a language warm-up).",
     )
     p.add_argument("model_dir", help="checkpoint directory")
     p.add_argument("manifest", help="JSONL manifest")
     p.add_argument("out", help="output directory (the model goes to OUT/model)")
-    p.add_argument("--target", choices=["answer", "think"], default="answer", help="what to learn (default answer)")
+    p.add_argument(
+        "--target",
+        choices=["answer", "think", "text"],
+        default="answer",
+        help="what to learn (default answer; text: the whole text without audio, a language warm-up)",
+    )
     p.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
     p.add_argument("--max-steps", type=int, default=-1, help="optimiser steps; overrides --epochs when > 0")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
@@ -189,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps (default 10)")
     p.add_argument("--freeze-audio-encoder", action="store_true", help="keep the audio encoder fixed")
+    p.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory)"
+    )
     p.set_defaults(func=_sft)
 
     p = sub.add_parser(
@@ -214,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("family", choices=sorted(FAMILIES), help="model family")
     p.add_argument("out", help="output directory (replaced if it exists)")
     p.add_argument(
-        "--size", choices=["test", "demo"], default="test", help="test: fastest; demo: can learn (default test)"
+        "--size",
+        choices=["test", "demo", "bench"],
+        default="test",
+        help="test: fastest; demo: the embedded recipe's model; bench: the benchmarks' model (default test)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.set_defaults(func=_tiny_model)

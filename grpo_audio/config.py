@@ -346,7 +346,7 @@ def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:
     return lines
 
 
-STAGE_KINDS = ("sft", "cold_start", "grpo", "eval")
+STAGE_KINDS = ("text_pretrain", "sft", "cold_start", "grpo", "eval")
 
 
 @dataclass
@@ -355,13 +355,20 @@ class StageConfig:
 
     name: str = _f(help="Stage name (its folder under output_dir); required.")
     kind: str = _f(help="What the stage does.", choices=STAGE_KINDS)
-    data: str = _f("", help="Manifest for the stage; 'synthetic:NAME' uses the recipe's synthetic NAME.jsonl.")
+    data: str = _f(
+        "",
+        help="Manifest for the stage ('synthetic:NAME' = the recipe's synthetic NAME.jsonl); text_pretrain, sft and "
+        "cold_start take several, comma-separated.",
+    )
     epochs: float = _f(1.0, help="SFT epochs.")
     max_steps: int = _f(-1, help="SFT optimiser steps (overrides epochs when > 0); GRPO: use grpo_overrides.")
     lr: float = _f(1e-4, help="SFT learning rate.")
     batch_size: int = _f(8, help="SFT rows per step.")
     freeze_audio_encoder: bool = _f(
-        False, help="SFT: keep the audio encoder fixed (no backward through it: ~2.5x faster steps on the demo model)."
+        False, help="SFT: keep the audio encoder fixed; its output for each clip is then computed once and reused."
+    )
+    gradient_checkpointing: bool = _f(
+        False, help="SFT: recompute activations in the backward pass (less memory, ~30% slower steps)."
     )
     grpo_overrides: dict[str, Any] = _f(
         help="GRPO stage: dotted overrides of the recipe's run settings, e.g. {train.max_steps: 20}.", factory=dict
@@ -397,7 +404,7 @@ class RecipeConfig:
     tiny_model: str = _f(
         "",
         help="Build a tiny checkpoint of model.family of this size as the base model ('' = use model.path).",
-        choices=("", "test", "demo"),
+        choices=("", "test", "demo", "bench"),
     )
     model: ModelConfig = _f(help="Base model (path may be empty when tiny_model is set).", factory=ModelConfig)
     synthetic: SyntheticConfig = _f(help="Synthetic corpus generation.", factory=SyntheticConfig)

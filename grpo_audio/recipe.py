@@ -1,7 +1,9 @@
 """The Music Flamingo recipe: stages from one YAML, each starting from the previous stage's model.
 
-``sft`` (skills: captions and QA, target = answer) -> ``cold_start`` (chain of thought, target =
-``<think>..</think><answer>..</answer>``) -> ``grpo`` (rewards per task type) -> ``eval``. After every training
+``text_pretrain`` (optional: language-model loss on the data's text without the audio, standing in for the
+pretrained language model a real audio LLM starts from) -> ``sft`` (skills: captions and QA, target = answer)
+-> ``cold_start`` (chain of thought, target = ``<think>..</think><answer>..</answer>``) -> ``grpo`` (rewards per
+task type) -> ``eval``. After every training
 stage the model is evaluated on the eval set (accuracy per question type, format rate), and at the end a report
 folder holds ``report.json``, ``report.md``, ``stages.png`` (accuracy per stage and question type), the GRPO
 curves, sample completions and the wall time.
@@ -63,7 +65,7 @@ class Recipe:
             t = time.perf_counter()
             print(f"[recipe] stage '{stage.name}' ({stage.kind}) from {current}")
             entry: dict[str, Any] = {"name": stage.name, "kind": stage.kind}
-            if stage.kind in ("sft", "cold_start"):
+            if stage.kind in ("text_pretrain", "sft", "cold_start"):
                 current, history = self.sft(stage, current)
                 if history:
                     entry["loss_first"], entry["loss_last"] = history[0]["loss"], history[-1]["loss"]
@@ -85,10 +87,15 @@ class Recipe:
         from .data.loaders import load_manifest
         from .sft import SFTSettings, run_sft
 
-        rows = load_manifest(self.data_path(stage.data), family=self.family)
+        text = stage.kind == "text_pretrain"
+        rows = [
+            row
+            for spec in stage.data.split(",")
+            for row in load_manifest(self.data_path(spec.strip()), family=self.family, decode=not text)
+        ]
         model = self.family.model_class().from_pretrained(model_dir)
         settings = SFTSettings(
-            target="think" if stage.kind == "cold_start" else "answer",
+            target={"text_pretrain": "text", "cold_start": "think"}.get(stage.kind, "answer"),
             epochs=stage.epochs,
             max_steps=stage.max_steps,
             lr=stage.lr,
@@ -96,6 +103,7 @@ class Recipe:
             seed=self.cfg.seed,
             logging_steps=1,
             freeze_audio_encoder=stage.freeze_audio_encoder,
+            gradient_checkpointing=stage.gradient_checkpointing,
         )
         return run_sft(
             model, self.family, AutoProcessor.from_pretrained(model_dir), rows, self.out / stage.name, settings

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_short_recipe_runs_every_stage(tmp_path):
     stages = (
-        '[{name: sft, kind: sft, data: "synthetic:skills", max_steps: 3, lr: 1e-3, batch_size: 8},'
+        '[{name: text, kind: text_pretrain, data: "synthetic:skills,synthetic:think", max_steps: 2, batch_size: 8},'
+        ' {name: sft, kind: sft, data: "synthetic:skills", max_steps: 3, lr: 1e-3, batch_size: 8},'
         ' {name: cold_start, kind: cold_start, data: "synthetic:think", max_steps: 2, lr: 1e-3, batch_size: 8},'
         ' {name: grpo, kind: grpo, data: "synthetic:rl", grpo_overrides: {train.max_steps: 2, train.eval_every: 1,'
         " train.eval_rows: 3}}, {name: final, kind: eval}]"
@@ -40,10 +41,10 @@ def test_short_recipe_runs_every_stage(tmp_path):
     )
     report = Recipe(cfg).run()
     out = tmp_path / "out"
-    assert [s["name"] for s in report["stages"]] == ["base", "sft", "cold_start", "grpo", "final"]
+    assert [s["name"] for s in report["stages"]] == ["base", "text", "sft", "cold_start", "grpo", "final"]
     family = get_family("music_flamingo")
     previous = None
-    for stage in report["stages"][1:4]:
+    for stage in report["stages"][1:5]:
         model = family.model_class().from_pretrained(stage["model_dir"])
         weights = model.lm_head.weight.detach().clone()
         if stage["kind"] != "grpo":  # (the GRPO stage sees all-zero rewards at this size: no signal, no update)
@@ -51,16 +52,16 @@ def test_short_recipe_runs_every_stage(tmp_path):
         previous = weights
         assert {"mcq_accuracy", "open_accuracy", "format_rate", "per_task"} <= set(stage["eval"])
         assert (out / "samples" / f"{stage['name']}.jsonl").exists()
-    assert report["stages"][3]["reward_first"] is not None and Path(report["stages"][3]["curves"]).exists()
+    assert report["stages"][4]["reward_first"] is not None and Path(report["stages"][4]["curves"]).exists()
     saved = json.loads((out / "report.json").read_text())
-    assert saved["wall_s"] > 0 and len(saved["stages"]) == 5
+    assert saved["wall_s"] > 0 and len(saved["stages"]) == 6
     assert "| grpo | grpo |" in (out / "report.md").read_text()
     assert (out / "stages.png").stat().st_size > 5000
 
     from vllm import LLM
 
     llm = LLM(
-        model=report["stages"][3]["model_dir"],
+        model=report["stages"][4]["model_dir"],
         dtype="float32",
         max_model_len=1024,
         gpu_memory_utilization=0.3,

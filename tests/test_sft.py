@@ -9,7 +9,7 @@ from grpo_audio.cli import main
 from grpo_audio.data.loaders import load_manifest
 from grpo_audio.data.synthetic import write_corpus
 from grpo_audio.models import get_family
-from grpo_audio.sft import AudioSFTCollator, target_text
+from grpo_audio.sft import AudioSFTCollator, TextCollator, target_text
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,35 @@ def test_sft_with_a_frozen_audio_encoder(corpus, tiny_checkpoint, tmp_path):
     encoder = [n for n in base if n.startswith(family.audio_encoder_prefixes)]
     assert encoder and all(torch.equal(tuned[n], base[n]) for n in encoder)
     assert not torch.equal(tuned["lm_head.weight"], base["lm_head.weight"])
+
+
+def test_text_collator_learns_the_whole_text_without_audio(corpus, tiny_checkpoint):
+    from transformers import AutoProcessor
+
+    family = get_family("music_flamingo")
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint(family.name))
+    tok = processor.tokenizer
+    rows = load_manifest(corpus["think"], decode=False)[:2] + load_manifest(corpus["skills"], decode=False)[:1]
+    batch = TextCollator(family, processor, rows)([{"index": i} for i in range(3)])
+    audio_ids = {tok.convert_tokens_to_ids(t) for t in ("<sound>", "<|sound_bos|>", "<|sound_eos|>")}
+    assert not audio_ids & set(batch["input_ids"].flatten().tolist())
+    mask = batch["attention_mask"].bool()
+    assert torch.equal(batch["labels"][mask], batch["input_ids"][mask]) and (batch["labels"][~mask] == -100).all()
+    first = tok.decode(batch["input_ids"][0][mask[0]])
+    assert rows[0].prompt.split("\n")[0] in first and first.endswith(target_text(rows[0], "think") + tok.eos_token)
+    assert tok.decode(batch["input_ids"][2][mask[2]]).endswith(f"assistant\n{rows[2].answer}{tok.eos_token}")
+    # a left-padded row's positions start at 0 on its first real token
+    assert (batch["position_ids"][mask] >= 0).all() and batch["position_ids"][0][mask[0]][0] == 0
+
+
+def test_sft_command_text_target_lowers_the_loss(corpus, tiny_checkpoint, tmp_path, capsys):
+    path = tiny_checkpoint("music_flamingo")
+    argv = ["sft", str(path), str(corpus["think"]), str(tmp_path / "out"), "--target", "text"]
+    argv += ["--max-steps", "10", "--lr", "3e-3", "--batch-size", "4", "--logging-steps", "1"]
+    assert main(argv) == 0
+    import re
+
+    before, after = (
+        float(x) for x in re.search(r"^loss ([\d.]+) -> ([\d.]+)$", capsys.readouterr().out, re.M).groups()
+    )
+    assert after < before - 0.5

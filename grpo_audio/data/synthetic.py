@@ -12,8 +12,8 @@ From the same ground truth it writes:
   with shuffled distractors and open-answer;
 - ``think.jsonl`` (MF-Think style): multiple-choice questions whose target is a chain of thought grounded in
   the theory ("the notes are A, C, E: a minor triad rooted on A") then ``<think>...</think><answer>...</answer>``;
-- ``rl.jsonl``: prompts with ground truth for the rewards (MCQ letter, open answer, metadata for music-theory
-  and structured-caption rewards);
+- ``rl.jsonl``: prompts with ground truth for the rewards (the correct MCQ choice, open answer, metadata for
+  music-theory and structured-caption rewards);
 - ``eval.jsonl``: held-out clips (no clip shared with the other files), multiple-choice and open questions.
 
 Departure from the paper: MF-Skills and MF-Think are built from real music with captions written by models and
@@ -316,8 +316,9 @@ def make_clip(task: str, clip_id: str, rng: np.random.Generator) -> Clip:
         bpm = int(rng.integers(16, 41)) * 4  # 64-160 BPM in steps of 4
         meter = str(rng.choice(METERS)) if task == "meter" else str(rng.choice(["4/4", "3/4"]))
         style = str(rng.choice(["click", "drums"]))
-        bars = 3 if task == "meter" else 2
-        seconds = max(4.0, min(9.0, bars * BEATS_PER_BAR[meter] * 60.0 / bpm + 0.4))
+        # The length is drawn independently of tempo and meter: a length that follows from them (so many bars)
+        # would let a model read the tempo off the number of audio tokens instead of listening to the beats.
+        seconds = float(rng.uniform(5.0, 8.0) if task == "meter" else rng.uniform(4.0, 6.0))
         wave = render_rhythm(bpm, meter, style, seconds, rng)
         meta = {"tempo": bpm, "meter": meter, "style": style}
     elif task == "instrument":
@@ -361,18 +362,25 @@ def open_answer(clip: Clip) -> str:
 
 
 def _distractors(clip: Clip, rng: np.random.Generator) -> list[str]:
+    """Three wrong choices. Chords and keys are two-part labels (root and quality, tonic and mode): their
+    choices form a 2 x 2 grid (the true root with another quality, another root with the true quality, and
+    both changed), so that every root and every quality shows up twice and the choices alone give nothing away.
+    """
     m = clip.metadata
     if clip.task == "chord":
         root = PITCH_CLASSES.index(m["root"])
-        pool = [f"{m['root']} {q}" for q in CHORD_QUALITIES if q != m["quality"]]
-        pool += [f"{PITCH_CLASSES[(root + d) % 12]} {m['quality']}" for d in (2, 5, 7, 9)]
-    elif clip.task == "key":
+        other_root = PITCH_CLASSES[(root + int(rng.choice([2, 5, 7, 9]))) % 12]
+        other_quality = str(rng.choice([q for q in CHORD_QUALITIES if q != m["quality"]]))
+        return [f"{m['root']} {other_quality}", f"{other_root} {m['quality']}", f"{other_root} {other_quality}"]
+    if clip.task == "key":
         tonic = PITCH_CLASSES.index(m["tonic"])
-        other = "minor" if m["mode"] == "major" else "major"
-        rel = (tonic + (9 if m["mode"] == "major" else 3)) % 12
-        pool = [f"{m['tonic']} {other}", f"{PITCH_CLASSES[rel]} {other}"]
-        pool += [f"{PITCH_CLASSES[(tonic + d) % 12]} {m['mode']}" for d in (2, 5, 7, 10)]
-    elif clip.task == "tempo":
+        other_mode = "minor" if m["mode"] == "major" else "major"
+        # The relative key (same notes, other mode) is the hardest distractor; other tonics a fourth or fifth
+        # away or a tone above share most notes.
+        relative = 9 if m["mode"] == "major" else 3
+        other_tonic = PITCH_CLASSES[(tonic + int(rng.choice([relative, 5, 7, 2]))) % 12]
+        return [f"{m['tonic']} {other_mode}", f"{other_tonic} {m['mode']}", f"{other_tonic} {other_mode}"]
+    if clip.task == "tempo":
         bpm = m["tempo"]
         pool = [str(b) for b in range(64, 161, 4) if abs(b - bpm) >= 16]
     elif clip.task == "meter":
@@ -383,14 +391,20 @@ def _distractors(clip: Clip, rng: np.random.Generator) -> list[str]:
     return [str(x) for x in rng.choice(pool, size=3, replace=False)]
 
 
+MCQ_INSTRUCTION = "Answer with the correct choice."
+
+
 def mcq(clip: Clip, rng: np.random.Generator) -> tuple[str, list[str], str]:
-    """(question text with lettered choices, choices, correct letter)."""
+    """(question text with lettered choices, choices, the correct choice's text).
+
+    The answer is the choice itself, as MMAU scores answers, rather than its letter: a model then names what
+    it hears instead of also learning to look letters up (``mcq_accuracy`` accepts either).
+    """
     choices = [open_answer(clip), *_distractors(clip, rng)]
     order = rng.permutation(len(choices))
     choices = [choices[i] for i in order]
-    letter = "ABCD"[choices.index(open_answer(clip))]
     lines = "\n".join(f"({'ABCD'[i]}) {c}" for i, c in enumerate(choices))
-    return f"{QUESTIONS[clip.task]}\n{lines}\nAnswer with the letter of the correct choice.", choices, letter
+    return f"{QUESTIONS[clip.task]}\n{lines}\n{MCQ_INSTRUCTION}", choices, open_answer(clip)
 
 
 def caption(clip: Clip) -> str:
@@ -468,23 +482,23 @@ def _row(clip: Clip, kind: str, prompt: str, **fields: Any) -> dict[str, Any]:
 
 def rows_for_clip(clip: Clip, rng: np.random.Generator) -> dict[str, list[dict[str, Any]]]:
     """The rows each output file gets from one clip."""
-    question, choices, letter = mcq(clip, rng)
+    question, choices, correct = mcq(clip, rng)
     answer = open_answer(clip)
     cap = caption(clip)
     think = thinking(clip)
     cap_prompt = "Describe this music: mention what you can tell about its key, chords, tempo, meter and instrument."
     skills = [
         _row(clip, "caption", cap_prompt, answer=cap, caption=cap) | {"task": "caption"},
-        _row(clip, "mcq", question, choices=choices, answer=letter),
+        _row(clip, "mcq", question, choices=choices, answer=correct),
         _row(clip, "open", QUESTIONS[clip.task] + " Answer briefly.", answer=answer),
     ]
-    think_rows = [_row(clip, "think", question + THINK_SUFFIX, choices=choices, answer=letter, thinking=think)]
+    think_rows = [_row(clip, "think", question + THINK_SUFFIX, choices=choices, answer=correct, thinking=think)]
     rl = [
-        _row(clip, "rl-mcq", question + THINK_SUFFIX, choices=choices, answer=letter),
+        _row(clip, "rl-mcq", question + THINK_SUFFIX, choices=choices, answer=correct),
         _row(clip, "rl-caption", cap_prompt + THINK_SUFFIX, caption=cap) | {"task": "caption"},
     ]
     evals = [
-        _row(clip, "mcq", question + THINK_SUFFIX, choices=choices, answer=letter),
+        _row(clip, "mcq", question + THINK_SUFFIX, choices=choices, answer=correct),
         _row(clip, "open", QUESTIONS[clip.task] + THINK_SUFFIX, answer=answer),
     ]
     return {"skills": skills, "think": think_rows, "rl": rl, "eval": evals}

@@ -6,8 +6,9 @@ chat and ``<think>``/``<answer>`` text, the family's processor and chat template
 ``AutoProcessor`` and the model class in transformers, and with vLLM (weights are written in the checkpoint key
 layout vLLM expects, see ``ModelFamily.checkpoint_key_map``).
 
-Two sizes: ``test`` keeps unit tests fast; ``demo`` is big enough to learn the synthetic music tasks in minutes
-on two CPU cores. Same family, size and seed give byte-identical files.
+Three sizes: ``test`` keeps unit tests fast; ``demo`` is the embedded default recipe's model (2.5 M parameters,
+trained in minutes on two CPU cores); ``bench`` is the larger one the benchmarks measured. Same family, size and
+seed give byte-identical files.
 
 Run: ``grpo-audio tiny-model music_flamingo /tmp/mf-tiny --size demo --seed 0``.
 """
@@ -41,7 +42,22 @@ SIZES: dict[str, TinySize] = {
         audio_heads=2,
         audio_intermediate=128,
     ),
+    # The embedded default recipe's model (`make demo`): small enough that SFT, cold start and GRPO fit in
+    # minutes on two cores (the language model's forward and backward dominate a step).
     "demo": TinySize(
+        vocab_size=0,
+        text_hidden=192,
+        text_layers=3,
+        text_heads=3,
+        text_kv_heads=1,
+        text_intermediate=512,
+        audio_hidden=128,
+        audio_layers=1,
+        audio_heads=2,
+        audio_intermediate=256,
+    ),
+    # The model benchmarks/ measured rollouts and logprob passes on (benchmarks/results.md).
+    "bench": TinySize(
         vocab_size=0,
         text_hidden=256,
         text_layers=4,

@@ -132,12 +132,25 @@ def test_corpus_files_rows_and_loaders(corpus):
         rows = load_manifest(corpus[name], family="music_flamingo")
         assert rows, name
     think = load_manifest(corpus["think"], decode=False)
-    assert all(r.thinking and r.choices and r.answer in "ABCD" for r in think)
+    assert all(r.thinking and r.choices and r.answer in r.choices for r in think)
     mcq = [r for r in load_manifest(corpus["skills"], decode=False) if r.choices]
     assert {r.task for r in mcq} == {"chord", "key", "tempo", "meter", "instrument"}
-    assert {r.answer for r in mcq} > {"A", "B"}  # answers are shuffled over letters
+    assert {r.choices.index(r.answer) for r in mcq} == {0, 1, 2, 3}  # the answer's place is shuffled
     for r in mcq:
         assert len(set(r.choices)) == 4
+
+
+def test_two_part_choices_give_nothing_away(corpus):
+    """Chord and key choices are a 2 x 2 grid: each root (tonic) and each quality (mode) shows up twice, so
+    the correct choice cannot be told from the choices alone (as "the root most choices share" could)."""
+    from collections import Counter
+
+    rows = [r for r in load_manifest(corpus["skills"], decode=False) if r.choices and r.task in ("chord", "key")]
+    assert {r.task for r in rows} == {"chord", "key"}
+    for r in rows:
+        firsts = Counter(c.split(" ", 1)[0] for c in r.choices)
+        seconds = Counter(c.split(" ", 1)[1] for c in r.choices)
+        assert sorted(firsts.values()) == [2, 2] and sorted(seconds.values()) == [2, 2], r.choices
 
 
 def _digest(folder):

@@ -1,0 +1,85 @@
+"""SFT step time: grpo-audio's SFT settings vs TRL's defaults, on the embedded recipe's model.
+
+The demo-size Music Flamingo (audio encoder frozen, as in ``examples/music_flamingo/tiny.yaml``), 16 synthetic
+clips x 3 skills rows, batch 8, two epochs; the time of each optimiser step in the second epoch is recorded with
+a trainer callback (the first epoch fills the caches). Three settings, alternated for ``--rounds`` rounds on
+the same rows (this machine is noisy):
+
+- ``trl``: TRL's ``SFTConfig`` defaults (gradient checkpointing on) and no caching: every step recomputes each
+  clip's log-mel features (30 s windows) and runs the frozen encoder;
+- ``no-ckpt``: gradient checkpointing off, no caching;
+- ``grpo-audio``: gradient checkpointing off, log-mel features and frozen-encoder outputs cached per clip.
+
+Run: ``.venv/bin/python benchmarks/sft_step.py [--rounds 2]``. The ratio trl / grpo-audio is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from transformers import AutoProcessor, TrainerCallback
+
+
+class StepTimes(TrainerCallback):
+    def __init__(self, steps_per_epoch: int):
+        self.steps_per_epoch, self.times, self._t = steps_per_epoch, [], 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step > self.steps_per_epoch:  # second epoch: caches are warm
+            self.times.append(time.perf_counter() - self._t)
+
+
+SETTINGS = {
+    "trl": {"gradient_checkpointing": True, "cache_audio": False},
+    "no-ckpt": {"gradient_checkpointing": False, "cache_audio": False},
+    "grpo-audio": {"gradient_checkpointing": False, "cache_audio": True},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    from grpo_audio.data.loaders import load_manifest
+    from grpo_audio.data.synthetic import write_corpus
+    from grpo_audio.models import get_family
+    from grpo_audio.models.tiny import build_tiny_model
+    from grpo_audio.sft import SFTSettings, run_sft
+
+    tmp = Path(tempfile.mkdtemp())
+    family = get_family("music_flamingo")
+    corpus = write_corpus(tmp / "data", n=args.clips, seed=0, n_eval=0)
+    base = build_tiny_model(family.name, tmp / "base", size="demo", seed=0)
+    rows = load_manifest(corpus["skills"], family=family)
+    steps_per_epoch = -(-len(rows) // args.batch_size)
+    times: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    for r in range(args.rounds):
+        for name, extra in SETTINGS.items():
+            model = family.model_class().from_pretrained(base)
+            settings = SFTSettings(
+                epochs=2, lr=1e-3, batch_size=args.batch_size, logging_steps=1000, freeze_audio_encoder=True, **extra
+            )
+            timer = StepTimes(steps_per_epoch)
+            run_sft(model, family, AutoProcessor.from_pretrained(base), rows, tmp / name, settings, [timer])
+            times[name] += timer.times
+            print(f"round {r} {name}: median step {statistics.median(timer.times):.3f} s", flush=True)
+    print(f"\n{len(rows)} rows ({args.clips} clips), batch {args.batch_size}, second-epoch steps, medians:")
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name, m in medians.items():
+        print(f"  {name:11s} {m:.3f} s/step  ({len(times[name])} steps)")
+    print(f"ratio no-ckpt / grpo-audio: {medians['no-ckpt'] / medians['grpo-audio']:.2f}x")
+    print(f"ratio trl / grpo-audio: {medians['trl'] / medians['grpo-audio']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
