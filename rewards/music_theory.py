@@ -62,6 +62,10 @@ _METER_RE = re.compile(r"(?<![\d/])(\d{1,2})\s*/\s*(\d{1,2})(?![\d/])")
 _METER_WORDS = {"common time": "4/4", "cut time": "2/2", "alla breve": "2/2"}
 
 
+# Spellings mir_eval's key validation rejects, as the pitch they name (a model may well write "B# major").
+_KEY_ENHARMONICS = {"B#": "C", "E#": "F", "Cb": "B", "Fb": "E"}
+
+
 def _root_name(root: str) -> str:
     root = root.replace(" ", "").lower().replace("sharp", "#").replace("flat", "b")
     return root[0].upper() + root[1:]
@@ -74,13 +78,16 @@ def parse_keys(text: str) -> list[str]:
     ['F# minor', 'Gb major', 'F# minor']
     >>> parse_keys("a minor third above")
     []
+    >>> parse_keys("B# major")  # mir_eval knows it as C major
+    ['C major']
     """
     out = []
     for m in _KEY_RE.finditer(fold_accidentals(text)):
         mode = m["mode"].lower()
         if m["mode"] == "M":
             mode = "major"
-        out.append(f"{_root_name(m['root'])} {'minor' if mode in ('minor', 'min', 'm') else 'major'}")
+        root = _root_name(m["root"])
+        out.append(f"{_KEY_ENHARMONICS.get(root, root)} {'minor' if mode in ('minor', 'min', 'm') else 'major'}")
     return out
 
 

@@ -131,6 +131,8 @@ THEORY_CASES = [
     ("G♭ major", {"key": "F# major"}, 1.0),
     ("f#m", {"key": "F# minor"}, 1.0),
     ("E major", {"key": "C major"}, 0.0),
+    ("B# major", {"key": "C major"}, 1.0),  # a spelling mir_eval rejects, read as the pitch it names
+    ("Fb minor", {"key": "C major"}, 0.0),
     ("Db", {"chord": "C#:maj"}, 0.0),  # a bare note name is not a chord claim
     ("Db major chord", {"chord": "C#:maj"}, 1.0),
     ("C major seventh", {"chord": "C:maj7"}, 1.0),
@@ -180,6 +182,8 @@ CAPTION_CASES = [
     ("Calm and slow", {"mood": "calm", "style": "ignored"}, 1.0),
     ("A drum pattern at 120 BPM in 6/8 time.", {"tempo": 120, "meter": "6/8", "style": "drums"}, 1.0),
     ("A drum pattern at 120 BPM in 6/8 time.", {"tempo": 60, "meter": "3/4"}, 0.0),
+    # a generated caption in a key mir_eval cannot parse as spelled (once stopped a GRPO run)
+    ("A melody in the key of B# major, played on piano.", {"key": "C major", "instrument": "piano"}, 1.0),
 ]
 
 
