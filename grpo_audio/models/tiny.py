@@ -6,7 +6,7 @@ chat and ``<think>``/``<answer>`` text, the family's processor and chat template
 ``AutoProcessor`` and the model class in transformers, and with vLLM (weights are written in the checkpoint key
 layout vLLM expects, see ``ModelFamily.checkpoint_key_map``).
 
-Three sizes: ``test`` keeps unit tests fast; ``demo`` is the embedded default recipe's model (2.5 M parameters,
+Three sizes: ``test`` keeps unit tests fast; ``demo`` is the embedded default recipe's model (2.0 M parameters,
 trained in minutes on two CPU cores); ``bench`` is the larger one the benchmarks measured. Same family, size and
 seed give byte-identical files.
 
