@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import BatchFeature
+
+from ..lru import LRUBytes
 
 
 def _key(chunk: Any, kwargs: dict[str, Any]) -> bytes:
@@ -42,9 +43,7 @@ class CachedFeatureExtractor:
 
     def __init__(self, extractor: Any, max_bytes: int = 4 << 30):
         self.extractor = extractor
-        self.max_bytes = max_bytes
-        self._store: OrderedDict[bytes, dict[str, torch.Tensor]] = OrderedDict()
-        self._bytes = 0
+        self._store = LRUBytes(max_bytes)
         self.hits = 0
         self.misses = 0
 
@@ -63,21 +62,12 @@ class CachedFeatureExtractor:
             where = {k: i for i, k in enumerate(keys)}
             fresh = self.extractor([chunks[where[k]] for k in missing], **kwargs)
             for j, k in enumerate(missing):
-                entry = {name: value[j].clone() for name, value in fresh.items() if isinstance(value, torch.Tensor)}
-                self._store[k] = entry
-                self._bytes += sum(t.numel() * t.element_size() for t in entry.values())
+                self._store.put(k, {n: v[j].clone() for n, v in fresh.items() if isinstance(v, torch.Tensor)})
             self.misses += len(missing)
         self.hits += len(keys) - len(missing)
-        entries = [self._store[k] for k in keys]
-        for k in keys:
-            self._store.move_to_end(k)
-        self._evict()
+        entries = [self._store.get(k) for k in keys]
+        self._store.evict()
         return BatchFeature({name: torch.stack([e[name] for e in entries]) for name in entries[0]})
-
-    def _evict(self) -> None:
-        while self._bytes > self.max_bytes and len(self._store) > 1:
-            _, entry = self._store.popitem(last=False)
-            self._bytes -= sum(t.numel() * t.element_size() for t in entry.values())
 
 
 def cache_features(processor: Any, max_bytes: int = 4 << 30) -> Any:

@@ -13,7 +13,6 @@ compares losses and gradients with and without it). It refuses an encoder with t
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..lru import LRUBytes
 from .base import ModelFamily
 
 
@@ -45,9 +45,7 @@ class EncoderOutputCache:
     def __init__(self, encoder: torch.nn.Module, max_bytes: int = 4 << 30):
         self.encoder = encoder
         self.original = encoder.forward
-        self.max_bytes = max_bytes
-        self._store: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-        self._bytes = 0
+        self._store = LRUBytes(max_bytes)
         self.hits = 0
         self.misses = 0
         cfg = getattr(encoder, "config", None)
@@ -74,16 +72,11 @@ class EncoderOutputCache:
             with torch.no_grad():
                 out = self.original(input_features.index_select(0, index), **sub)
             for j, i in enumerate(missing):
-                self._store[keys[i]] = out.last_hidden_state[j].detach().clone()
-                self._bytes += self._store[keys[i]].numel() * self._store[keys[i]].element_size()
+                self._store.put(keys[i], out.last_hidden_state[j].detach().clone())
             self.misses += len(missing)
         self.hits += n - len(missing)
-        hidden = torch.stack([self._store[k] for k in keys])
-        for k in keys:
-            self._store.move_to_end(k)
-        while self._bytes > self.max_bytes and len(self._store) > 1:
-            _, old = self._store.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
+        hidden = torch.stack([self._store.get(k) for k in keys])
+        self._store.evict()
         return BaseModelOutput(last_hidden_state=hidden)
 
 
