@@ -11,6 +11,7 @@ Run: ``grpo-audio sft MODEL_DIR MANIFEST OUT [--target answer|think] [--epochs N
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,10 +201,8 @@ def run_sft(
         processing_class=processor.tokenizer,
         callbacks=callbacks,
     )
-    if settings.freeze_audio_encoder and settings.cache_audio and settings.target != "text":
-        with cached_encoder(trainer.model, family):
-            trainer.train()
-    else:
+    reuse_encoder = settings.freeze_audio_encoder and settings.cache_audio and settings.target != "text"
+    with cached_encoder(trainer.model, family) if reuse_encoder else nullcontext():
         trainer.train()
     model_dir = save_model_dir(trainer.model, family, processor, out / "model")
     return model_dir, [h for h in trainer.state.log_history if "loss" in h]

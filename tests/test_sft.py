@@ -36,27 +36,23 @@ def test_targets_and_collator(corpus, tiny_checkpoint):
         AudioSFTCollator(family, processor, [no_thinking], "think")
 
 
-def test_sft_command_lowers_the_loss_and_saves_a_loadable_model(corpus, tiny_checkpoint, tmp_path, capsys):
-    path = tiny_checkpoint("music_flamingo")
-    argv = [
-        "sft",
-        str(path),
-        str(corpus["skills"]),
-        str(tmp_path / "out"),
-        "--max-steps",
-        "12",
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "6",
-        "--logging-steps",
-        "1",
-    ]
-    assert main(argv) == 0
-    out = capsys.readouterr().out
+def _sft(path, manifest, out, *options: str) -> None:
+    assert main(["sft", str(path), str(manifest), str(out), "--lr", "3e-3", *options]) == 0
+
+
+def _losses(printed: str) -> tuple[float, float]:
+    """The first and last logged loss the sft command prints ("loss A -> B")."""
     import re
 
-    before, after = (float(x) for x in re.search(r"^loss ([\d.]+) -> ([\d.]+)$", out, re.M).groups())
+    first, last = re.search(r"^loss ([\d.]+) -> ([\d.]+)$", printed, re.M).groups()
+    return float(first), float(last)
+
+
+def test_sft_command_lowers_the_loss_and_saves_a_loadable_model(corpus, tiny_checkpoint, tmp_path, capsys):
+    path = tiny_checkpoint("music_flamingo")
+    _sft(path, corpus["skills"], tmp_path / "out", "--max-steps", "12", "--batch-size", "6", "--logging-steps", "1")
+    out = capsys.readouterr().out
+    before, after = _losses(out)
     assert after < before - 0.1, out[-2000:]
     family = get_family("music_flamingo")
     tuned = family.model_class().from_pretrained(tmp_path / "out/model")
@@ -66,20 +62,7 @@ def test_sft_command_lowers_the_loss_and_saves_a_loadable_model(corpus, tiny_che
 
 def test_sft_with_a_frozen_audio_encoder(corpus, tiny_checkpoint, tmp_path):
     path = tiny_checkpoint("music_flamingo")
-    argv = [
-        "sft",
-        str(path),
-        str(corpus["skills"]),
-        str(tmp_path / "out"),
-        "--max-steps",
-        "2",
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "4",
-        "--freeze-audio-encoder",
-    ]
-    assert main(argv) == 0
+    _sft(path, corpus["skills"], tmp_path / "out", "--max-steps", "2", "--batch-size", "4", "--freeze-audio-encoder")
     family = get_family("music_flamingo")
     tuned = dict(family.model_class().from_pretrained(tmp_path / "out/model").named_parameters())
     base = dict(family.model_class().from_pretrained(path).named_parameters())
@@ -109,12 +92,18 @@ def test_text_collator_learns_the_whole_text_without_audio(corpus, tiny_checkpoi
 
 def test_sft_command_text_target_lowers_the_loss(corpus, tiny_checkpoint, tmp_path, capsys):
     path = tiny_checkpoint("music_flamingo")
-    argv = ["sft", str(path), str(corpus["think"]), str(tmp_path / "out"), "--target", "text"]
-    argv += ["--max-steps", "10", "--lr", "3e-3", "--batch-size", "4", "--logging-steps", "1"]
-    assert main(argv) == 0
-    import re
-
-    before, after = (
-        float(x) for x in re.search(r"^loss ([\d.]+) -> ([\d.]+)$", capsys.readouterr().out, re.M).groups()
+    _sft(
+        path,
+        corpus["think"],
+        tmp_path / "out",
+        "--target",
+        "text",
+        "--max-steps",
+        "10",
+        "--batch-size",
+        "4",
+        "--logging-steps",
+        "1",
     )
+    before, after = _losses(capsys.readouterr().out)
     assert after < before - 0.5
