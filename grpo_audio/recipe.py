@@ -3,10 +3,9 @@
 ``text_pretrain`` (optional: language-model loss on the data's text without the audio, standing in for the
 pretrained language model a real audio LLM starts from) -> ``sft`` (skills: captions and QA, target = answer)
 -> ``cold_start`` (chain of thought, target = ``<think>..</think><answer>..</answer>``) -> ``grpo`` (rewards per
-task type) -> ``eval``. After every training
-stage the model is evaluated on the eval set (accuracy per question type, format rate), and at the end a report
-folder holds ``report.json``, ``report.md``, ``stages.png`` (accuracy per stage and question type), the GRPO
-curves, sample completions and the wall time.
+task type) -> ``eval``. After every training stage the model is evaluated on the eval set (accuracy per
+question type, format rate), and at the end a report folder holds ``report.json``, ``report.md``,
+``stages.png`` (accuracy per stage and question type), the GRPO curves, sample completions and the wall time.
 
 Run: ``grpo-audio recipe examples/music_flamingo/tiny.yaml [key=value ...]``.
 
