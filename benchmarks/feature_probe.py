@@ -1,14 +1,21 @@
-"""Is the answer in the audio features? A linear probe per question type on pooled audio-encoder outputs.
+"""Is the answer in the audio features? Linear probes per question type on pooled audio features.
 
-Diagnostic for the embedded recipe: it renders the synthetic corpus, builds the demo-size Music Flamingo
-(random weights, the audio encoder as the recipe keeps it: frozen at initialisation), runs the encoder over every
-open-question clip and pools its outputs over time (mean and standard deviation per channel). A multinomial
-logistic regression per question type is fit on the training clips (full batch, standardised features) and
-scored on the held-out clips; the same is done on the pooled log-mel spectrogram. High probe accuracy with a low
-recipe accuracy means the information reaches the language model and the training budget, not the features, is
-what limits the recipe.
+Diagnostic for the embedded recipe: it renders the synthetic corpus as the recipe does, builds the demo-size
+Music Flamingo (random weights, the audio encoder frozen at initialisation as the recipe keeps it) and pools, over
+each clip's frames:
 
-Run: ``.venv/bin/python benchmarks/feature_probe.py [--clips 1000]``.
+- ``encoder``: the encoder's outputs (mean and standard deviation per channel), probe inputs standardised;
+- ``log-mel``: the log-mel spectrogram (mean and standard deviation), standardised;
+- ``embeds raw`` / ``embeds std``: the audio embeddings the language model reads (the projector's outputs, mean
+  over time), as built and after ``models.calibrate.standardize_audio_embeddings`` (what the recipe does to a
+  fresh model), probe inputs *not* standardised: the language model reads them as they are.
+
+A multinomial logistic regression per question type (full batch, Adam, 300 steps) is fit on the training clips'
+exact labels and scored on the held-out clips twice: ``open`` (the exact label among all classes) and ``mcq`` (the
+best-scored of the held-out question's four choices: what a model that reads these pooled features linearly and
+then picks a listed choice would score on the recipe's MCQ evaluation).
+
+Run: ``.venv/bin/python benchmarks/feature_probe.py [--clips 800]``.
 """
 
 from __future__ import annotations
@@ -20,11 +27,14 @@ from pathlib import Path
 import torch
 
 
-def pooled(model, processor, family, rows) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, 2D] encoder-output and [N, 2M] log-mel mean and std over each clip's valid frames."""
-    enc, mel = [], []
+def pooled(model, processor, family, rows) -> dict[str, torch.Tensor]:
+    """Per clip: encoder-output and log-mel mean and std over the valid frames; audio-embedding mean."""
+    from grpo_audio.models.calibrate import audio_embeddings
+
+    enc, mel, emb = [], [], []
     for i in range(0, len(rows), 32):
-        waves = [r.load_audio(family).wave for r in rows[i : i + 32]]
+        chunk = rows[i : i + 32]
+        waves = [r.load_audio(family).wave for r in chunk]
         f = processor.feature_extractor(
             waves, sampling_rate=16000, return_tensors="pt", padding="max_length", return_attention_mask=True
         )
@@ -36,13 +46,16 @@ def pooled(model, processor, family, rows) -> tuple[torch.Tensor, torch.Tensor]:
             m = f["input_features"][j, :, : int(frames[j])].T
             enc.append(torch.cat([e.mean(0), e.std(0)]))
             mel.append(torch.cat([m.mean(0), m.std(0)]))
-    return torch.stack(enc), torch.stack(mel)
+        emb.extend(audio_embeddings(model, family, processor, [r]).mean(0) for r in chunk)
+    return {"encoder": torch.stack(enc), "log-mel": torch.stack(mel), "embeds": torch.stack(emb)}
 
 
-def probe(x: torch.Tensor, y: list[str], x_test: torch.Tensor, y_test: list[str]) -> float:
-    classes = sorted(set(y))
-    mu, sd = x.mean(0), x.std(0) + 1e-5
-    x, x_test = (x - mu) / sd, (x_test - mu) / sd
+def probe(x, y, x_test, y_test, choices, standardise: bool = True) -> tuple[float, float]:
+    """(exact-label accuracy, accuracy of the best-scored of each held-out question's choices)."""
+    classes = sorted(set(y) | {c for cs in choices for c in cs})
+    if standardise:
+        mu, sd = x.mean(0), x.std(0) + 1e-5
+        x, x_test = (x - mu) / sd, (x_test - mu) / sd
     target = torch.tensor([classes.index(c) for c in y])
     torch.manual_seed(0)
     head = torch.nn.Linear(x.shape[1], len(classes))
@@ -51,13 +64,18 @@ def probe(x: torch.Tensor, y: list[str], x_test: torch.Tensor, y_test: list[str]
         opt.zero_grad()
         torch.nn.functional.cross_entropy(head(x), target).backward()
         opt.step()
-    pred = head(x_test).argmax(-1).tolist()
-    return sum(classes[p] == t for p, t in zip(pred, y_test, strict=True)) / len(y_test)
+    with torch.no_grad():
+        logits = head(x_test)
+    exact = sum(classes[int(k)] == t for k, t in zip(logits.argmax(-1), y_test, strict=True))
+    mcq = 0
+    for row, t, cs in zip(logits, y_test, choices, strict=True):
+        mcq += cs[int(row[[classes.index(c) for c in cs]].argmax())] == t
+    return exact / len(y_test), mcq / len(y_test)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=1000)
+    parser.add_argument("--clips", type=int, default=800, help="training clips (the demo recipe's corpus: 800)")
     parser.add_argument("--eval-clips", type=int, default=100)
     args = parser.parse_args()
 
@@ -66,6 +84,7 @@ def main() -> None:
     from grpo_audio.data.loaders import load_manifest
     from grpo_audio.data.synthetic import TASKS, write_corpus
     from grpo_audio.models import get_family
+    from grpo_audio.models.calibrate import standardize_audio_embeddings
     from grpo_audio.models.tiny import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp())
@@ -75,18 +94,29 @@ def main() -> None:
     model = family.model_class().from_pretrained(base).eval()
     processor = AutoProcessor.from_pretrained(base)
     train = [r for r in load_manifest(corpus["skills"], family=family) if r.id.endswith("-open")]
-    test = [r for r in load_manifest(corpus["eval"], family=family) if r.id.endswith("-open")]
-    enc, mel = pooled(model, processor, family, train)
-    enc_t, mel_t = pooled(model, processor, family, test)
-    print(f"{len(train)} training / {len(test)} held-out clips; accuracy of a linear probe on pooled features")
-    print(f"{'task':11s} {'classes':>7s} {'chance':>7s} {'encoder':>8s} {'log-mel':>8s}")
+    test = [r for r in load_manifest(corpus["eval"], family=family) if r.id.endswith("-mcq")]
+    feats, feats_t = pooled(model, processor, family, train), pooled(model, processor, family, test)
+    standardize_audio_embeddings(model, family, processor, train)
+    feats["embeds std"] = pooled(model, processor, family, train)["embeds"]
+    feats_t["embeds std"] = pooled(model, processor, family, test)["embeds"]
+    feats["embeds raw"], feats_t["embeds raw"] = feats.pop("embeds"), feats_t.pop("embeds")
+
+    names = ["encoder", "log-mel", "embeds raw", "embeds std"]
+    print(f"{len(train)} training / {len(test)} held-out clips; linear-probe accuracy, open (exact) / mcq (4 choices)")
+    print(f"{'task':11s} {'classes':>7s} " + " ".join(f"{n:>12s}" for n in names))
+    mean = {n: 0.0 for n in names}
     for task in TASKS:
         i = [k for k, r in enumerate(train) if r.task == task]
         j = [k for k, r in enumerate(test) if r.task == task]
         y, y_t = [train[k].answer for k in i], [test[k].answer for k in j]
-        acc_e = probe(enc[i], y, enc_t[j], y_t)
-        acc_m = probe(mel[i], y, mel_t[j], y_t)
-        print(f"{task:11s} {len(set(y)):7d} {1 / len(set(y)):7.2f} {acc_e:8.2f} {acc_m:8.2f}")
+        choices = [test[k].choices for k in j]
+        cells = []
+        for n in names:
+            exact, mcq = probe(feats[n][i], y, feats_t[n][j], y_t, choices, standardise=not n.startswith("embeds"))
+            mean[n] += mcq / len(TASKS)
+            cells.append(f"{exact:.2f} / {mcq:.2f}")
+        print(f"{task:11s} {len(set(y)):7d} " + " ".join(f"{c:>12s}" for c in cells))
+    print(f"{'mcq, mean':19s} " + " ".join(f"{mean[n]:12.2f}" for n in names))
 
 
 if __name__ == "__main__":

@@ -406,6 +406,11 @@ class RecipeConfig:
         help="Build a tiny checkpoint of model.family of this size as the base model ('' = use model.path).",
         choices=("", "test", "demo", "bench"),
     )
+    standardize_audio: bool = _f(
+        True,
+        help="With tiny_model: rescale the fresh projector so the audio embeddings of up to 200 training clips "
+        "(the first audio stage's data) have mean 0 and variance 1 per channel (models.calibrate).",
+    )
     model: ModelConfig = _f(help="Base model (path may be empty when tiny_model is set).", factory=ModelConfig)
     synthetic: SyntheticConfig = _f(help="Synthetic corpus generation.", factory=SyntheticConfig)
     eval: RecipeEvalConfig = _f(help="Evaluation after each training stage.", factory=RecipeEvalConfig)

@@ -58,6 +58,19 @@ def test_short_recipe_runs_every_stage(tmp_path):
     assert "| grpo | grpo |" in (out / "report.md").read_text()
     assert (out / "stages.png").stat().st_size > 5000
 
+    # The fresh base model's projector was standardised on the first audio stage's clips (all 10 here).
+    from transformers import AutoProcessor
+
+    from grpo_audio.data.loaders import load_manifest
+    from grpo_audio.models.calibrate import audio_embeddings
+
+    clips = {row.audio: row for row in load_manifest(out / "data" / "skills.jsonl", family=family)}
+    base = family.model_class().from_pretrained(out / "base")
+    emb = audio_embeddings(base, family, AutoProcessor.from_pretrained(out / "base"), list(clips.values()))
+    assert len(clips) == 10
+    torch.testing.assert_close(emb.mean(0), torch.zeros(emb.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(emb.std(0), torch.ones(emb.shape[1]), atol=1e-3, rtol=0)
+
     from vllm import LLM
 
     llm = LLM(

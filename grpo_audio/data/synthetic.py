@@ -414,7 +414,8 @@ def caption(clip: Clip) -> str:
         return f"A sustained {m['chord_name']} chord played on {m['instrument']}."
     if clip.task == "key":
         how = "a scale melody rising and falling" if m["style"] == "melody" else "a I-IV-V-I chord progression"
-        return f"{how.capitalize()} in the key of {m['key']}, played on {m['instrument']}."
+        # str.capitalize would lower-case the roman numerals.
+        return f"{how[0].upper()}{how[1:]} in the key of {m['key']}, played on {m['instrument']}."
     if clip.task in ("tempo", "meter"):
         what = "A click track" if m["style"] == "click" else "A drum pattern"
         return f"{what} at {m['tempo']} BPM in {m['meter']} time."

@@ -140,6 +140,12 @@ def test_corpus_files_rows_and_loaders(corpus):
         assert len(set(r.choices)) == 4
 
 
+def test_captions_keep_roman_numerals(corpus):
+    captions = [r.caption for r in load_manifest(corpus["skills"], decode=False) if r.caption]
+    progressions = [c for c in captions if "progression" in c]
+    assert progressions and all(c.startswith("A I-IV-V-I chord progression in the key of ") for c in progressions)
+
+
 def test_two_part_choices_give_nothing_away(corpus):
     """Chord and key choices are a 2 x 2 grid: each root (tonic) and each quality (mode) shows up twice, so
     the correct choice cannot be told from the choices alone (as "the root most choices share" could)."""
