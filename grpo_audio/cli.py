@@ -7,7 +7,8 @@ grpo-audio eval MODEL_DIR DATA                    accuracy per question type
 grpo-audio generate MODEL_DIR MANIFEST OUT        sample completions with audio
 grpo-audio synth OUT [--n N] [--seed S]           the synthetic music-theory corpus
 grpo-audio check-data MANIFEST [--family F]       validate a dataset up front
-grpo-audio tiny-model FAMILY OUT [--size S]       a tiny random checkpoint, built locally
+grpo-audio tiny-model FAMILY OUT [--size S] [--standardize-on MANIFEST...]
+                                                  a tiny random checkpoint, built locally
 grpo-audio config-help                            every config key with its help
 grpo-audio demo [--out DIR]                       vLLM rollouts with audio on a demo-size model
 """
@@ -102,6 +103,11 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
     out = build_tiny_model(args.family, args.out, size=args.size, seed=args.seed)
     print(f"wrote a {args.size}-size {args.family} checkpoint to {out}")
+    if args.standardize_on:
+        from .models.calibrate import standardize_checkpoint
+
+        spread = standardize_checkpoint(out, args.standardize_on)
+        print(f"audio embeddings standardised on {spread['tokens']} frames of {', '.join(args.standardize_on)}")
     return 0
 
 
@@ -230,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="test: fastest; demo: the embedded recipe's model; bench: the benchmarks' model (default test)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument(
+        "--standardize-on",
+        nargs="+",
+        default=[],
+        metavar="MANIFEST",
+        help="rescale the projector so that the audio embeddings of these manifests' clips (up to 200) have mean 0 "
+        "and variance 1 per channel, as the recipe does (models/calibrate.py)",
+    )
     p.set_defaults(func=_tiny_model)
 
     p = sub.add_parser(

@@ -60,23 +60,12 @@ class Recipe:
 
     def standardize_audio(self, model_dir: Path) -> None:
         """Rescale a fresh model's projector on the clips of the first stage that trains on audio."""
-        from transformers import AutoProcessor
-
-        from .data.loaders import load_manifest
-        from .models.calibrate import standardize_audio_embeddings
-        from .models.weights import save_model_dir
+        from .models.calibrate import standardize_checkpoint
 
         stage = next((s for s in self.cfg.stages if s.kind in ("sft", "cold_start", "grpo")), None)
         if stage is None:
             return
-        clips: dict[str, Any] = {}  # one row per clip (a clip has several questions)
-        for spec in stage.data.split(","):
-            for row in load_manifest(self.data_path(spec.strip()), family=self.family):
-                clips.setdefault(str(row.audio) if isinstance(row.audio, (str, Path)) else row.id, row)
-        processor = AutoProcessor.from_pretrained(model_dir)
-        model = self.family.model_class().from_pretrained(model_dir)
-        spread = standardize_audio_embeddings(model, self.family, processor, list(clips.values()))
-        save_model_dir(model, self.family, processor, model_dir)
+        spread = standardize_checkpoint(model_dir, [self.data_path(spec.strip()) for spec in stage.data.split(",")])
         print(
             f"[recipe] audio embeddings standardised on {spread['tokens']} frames of stage '{stage.name}' "
             f"(were: mean norm {spread['mean_norm']:.3g}, channel std {spread['std_min']:.3g}-{spread['std_max']:.3g})"

@@ -18,6 +18,7 @@ A pretrained checkpoint's projector is trained already: this is for models built
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,3 +95,26 @@ def standardize_audio_embeddings(
         "std_max": float(spread.max()),
         "tokens": int(emb.shape[0]),
     }
+
+
+def standardize_checkpoint(
+    model_dir: str | Path, manifests: list[str | Path], max_rows: int = 200
+) -> dict[str, float]:
+    """``standardize_audio_embeddings`` on a checkpoint directory (rewritten in place), on one row per clip (up
+    to ``max_rows`` clips) of ``manifests``. Returns the spread before, as that function does."""
+    from transformers import AutoProcessor
+
+    from ..data.loaders import load_manifest
+    from . import family_of_checkpoint
+    from .weights import save_model_dir
+
+    family = family_of_checkpoint(model_dir)
+    clips: dict[str, Row] = {}  # a clip often has several questions
+    for path in manifests:
+        for row in load_manifest(path, family=family, decode=False):
+            clips.setdefault(str(row.audio) if isinstance(row.audio, (str, Path)) else row.id, row)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = family.model_class().from_pretrained(model_dir)
+    spread = standardize_audio_embeddings(model, family, processor, list(clips.values()), max_rows=max_rows)
+    save_model_dir(model, family, processor, model_dir)
+    return spread

@@ -85,3 +85,23 @@ def test_max_rows_and_std_and_an_empty_sample(tiny_checkpoint):
     torch.testing.assert_close(emb.std(0), torch.full((emb.shape[1],), 0.5), atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="at least one row"):
         standardize_audio_embeddings(model, family, processor, [])
+
+
+def test_tiny_model_command_standardises_on_a_manifest(tmp_path, capsys):
+    """``grpo-audio tiny-model ... --standardize-on M``: one row per clip of M, the checkpoint rewritten in place
+    (and still loading)."""
+    from transformers import AutoProcessor
+
+    from grpo_audio.cli import main
+    from grpo_audio.data.loaders import load_manifest
+    from grpo_audio.data.synthetic import write_corpus
+
+    skills = write_corpus(tmp_path / "data", n=5, seed=1)["skills"]  # 5 clips, 3 rows each
+    out = tmp_path / "m"
+    assert main(["tiny-model", "qwen2_audio", str(out), "--standardize-on", str(skills)]) == 0
+    family = get_family("qwen2_audio")
+    clips = list({row.audio: row for row in load_manifest(skills, family=family)}.values())
+    model = family.model_class().from_pretrained(out)
+    emb = audio_embeddings(model, family, AutoProcessor.from_pretrained(out), clips)
+    assert f"standardised on {emb.shape[0]} frames" in capsys.readouterr().out
+    torch.testing.assert_close(emb.std(0), torch.ones(emb.shape[1]), atol=1e-3, rtol=0)
