@@ -191,9 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output directory (the model goes to OUT/model)")
     p.add_argument(
         "--target",
-        choices=["answer", "think", "text"],
+        choices=["answer", "think", "auto", "text"],
         default="answer",
-        help="what to learn (default answer; text: the whole text without audio, a language warm-up)",
+        help="what to learn (default answer; auto: the chain of thought and answer where a row has a chain, the "
+        "answer otherwise; text: the whole text without audio, a language warm-up)",
     )
     p.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
     p.add_argument("--max-steps", type=int, default=-1, help="optimiser steps; overrides --epochs when > 0")

@@ -370,6 +370,13 @@ class StageConfig:
     gradient_checkpointing: bool = _f(
         False, help="SFT: recompute activations in the backward pass (less memory, ~30% slower steps)."
     )
+    replay: str = _f(
+        "",
+        help="SFT stages: manifests (comma-separated) whose rows are trained on too, replay_ratio x as many as the "
+        "stage's own, drawn with the recipe's seed; each on its chain of thought and answer where it has a chain, "
+        "on its answer otherwise. A cold start on chains alone overwrites the direct answers sft taught.",
+    )
+    replay_ratio: float = _f(1.0, help="Replayed rows per row of the stage's own data.")
     grpo_overrides: dict[str, Any] = _f(
         help="GRPO stage: dotted overrides of the recipe's run settings, e.g. {train.max_steps: 20}.", factory=dict
     )

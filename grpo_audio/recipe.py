@@ -16,6 +16,7 @@ minutes; the paper starts from Audio Flamingo 3 and trains on MF-Skills / MF-Thi
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -96,21 +97,40 @@ class Recipe:
         print(f"[recipe] report in {self.out / 'report.md'} ({time.perf_counter() - start:.0f} s)")
         return self.report
 
+    def _rows(self, specs: str, decode: bool = True) -> list[Any]:
+        from .data.loaders import load_manifest
+
+        return [
+            row
+            for spec in specs.split(",")
+            for row in load_manifest(self.data_path(spec.strip()), family=self.family, decode=decode)
+        ]
+
+    def sft_rows(self, stage: StageConfig) -> tuple[list[Any], str]:
+        """An SFT stage's rows (its data, then the replayed rows) and the SFT target they are trained on."""
+        from .sft import target_text
+
+        text = stage.kind == "text_pretrain"
+        target = {"text_pretrain": "text", "cold_start": "think"}.get(stage.kind, "answer")
+        rows = self._rows(stage.data, decode=not text)
+        if not stage.replay:
+            return rows, target
+        for row in rows:  # the stage's own rows must fit its own target, replay or not
+            target_text(row, target)
+        replay = self._rows(stage.replay, decode=not text)
+        count = min(len(replay), round(stage.replay_ratio * len(rows)))
+        print(f"[recipe] stage '{stage.name}': {count} rows replayed from {stage.replay}")
+        return rows + random.Random(self.cfg.seed).sample(replay, count), "text" if text else "auto"
+
     def sft(self, stage: StageConfig, model_dir: Path) -> tuple[Path, list[dict]]:
         from transformers import AutoProcessor
 
-        from .data.loaders import load_manifest
         from .sft import SFTSettings, run_sft
 
-        text = stage.kind == "text_pretrain"
-        rows = [
-            row
-            for spec in stage.data.split(",")
-            for row in load_manifest(self.data_path(spec.strip()), family=self.family, decode=not text)
-        ]
+        rows, target = self.sft_rows(stage)
         model = self.family.model_class().from_pretrained(model_dir)
         settings = SFTSettings(
-            target={"text_pretrain": "text", "cold_start": "think"}.get(stage.kind, "answer"),
+            target=target,
             epochs=stage.epochs,
             max_steps=stage.max_steps,
             lr=stage.lr,

@@ -25,16 +25,17 @@ from .models import ModelFamily
 from .models.encoder_cache import cached_encoder
 from .models.weights import save_model_dir
 
-TARGETS = ("answer", "think", "text")
+TARGETS = ("answer", "think", "auto", "text")
 
 
 def target_text(row: Row, target: str) -> str:
-    """The text a row teaches: its answer (or caption), or a think block then the answer; ``text`` takes the
-    think form when the row has a chain of thought and the answer otherwise."""
+    """The text a row teaches: its answer (or caption), or a think block then the answer; ``auto`` (with the
+    audio) and ``text`` (without it, ``TextCollator``) take the think form when the row has a chain of thought
+    and the answer otherwise."""
     answer = row.answer if row.answer is not None else row.caption
     if answer is None:
         raise ValueError(f"row '{row.id}': field 'answer': an SFT row needs an answer or a caption")
-    if target == "text":
+    if target in ("auto", "text"):
         target = "think" if row.thinking else "answer"
     if target == "answer":
         return answer

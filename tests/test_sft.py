@@ -34,6 +34,12 @@ def test_targets_and_collator(corpus, tiny_checkpoint):
     no_thinking = [r for r in skills if not r.thinking][0]
     with pytest.raises(ValueError, match=f"row '{no_thinking.id}': field 'thinking'"):
         AudioSFTCollator(family, processor, [no_thinking], "think")
+    # auto: the chain where a row has one, the answer otherwise (a cold start with replayed skills rows)
+    assert target_text(think[0], "auto") == text and target_text(no_thinking, "auto") == no_thinking.answer
+    mixed = AudioSFTCollator(family, processor, [think[0], no_thinking], "auto")([{"index": 0}, {"index": 1}])
+    for row_labels, expected in zip(mixed["labels"], (text, no_thinking.answer), strict=True):
+        got = row_labels[row_labels != -100].tolist()
+        assert got == tok(expected, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 
 def _sft(path, manifest, out, *options: str) -> None:
