@@ -6,12 +6,12 @@ their channels differ in scale, so the differences between clips that the langua
 part of each embedding. ``standardize_audio_embeddings`` estimates each channel's mean and standard deviation over
 a sample of training clips and folds them into the projector's last linear layer, so that the embeddings have
 mean 0 and variance 1 per channel on that sample (the data-dependent initialisation of Kraehenbuehl et al., 2016,
-and LSUV, applied to the one layer the language model reads audio through). The architecture is unchanged: the
-checkpoint saves, loads in transformers and serves in vLLM as before.
+and Mishkin and Matas's LSUV, applied to the one layer the language model reads audio through). The architecture
+is unchanged: the checkpoint saves, loads in transformers and serves in vLLM as before.
 
-Measured on the demo model (``benchmarks/feature_probe.py``): a linear probe on the raw time-pooled audio
-embeddings picks the right MCQ choice about as often as one on embeddings standardised per channel only after
-this step.
+Measured on the demo model (``benchmarks/feature_probe.py``): a linear read-out of the time-pooled audio
+embeddings picks the right one of four MCQ choices 0.33 of the time as built and 0.60 after this step (0.62 from
+the encoder's own outputs); in the embedded recipe, held-out MCQ accuracy after ``sft`` went from 0.03 to 0.22.
 
 A pretrained checkpoint's projector is trained already: this is for models built from random weights.
 """
