@@ -28,13 +28,10 @@ import torch
 
 
 def pooled(model, processor, family, rows) -> dict[str, torch.Tensor]:
-    """Per clip: encoder-output and log-mel mean and std over the valid frames; audio-embedding mean."""
-    from grpo_audio.models.calibrate import audio_embeddings
-
-    enc, mel, emb = [], [], []
+    """Per clip: encoder-output and log-mel mean and std over the valid frames."""
+    enc, mel = [], []
     for i in range(0, len(rows), 32):
-        chunk = rows[i : i + 32]
-        waves = [r.load_audio(family).wave for r in chunk]
+        waves = [r.load_audio(family).wave for r in rows[i : i + 32]]
         f = processor.feature_extractor(
             waves, sampling_rate=16000, return_tensors="pt", padding="max_length", return_attention_mask=True
         )
@@ -46,8 +43,14 @@ def pooled(model, processor, family, rows) -> dict[str, torch.Tensor]:
             m = f["input_features"][j, :, : int(frames[j])].T
             enc.append(torch.cat([e.mean(0), e.std(0)]))
             mel.append(torch.cat([m.mean(0), m.std(0)]))
-        emb.extend(audio_embeddings(model, family, processor, [r]).mean(0) for r in chunk)
-    return {"encoder": torch.stack(enc), "log-mel": torch.stack(mel), "embeds": torch.stack(emb)}
+    return {"encoder": torch.stack(enc), "log-mel": torch.stack(mel)}
+
+
+def embedding_means(model, processor, family, rows) -> torch.Tensor:
+    """[N, D] each clip's audio embeddings (what the language model reads), averaged over time."""
+    from grpo_audio.models.calibrate import audio_embeddings
+
+    return torch.stack([audio_embeddings(model, family, processor, [r]).mean(0) for r in rows])
 
 
 def probe(x, y, x_test, y_test, choices, standardise: bool = True) -> tuple[float, float]:
@@ -96,10 +99,11 @@ def main() -> None:
     train = [r for r in load_manifest(corpus["skills"], family=family) if r.id.endswith("-open")]
     test = [r for r in load_manifest(corpus["eval"], family=family) if r.id.endswith("-mcq")]
     feats, feats_t = pooled(model, processor, family, train), pooled(model, processor, family, test)
+    feats["embeds raw"] = embedding_means(model, processor, family, train)
+    feats_t["embeds raw"] = embedding_means(model, processor, family, test)
     standardize_audio_embeddings(model, family, processor, train)
-    feats["embeds std"] = pooled(model, processor, family, train)["embeds"]
-    feats_t["embeds std"] = pooled(model, processor, family, test)["embeds"]
-    feats["embeds raw"], feats_t["embeds raw"] = feats.pop("embeds"), feats_t.pop("embeds")
+    feats["embeds std"] = embedding_means(model, processor, family, train)
+    feats_t["embeds std"] = embedding_means(model, processor, family, test)
 
     names = ["encoder", "log-mel", "embeds raw", "embeds std"]
     print(f"{len(train)} training / {len(test)} held-out clips; linear-probe accuracy, open (exact) / mcq (4 choices)")

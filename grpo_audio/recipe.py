@@ -66,7 +66,7 @@ class Recipe:
         stage = next((s for s in self.cfg.stages if s.kind in ("sft", "cold_start", "grpo")), None)
         if stage is None:
             return
-        spread = standardize_checkpoint(model_dir, [self.data_path(spec.strip()) for spec in stage.data.split(",")])
+        spread = standardize_checkpoint(model_dir, self._paths(stage.data))
         print(
             f"[recipe] audio embeddings standardised on {spread['tokens']} frames of stage '{stage.name}' "
             f"(were: mean norm {spread['mean_norm']:.3g}, channel std {spread['std_min']:.3g}-{spread['std_max']:.3g})"
@@ -97,14 +97,14 @@ class Recipe:
         print(f"[recipe] report in {self.out / 'report.md'} ({time.perf_counter() - start:.0f} s)")
         return self.report
 
+    def _paths(self, specs: str) -> list[Path]:
+        """The manifests a stage's comma-separated data specs name."""
+        return [self.data_path(spec.strip()) for spec in specs.split(",")]
+
     def _rows(self, specs: str, decode: bool = True) -> list[Any]:
         from .data.loaders import load_manifest
 
-        return [
-            row
-            for spec in specs.split(",")
-            for row in load_manifest(self.data_path(spec.strip()), family=self.family, decode=decode)
-        ]
+        return [row for path in self._paths(specs) for row in load_manifest(path, family=self.family, decode=decode)]
 
     def sft_rows(self, stage: StageConfig) -> tuple[list[Any], str]:
         """An SFT stage's rows (its data, then the replayed rows) and the SFT target they are trained on."""
