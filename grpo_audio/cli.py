@@ -87,7 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.max_rows:
         rows = rows[: args.max_rows]
     report = evaluate_model(args.model_dir, rows, engine=args.engine, max_new_tokens=args.max_new_tokens)
-    for key in ("mcq_accuracy", "open_accuracy", "format_rate"):
+    for key in ("mcq_accuracy", "choice_rate", "open_accuracy", "format_rate"):
         if report[key] is not None:
             print(f"{key:14s} {report[key]:.3f}")
     for task, acc in report["per_task"].items():
@@ -119,9 +119,11 @@ def _config_help(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from .config import SyntheticConfig
     from .data.synthetic import write_corpus
 
-    paths = write_corpus(args.out, n=args.n, seed=args.seed, n_eval=args.n_eval)
+    space = SyntheticConfig(chord_qualities=args.chord_qualities or [], tempo_step=args.tempo_step).label_space()
+    paths = write_corpus(args.out, n=args.n, seed=args.seed, n_eval=args.n_eval, space=space)
     for name, path in paths.items():
         print(f"{name:7s} {sum(1 for _ in path.open())} rows  {path}")
     return 0
@@ -265,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=200, help="training clips (default 200)")
     p.add_argument("--n-eval", type=int, default=None, help="held-out clips (default n // 4)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument(
+        "--chord-qualities", nargs="+", default=None, metavar="Q", help="chord qualities to draw from (default: all)"
+    )
+    p.add_argument("--tempo-step", type=int, default=4, help="tempo grid step in BPM over 64-160 (default 4)")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser(

@@ -390,6 +390,19 @@ class SyntheticConfig:
     n: int = _f(400, help="Training clips.")
     n_eval: int = _f(100, help="Held-out clips.")
     seed: int = _f(0, help="Corpus seed.")
+    chord_qualities: list[str] = _f(
+        help="Chord qualities the chord clips draw from (default: all seven: major, minor, diminished, augmented, "
+        "dominant/major/minor seventh).",
+        factory=list,
+    )
+    tempo_step: int = _f(4, help="Tempo grid step in BPM over 64-160 (4: 25 tempi; 16: 7 tempi).")
+
+    def label_space(self):
+        from .data.synthetic import LabelSpace
+
+        if self.chord_qualities:
+            return LabelSpace(chord_qualities=tuple(self.chord_qualities), tempo_step=self.tempo_step)
+        return LabelSpace(tempo_step=self.tempo_step)
 
 
 @dataclass

@@ -71,8 +71,10 @@ def score(rows: list[Row], completions: list[str]) -> dict[str, Any]:
     per_task: dict[str, list[float]] = defaultdict(list)
     results = []
     for row, text in zip(rows, completions, strict=True):
+        picked = None
         if row.choices:
             correct = mcq_accuracy(None, [text], choices=[row.choices], answer=[row.answer])[0]
+            picked = len(mcq_accuracy.named(text, row.choices)) == 1
             kind = "mcq"
         else:
             correct = answer_accuracy(None, [text], answer=[row.answer])[0]
@@ -86,6 +88,7 @@ def score(rows: list[Row], completions: list[str]) -> dict[str, Any]:
                 "task": row.task,
                 "kind": kind,
                 "correct": correct,
+                "picked_one_choice": picked,
                 "format": fmt,
                 "completion": text,
                 "answer": row.answer,
@@ -97,6 +100,11 @@ def score(rows: list[Row], completions: list[str]) -> dict[str, Any]:
         "mcq_accuracy": sum(mcq) / len(mcq) if mcq else None,
         "open_accuracy": sum(open_) / len(open_) if open_ else None,
         "format_rate": sum(r["format"] for r in results) / len(results) if results else None,
+        # MCQ answers that name exactly one of the listed choices, right or wrong (a model that answers with
+        # something not listed scores below chance)
+        "choice_rate": (
+            sum(r["picked_one_choice"] for r in results if r["kind"] == "mcq") / len(mcq) if mcq else None
+        ),
         "per_task": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
         "counts": {k: len(v) for k, v in sorted(per_task.items())},
         "results": results,

@@ -35,6 +35,7 @@ class Recipe:
         self.out = Path(cfg.output_dir)
         self.family = get_family(cfg.model.family)
         self.report: dict[str, Any] = {"stages": [], "family": self.family.name}
+        self._audio_stores: Any = None  # sft.AudioStores, shared by the supervised stages
 
     def data_path(self, spec: str) -> Path:
         if spec.startswith("synthetic:"):
@@ -48,7 +49,7 @@ class Recipe:
 
             t = time.perf_counter()
             s = self.cfg.synthetic
-            write_corpus(self.out / "data", n=s.n, seed=s.seed, n_eval=s.n_eval)
+            write_corpus(self.out / "data", n=s.n, seed=s.seed, n_eval=s.n_eval, space=s.label_space())
             print(f"[recipe] synthetic corpus: {s.n} + {s.n_eval} clips ({time.perf_counter() - t:.0f} s)")
         if self.cfg.tiny_model:
             from .models.tiny import build_tiny_model
@@ -85,6 +86,9 @@ class Recipe:
                 current, history = self.sft(stage, current)
                 if history:
                     entry["loss_first"], entry["loss_last"] = history[0]["loss"], history[-1]["loss"]
+                later = self.cfg.stages[self.cfg.stages.index(stage) + 1 :]
+                if not any(s.kind in ("sft", "cold_start") for s in later):
+                    self._audio_stores = None  # no later stage reads them: free the memory
             elif stage.kind == "grpo":
                 current, grpo = self.grpo(stage, current)
                 entry.update(grpo)
@@ -125,7 +129,7 @@ class Recipe:
     def sft(self, stage: StageConfig, model_dir: Path) -> tuple[Path, list[dict]]:
         from transformers import AutoProcessor
 
-        from .sft import SFTSettings, run_sft
+        from .sft import AudioStores, SFTSettings, run_sft
 
         rows, target = self.sft_rows(stage)
         model = self.family.model_class().from_pretrained(model_dir)
@@ -140,9 +144,10 @@ class Recipe:
             freeze_audio_encoder=stage.freeze_audio_encoder,
             gradient_checkpointing=stage.gradient_checkpointing,
         )
-        return run_sft(
-            model, self.family, AutoProcessor.from_pretrained(model_dir), rows, self.out / stage.name, settings
-        )
+        if self._audio_stores is None:
+            self._audio_stores = AudioStores()
+        processor = AutoProcessor.from_pretrained(model_dir)
+        return run_sft(model, self.family, processor, rows, self.out / stage.name, settings, stores=self._audio_stores)
 
     def grpo(self, stage: StageConfig, model_dir: Path) -> tuple[Path, dict[str, Any]]:
         from .checkpoint import latest_checkpoint
@@ -216,14 +221,14 @@ class Recipe:
             "",
             f"Total wall time: {wall_s / 60:.1f} min",
             "",
-            "| stage | kind | MCQ acc | open acc | format rate | per question type |",
-            "|---|---|---|---|---|---|",
+            "| stage | kind | MCQ acc | MCQ answers naming one choice | open acc | format rate | per question type |",
+            "|---|---|---|---|---|---|---|",
         ]
         for s in self.report["stages"]:
             e = s.get("eval", {})
             per = ", ".join(f"{k} {v:.2f}" for k, v in e.get("per_task", {}).items())
             lines.append(
-                f"| {s['name']} | {s['kind']} | {_fmt(e.get('mcq_accuracy'))} | "
+                f"| {s['name']} | {s['kind']} | {_fmt(e.get('mcq_accuracy'))} | {_fmt(e.get('choice_rate'))} | "
                 f"{_fmt(e.get('open_accuracy'))} | {_fmt(e.get('format_rate'))} | {per} |"
             )
         grpo = [s for s in self.report["stages"] if s["kind"] == "grpo"]

@@ -12,7 +12,7 @@ Run: ``grpo-audio sft MODEL_DIR MANIFEST OUT [--target answer|think] [--epochs N
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from .data.collate import IGNORE_INDEX, collate_sequences
 from .data.feature_cache import cache_features
 from .data.schema import Row
+from .lru import LRUBytes
 from .models import ModelFamily
 from .models.encoder_cache import cached_encoder
 from .models.weights import save_model_dir
@@ -57,10 +58,11 @@ class AudioSFTCollator:
         target: str,
         max_audio_seconds: float | None = None,
         cache: bool = True,
+        feature_store: LRUBytes | None = None,
     ):
         # Every epoch revisits the same clips: their log-mel features are computed once.
         self.family, self.rows, self.target = family, rows, target
-        self.processor = cache_features(processor) if cache else processor
+        self.processor = cache_features(processor, store=feature_store) if cache else processor
         self.max_audio_seconds = max_audio_seconds
         for row in rows:  # fail before training, naming the row
             target_text(row, target)
@@ -124,6 +126,16 @@ def _text_only(messages: list[dict[str, Any]]) -> str:
 
 
 @dataclass
+class AudioStores:
+    """Log-mel features and frozen-encoder outputs kept from one supervised stage to the next (a recipe's
+    ``sft`` and ``cold_start`` train on the same clips): the second stage computes neither again. Keys carry the
+    feature extractor's settings and the encoder's weights, so nothing is reused across a change of either."""
+
+    features: LRUBytes = field(default_factory=lambda: LRUBytes(4 << 30))
+    encoder: LRUBytes = field(default_factory=lambda: LRUBytes(4 << 30))
+
+
+@dataclass
 class SFTSettings:
     """Settings of one supervised stage."""
 
@@ -154,10 +166,12 @@ def run_sft(
     out: str | Path,
     settings: SFTSettings,
     callbacks: list[Any] | None = None,
+    stores: AudioStores | None = None,
 ) -> tuple[Path, list[dict[str, float]]]:
     """Train ``model`` on ``rows`` with TRL's SFTTrainer and save it to ``out/model``.
 
-    ``callbacks`` are transformers ``TrainerCallback`` objects handed to the trainer.
+    ``callbacks`` are transformers ``TrainerCallback`` objects handed to the trainer; ``stores`` keeps the audio
+    caches for a later stage (with ``cache_audio``).
 
     Returns the saved model directory and TRL's log history (loss per logging step).
     """
@@ -197,13 +211,21 @@ def run_sft(
         data_collator=(
             TextCollator(family, processor, rows)
             if settings.target == "text"
-            else AudioSFTCollator(family, processor, rows, settings.target, cache=settings.cache_audio)
+            else AudioSFTCollator(
+                family,
+                processor,
+                rows,
+                settings.target,
+                cache=settings.cache_audio,
+                feature_store=stores.features if stores else None,
+            )
         ),
         processing_class=processor.tokenizer,
         callbacks=callbacks,
     )
     reuse_encoder = settings.freeze_audio_encoder and settings.cache_audio and settings.target != "text"
-    with cached_encoder(trainer.model, family) if reuse_encoder else nullcontext():
+    store = stores.encoder if stores else None
+    with cached_encoder(trainer.model, family, store=store) if reuse_encoder else nullcontext():
         trainer.train()
     model_dir = save_model_dir(trainer.model, family, processor, out / "model")
     return model_dir, [h for h in trainer.state.log_history if "loss" in h]

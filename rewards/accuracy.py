@@ -90,11 +90,14 @@ class MCQAccuracy:
         correct = _answer_index(answer, choices)
         if correct is None:
             raise ValueError(f"answer {answer!r} is neither a letter nor one of the choices {choices}")
+        return 1.0 if self.named(text, choices) == {correct} else 0.0
+
+    def named(self, text: str, choices: list[str]) -> set[int]:
+        """Indices of the choices the answer names (by letter or by text); one index for a clear answer."""
         said = extract_answer(text, self.answer_tag, self.fallback)
         if not said:
-            return 0.0
-        named = _letters(said, len(choices)) | _choice_mentions(said, choices)
-        return 1.0 if named == {correct} else 0.0
+            return set()
+        return _letters(said, len(choices)) | _choice_mentions(said, choices)
 
 
 class AnswerAccuracy:

@@ -90,9 +90,9 @@ def test_replay_mixes_rows_into_a_stage_and_keeps_its_own_check(tmp_path, capsys
     from grpo_audio.data.synthetic import write_corpus
 
     out = tmp_path / "out"
-    write_corpus(out / "data", n=10, seed=2)  # 10 clips: 30 skills rows, 10 think rows
+    write_corpus(out / "data", n=10, seed=2)  # 10 clips: 30 skills rows, 20 think rows
     stages = (
-        '[{name: cs, kind: cold_start, data: "synthetic:think", replay: "synthetic:skills", replay_ratio: 1.5},'
+        '[{name: cs, kind: cold_start, data: "synthetic:think", replay: "synthetic:skills", replay_ratio: 0.75},'
         ' {name: plain, kind: cold_start, data: "synthetic:think"},'
         ' {name: bad, kind: cold_start, data: "synthetic:skills", replay: "synthetic:think"}]'
     )
@@ -103,14 +103,14 @@ def test_replay_mixes_rows_into_a_stage_and_keeps_its_own_check(tmp_path, capsys
     )
     recipe = Recipe(cfg)
     rows, target = recipe.sft_rows(cfg.stages[0])
-    assert target == "auto" and len(rows) == 25
-    assert all(r.thinking for r in rows[:10]) and {r.id for r in rows[10:]} <= {
+    assert target == "auto" and len(rows) == 35
+    assert all(r.thinking for r in rows[:20]) and {r.id for r in rows[20:]} <= {
         r.id for r in recipe._rows("synthetic:skills")
     }
-    assert len({r.id for r in rows[10:]}) == 15  # drawn without repeats
+    assert len({r.id for r in rows[20:]}) == 15  # drawn without repeats
     assert [r.id for r in recipe.sft_rows(cfg.stages[0])[0]] == [r.id for r in rows]  # same seed, same rows
     assert "cs': 15 rows replayed from synthetic:skills" in capsys.readouterr().out
     plain, target = recipe.sft_rows(cfg.stages[1])
-    assert target == "think" and len(plain) == 10
+    assert target == "think" and len(plain) == 20
     with pytest.raises(ValueError, match="field 'thinking'"):  # the stage's own rows still need their chains
         recipe.sft_rows(cfg.stages[2])

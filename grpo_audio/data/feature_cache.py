@@ -6,7 +6,8 @@ each clip once per epoch, and the audio never changes: :class:`CachedFeatureExtr
 feature extractor, keys each window by a hash of its samples, and returns the stored features on a hit. The
 output is the extractor's own, bit for bit (a test compares them).
 
-Use: ``cache_features(processor)`` returns a copy of the processor that caches.
+Use: ``cache_features(processor)`` returns a copy of the processor that caches. Stages of one run can share a
+store (``store=``); keys then also carry the extractor's settings, so a different front end never hits.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ class CachedFeatureExtractor:
     Other attributes (``sampling_rate``, ``chunk_length``, ...) are the wrapped extractor's.
     """
 
-    def __init__(self, extractor: Any, max_bytes: int = 4 << 30):
+    def __init__(self, extractor: Any, max_bytes: int = 4 << 30, store: LRUBytes | None = None):
         self.extractor = extractor
-        self._store = LRUBytes(max_bytes)
+        self._store = LRUBytes(max_bytes) if store is None else store
+        self._salt = (
+            b"" if store is None else hashlib.blake2b(extractor.to_json_string().encode(), digest_size=16).digest()
+        )
         self.hits = 0
         self.misses = 0
 
@@ -56,7 +60,7 @@ class CachedFeatureExtractor:
         chunks = raw_speech if isinstance(raw_speech, (list, tuple)) else [raw_speech]
         if kwargs.get("return_tensors") != "pt" or not chunks:
             return self.extractor(raw_speech, **kwargs)
-        keys = [_key(c, kwargs) for c in chunks]
+        keys = [self._salt + _key(c, kwargs) for c in chunks]
         missing = list(dict.fromkeys(k for k in keys if k not in self._store))
         if missing:
             where = {k: i for i, k in enumerate(keys)}
@@ -70,7 +74,7 @@ class CachedFeatureExtractor:
         return BatchFeature({name: torch.stack([e[name] for e in entries]) for name in entries[0]})
 
 
-def cache_features(processor: Any, max_bytes: int = 4 << 30) -> Any:
+def cache_features(processor: Any, max_bytes: int = 4 << 30, store: LRUBytes | None = None) -> Any:
     """A shallow copy of ``processor`` whose feature extractor is a :class:`CachedFeatureExtractor`.
 
     The original is left as it was (it is what gets saved next to a checkpoint); the copy shares its tokenizer.
@@ -78,5 +82,5 @@ def cache_features(processor: Any, max_bytes: int = 4 << 30) -> Any:
     if isinstance(processor.feature_extractor, CachedFeatureExtractor):
         return processor
     cached = copy.copy(processor)
-    cached.feature_extractor = CachedFeatureExtractor(processor.feature_extractor, max_bytes)
+    cached.feature_extractor = CachedFeatureExtractor(processor.feature_extractor, max_bytes, store)
     return cached

@@ -10,14 +10,18 @@ From the same ground truth it writes:
 
 - ``skills.jsonl`` (MF-Skills style): a caption stating the metadata in prose, and questions, multiple-choice
   with shuffled distractors and open-answer;
-- ``think.jsonl`` (MF-Think style): multiple-choice questions whose target is a chain of thought grounded in
-  the theory ("the notes are A, C, E: a minor triad rooted on A") then ``<think>...</think><answer>...</answer>``;
+- ``think.jsonl`` (MF-Think style): multiple-choice and open questions whose target is a chain of thought grounded in
+  the theory ("I hear an A minor chord. Its notes are A, C and E: ...") then
+  ``<think>...</think><answer>...</answer>``;
 - ``rl.jsonl``: prompts with ground truth for the rewards (the correct MCQ choice, open answer, metadata for
   music-theory and structured-caption rewards);
 - ``eval.jsonl``: held-out clips (no clip shared with the other files), multiple-choice and open questions.
 
 Departure from the paper: MF-Skills and MF-Think are built from real music with captions written by models and
 checked by people; here the music is synthetic, so every label is exact and the whole corpus builds in seconds.
+
+Labels come from a ``LabelSpace``: by default the whole vocabulary; a coarser one (``--chord-qualities major
+minor --tempo-step 16``) gives each label more clips in a corpus of the same size.
 
 Run: ``grpo-audio synth OUT --n 400 --seed 0``.
 """
@@ -272,12 +276,37 @@ class Clip:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def make_clip(task: str, clip_id: str, rng: np.random.Generator) -> Clip:
-    """Render one clip of ``task`` with random ground truth and mild variation."""
+@dataclass(frozen=True)
+class LabelSpace:
+    """Which labels the corpus draws from. The default is the whole vocabulary: 84 chords (12 roots x 7
+    qualities), 24 keys, 25 tempi (64-160 BPM in steps of 4), 4 meters, 8 instruments. A coarser space (fewer
+    chord qualities, a wider tempo grid) gives each label more clips for the same corpus size: the embedded
+    demo uses one so that a model trained from random weights in minutes has enough examples of each label.
+    """
+
+    chord_qualities: tuple[str, ...] = tuple(CHORD_QUALITIES)
+    tempo_step: int = 4
+
+    def __post_init__(self):
+        unknown = [q for q in self.chord_qualities if q not in CHORD_QUALITIES]
+        if unknown or len(self.chord_qualities) < 2:
+            raise ValueError(
+                f"chord_qualities: need at least two of {', '.join(CHORD_QUALITIES)}; got {list(self.chord_qualities)}"
+            )
+        if not 1 <= self.tempo_step <= 24:
+            raise ValueError(f"tempo_step: need 1-24 BPM (at least 5 tempi in 64-160), got {self.tempo_step}")
+
+    @property
+    def tempi(self) -> tuple[int, ...]:
+        return tuple(range(64, 161, self.tempo_step))
+
+
+def make_clip(task: str, clip_id: str, rng: np.random.Generator, space: LabelSpace = LabelSpace()) -> Clip:
+    """Render one clip of ``task`` with random ground truth (drawn from ``space``) and mild variation."""
     instrument = str(rng.choice(INSTRUMENTS))
     register = int(rng.choice([48, 60, 72]))  # octave variation (a C, so pitch class = register + root)
     if task == "chord":
-        root, quality = int(rng.integers(12)), str(rng.choice(list(CHORD_QUALITIES)))
+        root, quality = int(rng.integers(12)), str(rng.choice(list(space.chord_qualities)))
         if instrument == "bell":  # inharmonic partials blur a chord's identity; keep chords readable
             instrument = "organ"
         wave = render_chord(
@@ -313,7 +342,7 @@ def make_clip(task: str, clip_id: str, rng: np.random.Generator) -> Clip:
         if chords:
             meta["chords"] = chords
     elif task in ("tempo", "meter"):
-        bpm = int(rng.integers(16, 41)) * 4  # 64-160 BPM in steps of 4
+        bpm = int(rng.choice(space.tempi))
         meter = str(rng.choice(METERS)) if task == "meter" else str(rng.choice(["4/4", "3/4"]))
         style = str(rng.choice(["click", "drums"]))
         # The length is drawn independently of tempo and meter: a length that follows from them (so many bars)
@@ -361,7 +390,7 @@ def open_answer(clip: Clip) -> str:
     }[clip.task]
 
 
-def _distractors(clip: Clip, rng: np.random.Generator) -> list[str]:
+def _distractors(clip: Clip, rng: np.random.Generator, space: LabelSpace) -> list[str]:
     """Three wrong choices. Chords and keys are two-part labels (root and quality, tonic and mode): their
     choices form a 2 x 2 grid (the true root with another quality, another root with the true quality, and
     both changed), so that every root and every quality shows up twice and the choices alone give nothing away.
@@ -370,7 +399,7 @@ def _distractors(clip: Clip, rng: np.random.Generator) -> list[str]:
     if clip.task == "chord":
         root = PITCH_CLASSES.index(m["root"])
         other_root = PITCH_CLASSES[(root + int(rng.choice([2, 5, 7, 9]))) % 12]
-        other_quality = str(rng.choice([q for q in CHORD_QUALITIES if q != m["quality"]]))
+        other_quality = str(rng.choice([q for q in space.chord_qualities if q != m["quality"]]))
         return [f"{m['root']} {other_quality}", f"{other_root} {m['quality']}", f"{other_root} {other_quality}"]
     if clip.task == "key":
         tonic = PITCH_CLASSES.index(m["tonic"])
@@ -382,7 +411,7 @@ def _distractors(clip: Clip, rng: np.random.Generator) -> list[str]:
         return [f"{m['tonic']} {other_mode}", f"{other_tonic} {m['mode']}", f"{other_tonic} {other_mode}"]
     if clip.task == "tempo":
         bpm = m["tempo"]
-        pool = [str(b) for b in range(64, 161, 4) if abs(b - bpm) >= 16]
+        pool = [str(b) for b in space.tempi if abs(b - bpm) >= 16]
     elif clip.task == "meter":
         pool = [x for x in METERS if x != m["meter"]]
     else:
@@ -394,13 +423,13 @@ def _distractors(clip: Clip, rng: np.random.Generator) -> list[str]:
 MCQ_INSTRUCTION = "Answer with the correct choice."
 
 
-def mcq(clip: Clip, rng: np.random.Generator) -> tuple[str, list[str], str]:
+def mcq(clip: Clip, rng: np.random.Generator, space: LabelSpace = LabelSpace()) -> tuple[str, list[str], str]:
     """(question text with lettered choices, choices, the correct choice's text).
 
     The answer is the choice itself, as MMAU scores answers, rather than its letter: a model then names what
     it hears instead of also learning to look letters up (``mcq_accuracy`` accepts either).
     """
-    choices = [open_answer(clip), *_distractors(clip, rng)]
+    choices = [open_answer(clip), *_distractors(clip, rng, space)]
     order = rng.permutation(len(choices))
     choices = [choices[i] for i in order]
     lines = "\n".join(f"({'ABCD'[i]}) {c}" for i, c in enumerate(choices))
@@ -428,7 +457,14 @@ def _names(pcs: list[int]) -> str:
 
 
 def thinking(clip: Clip) -> str:
-    """A chain of thought grounded in the theory that leads to the clip's answer."""
+    """A chain of thought grounded in the theory that leads to the clip's answer.
+
+    Each chain starts from what is heard, at the level of the question (the chord, the home note and mode, the
+    beat rate, the accent cycle, the timbre), then grounds it in theory (its notes and intervals, the cadence or
+    scale, the beat spacing) and concludes. A chain that starts from finer detail (naming every note of a chord
+    before the chord) asks a small model for what it hears least reliably first, and the answer then follows
+    the chain's first mistake.
+    """
     from ..music_vocab import INTERVAL_NAMES
 
     m = clip.metadata
@@ -437,27 +473,31 @@ def thinking(clip: Clip) -> str:
         ivs = CHORD_QUALITIES[m["quality"]]
         parts = [f"{PITCH_CLASSES[(root + i) % 12]} is a {INTERVAL_NAMES[i % 12]}" for i in ivs[1:]]
         return (
-            f"The notes I hear are {_names([root + i for i in ivs])}. Above {m['root']}, "
-            + ", ".join(parts)
-            + f". That is a {m['quality']} chord rooted on {m['root']}: {m['chord_name']}."
+            f"I hear {'an' if m['root'][0] in 'AEF' else 'a'} {m['chord_name']} chord. Its notes are "
+            f"{_names([root + i for i in ivs])}: above {m['root']}, " + ", ".join(parts) + f", a {m['quality']} "
+            f"chord. So the chord is {m['chord_name']}."
         )
     if clip.task == "key":
         tonic = PITCH_CLASSES.index(m["tonic"])
         third = 4 if m["mode"] == "major" else 3
         if m["style"] == "progression":
             return (
-                f"The chords are {', '.join(m['chords'])}: a I-IV-V-I cadence that comes home to "
-                f"{m['tonic']}. The home chord has a {INTERVAL_NAMES[third]} above {m['tonic']}, so the key "
-                f"is {m['key']}."
+                f"The music comes home to {m['tonic']}, and the home chord is {m['mode']}. The chords are "
+                f"{', '.join(m['chords'])}: a I-IV-V-I cadence on {m['tonic']}, whose home chord has a "
+                f"{INTERVAL_NAMES[third]} above {m['tonic']}. So the key is {m['key']}."
             )
         return (
-            f"The melody uses the notes {_names([tonic + s for s in MODES[m['mode']]])} and starts and ends "
-            f"on {m['tonic']}. The third above {m['tonic']} is {PITCH_CLASSES[(tonic + third) % 12]}, a "
-            f"{INTERVAL_NAMES[third]}, so the key is {m['key']}."
+            f"The melody comes home to {m['tonic']} and sounds {m['mode']}. It uses the notes "
+            f"{_names([tonic + s for s in MODES[m['mode']]])} and starts and ends on {m['tonic']}; the third above "
+            f"{m['tonic']} is {PITCH_CLASSES[(tonic + third) % 12]}, a {INTERVAL_NAMES[third]}. So the key is "
+            f"{m['key']}."
         )
     if clip.task == "tempo":
         gap = 60.0 / m["tempo"]
-        return f"The beats are {gap:.2f} s apart, and 60 / {gap:.2f} = {m['tempo']}, so the tempo is {m['tempo']} BPM."
+        return (
+            f"The beat is steady at about {m['tempo']} beats a minute: the beats are {gap:.2f} s apart, and "
+            f"60 / {gap:.2f} = {m['tempo']}. So the tempo is {m['tempo']} BPM."
+        )
     if clip.task == "meter":
         if m["meter"] == "6/8":
             return (
@@ -481,9 +521,11 @@ def _row(clip: Clip, kind: str, prompt: str, **fields: Any) -> dict[str, Any]:
     }
 
 
-def rows_for_clip(clip: Clip, rng: np.random.Generator) -> dict[str, list[dict[str, Any]]]:
+def rows_for_clip(
+    clip: Clip, rng: np.random.Generator, space: LabelSpace = LabelSpace()
+) -> dict[str, list[dict[str, Any]]]:
     """The rows each output file gets from one clip."""
-    question, choices, correct = mcq(clip, rng)
+    question, choices, correct = mcq(clip, rng, space)
     answer = open_answer(clip)
     cap = caption(clip)
     think = thinking(clip)
@@ -493,7 +535,10 @@ def rows_for_clip(clip: Clip, rng: np.random.Generator) -> dict[str, list[dict[s
         _row(clip, "mcq", question, choices=choices, answer=correct),
         _row(clip, "open", QUESTIONS[clip.task] + " Answer briefly.", answer=answer),
     ]
-    think_rows = [_row(clip, "think", question + THINK_SUFFIX, choices=choices, answer=correct, thinking=think)]
+    think_rows = [
+        _row(clip, "think", question + THINK_SUFFIX, choices=choices, answer=correct, thinking=think),
+        _row(clip, "think-open", QUESTIONS[clip.task] + THINK_SUFFIX, answer=answer, thinking=think),
+    ]
     rl = [
         _row(clip, "rl-mcq", question + THINK_SUFFIX, choices=choices, answer=correct),
         _row(clip, "rl-caption", cap_prompt + THINK_SUFFIX, caption=cap) | {"task": "caption"},
@@ -505,8 +550,11 @@ def rows_for_clip(clip: Clip, rng: np.random.Generator) -> dict[str, list[dict[s
     return {"skills": skills, "think": think_rows, "rl": rl, "eval": evals}
 
 
-def write_corpus(out: str | Path, n: int = 200, seed: int = 0, n_eval: int | None = None) -> dict[str, Path]:
-    """Render ``n`` training clips and ``n_eval`` held-out clips (default n // 4) and write the manifests.
+def write_corpus(
+    out: str | Path, n: int = 200, seed: int = 0, n_eval: int | None = None, space: LabelSpace = LabelSpace()
+) -> dict[str, Path]:
+    """Render ``n`` training clips and ``n_eval`` held-out clips (default n // 4) with labels from ``space`` and
+    write the manifests.
 
     Tasks are assigned round-robin, so every task gets its share. Same seed, same bytes.
 
@@ -520,9 +568,9 @@ def write_corpus(out: str | Path, n: int = 200, seed: int = 0, n_eval: int | Non
     for split, count in (("train", n), ("eval", n_eval)):
         for i in range(count):
             rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
-            clip = make_clip(TASKS[i % len(TASKS)], f"{split}-{i:05d}", rng)
+            clip = make_clip(TASKS[i % len(TASKS)], f"{split}-{i:05d}", rng, space)
             sf.write(out / "clips" / f"{clip.id}.wav", clip.wave, SR, subtype="PCM_16", format="WAV")
-            for name, rows in rows_for_clip(clip, rng).items():
+            for name, rows in rows_for_clip(clip, rng, space).items():
                 if (name == "eval") == (split == "eval"):
                     files[name].extend(rows)
     paths = {}

@@ -8,6 +8,10 @@ untouched: no wrapper module, parameter names as before, so checkpoints are save
 
 The cached output is the encoder's own output for that row, so the cache changes nothing but the time (a test
 compares losses and gradients with and without it). It refuses an encoder with trainable parameters.
+
+Several stages of one run (a recipe's ``sft`` then ``cold_start``) can share one store (``store=``): the keys
+then also carry a fingerprint of the encoder's weights, so a stage whose encoder differs never reads another's
+outputs.
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ class EncoderOutputCache:
         max_bytes: outputs kept at most, least recently used dropped first.
     """
 
-    def __init__(self, encoder: torch.nn.Module, max_bytes: int = 4 << 30):
+    def __init__(self, encoder: torch.nn.Module, max_bytes: int = 4 << 30, store: LRUBytes | None = None):
         self.encoder = encoder
         self.original = encoder.forward
-        self._store = LRUBytes(max_bytes)
+        self._store = LRUBytes(max_bytes) if store is None else store
+        self._salt = b"" if store is None else weights_fingerprint(encoder)
         self.hits = 0
         self.misses = 0
         cfg = getattr(encoder, "config", None)
@@ -61,7 +66,7 @@ class EncoderOutputCache:
         row_tensors = [input_features] + [
             v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n
         ]
-        keys = [_row_key(row_tensors, i) for i in range(n)]
+        keys = [self._salt + _row_key(row_tensors, i) for i in range(n)]
         missing = [i for i, k in enumerate(keys) if k not in self._store]
         missing = [i for i in missing if keys.index(keys[i]) == i]  # a repeated row is computed once
         if missing:
@@ -80,6 +85,16 @@ class EncoderOutputCache:
         return BaseModelOutput(last_hidden_state=hidden)
 
 
+def weights_fingerprint(module: torch.nn.Module) -> bytes:
+    """A digest of a module's parameters and buffers (names, shapes, dtypes and values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in module.state_dict().items():
+        t = t.detach().contiguous().cpu()
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
+    return h.digest()
+
+
 def audio_encoder(model: Any, family: type[ModelFamily]) -> torch.nn.Module:
     """The audio encoder module of a model of ``family`` (the first of its encoder prefixes that names one)."""
     modules = dict(model.named_modules())
@@ -91,13 +106,16 @@ def audio_encoder(model: Any, family: type[ModelFamily]) -> torch.nn.Module:
 
 
 @contextmanager
-def cached_encoder(model: Any, family: type[ModelFamily], max_bytes: int = 4 << 30) -> Iterator[EncoderOutputCache]:
-    """Within the block, ``model``'s frozen audio encoder reuses its outputs (see the module docstring)."""
+def cached_encoder(
+    model: Any, family: type[ModelFamily], max_bytes: int = 4 << 30, store: LRUBytes | None = None
+) -> Iterator[EncoderOutputCache]:
+    """Within the block, ``model``'s frozen audio encoder reuses its outputs (see the module docstring); ``store``
+    keeps them beyond the block, for the next stage."""
     encoder = audio_encoder(model, family)
     trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
     if trainable:
         raise ValueError(f"the audio encoder has trainable parameters ({trainable[0]}, ...): freeze it to cache it")
-    cache = EncoderOutputCache(encoder, max_bytes)
+    cache = EncoderOutputCache(encoder, max_bytes, store)
     encoder.forward = cache.forward
     try:
         yield cache

@@ -50,3 +50,28 @@ def test_cache_keeps_within_its_byte_budget(tiny_checkpoint):
         fe([sine(1.0, freq)], **kwargs)
     assert len(fe._store) == 2 and fe.misses == 4  # 200 Hz was dropped before it came back
     assert fe.extractor([sine(1.0, 300)], **kwargs)["input_features"].shape == (1, 128, 3000)
+
+
+def test_a_shared_store_serves_the_next_stage_and_only_the_same_front_end(tiny_checkpoint):
+    from transformers import AutoProcessor
+
+    from grpo_audio.lru import LRUBytes
+
+    family = get_family("music_flamingo")
+    path = tiny_checkpoint("music_flamingo")
+    store = LRUBytes(1 << 30)
+    clips = [sine(2.0, 440), sine(3.0, 220)]
+    rows = [Row(id=f"r{i}", prompt="Q?", audio=f"c{i}.wav") for i in range(2)]
+    first = cache_features(AutoProcessor.from_pretrained(path), store=store)
+    reference = collate_prompts(family, first, rows, clips)
+    second = cache_features(AutoProcessor.from_pretrained(path), store=store)
+    got = collate_prompts(family, second, rows, clips)
+    assert first.feature_extractor.misses == 2 and second.feature_extractor.misses == 0
+    assert second.feature_extractor.hits == 2 and torch.equal(
+        got.audio["input_features"], reference.audio["input_features"]
+    )
+    other = AutoProcessor.from_pretrained(path)
+    other.feature_extractor.dither = 0.5  # a different front end setting: its own entries
+    third = cache_features(other, store=store)
+    collate_prompts(family, third, rows, clips)
+    assert third.feature_extractor.misses == 2 and len(store) == 4

@@ -12,7 +12,17 @@ import soundfile as sf
 
 from grpo_audio.cli import main
 from grpo_audio.data.loaders import load_manifest
-from grpo_audio.data.synthetic import SR, TIMBRES, render_chord, render_key, render_note, render_rhythm, write_corpus
+from grpo_audio.data.synthetic import (
+    BEATS_PER_BAR,
+    SR,
+    TIMBRES,
+    render_chord,
+    render_key,
+    render_note,
+    render_rhythm,
+    write_corpus,
+)
+from grpo_audio.music_vocab import PITCH_CLASSES
 
 C4 = 261.6256
 
@@ -132,7 +142,10 @@ def test_corpus_files_rows_and_loaders(corpus):
         rows = load_manifest(corpus[name], family="music_flamingo")
         assert rows, name
     think = load_manifest(corpus["think"], decode=False)
-    assert all(r.thinking and r.choices and r.answer in r.choices for r in think)
+    assert all(r.thinking and r.answer for r in think)
+    mcq_think = [r for r in think if r.choices]
+    assert len(mcq_think) * 2 == len(think)  # a multiple-choice and an open question per clip
+    assert all(r.answer in r.choices for r in mcq_think)
     mcq = [r for r in load_manifest(corpus["skills"], decode=False) if r.choices]
     assert {r.task for r in mcq} == {"chord", "key", "tempo", "meter", "instrument"}
     assert {r.choices.index(r.answer) for r in mcq} == {0, 1, 2, 3}  # the answer's place is shuffled
@@ -191,3 +204,72 @@ def test_synth_cli(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "s"), "--n", "5", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "skills  15 rows" in out and (tmp_path / "s" / "eval.jsonl").exists()
+    args = ["synth", str(tmp_path / "m"), "--n", "10", "--chord-qualities", "major", "minor", "--tempo-step", "24"]
+    assert main(args) == 0
+    rows = load_manifest(tmp_path / "m" / "skills.jsonl", decode=False)
+    assert {r.metadata["quality"] for r in rows if r.task == "chord"} <= {"major", "minor"}
+    assert {r.metadata["tempo"] for r in rows if r.task in ("tempo", "meter")} <= {64, 88, 112, 136, 160}
+
+
+def test_label_space_limits_chords_and_tempi(tmp_path):
+    from grpo_audio.data.synthetic import LabelSpace
+
+    space = LabelSpace(chord_qualities=("major", "minor"), tempo_step=16)
+    assert space.tempi == (64, 80, 96, 112, 128, 144, 160)
+    rows = load_manifest(write_corpus(tmp_path, n=40, seed=3, space=space)["skills"], decode=False)
+    chords = [r for r in rows if r.task == "chord" and r.choices]
+    tempi = [r for r in rows if r.task == "tempo" and r.choices]
+    assert chords and tempi
+    for r in chords:  # answer and every distractor drawn from the two qualities
+        assert {c.split(" ", 1)[1] for c in r.choices} == {"major", "minor"}, r.choices
+    for r in tempi + [r for r in rows if r.task == "meter" and r.choices]:
+        assert r.metadata["tempo"] in space.tempi
+    for r in tempi:
+        assert {int(c) for c in r.choices} <= set(space.tempi) and len(set(r.choices)) == 4
+    full = {
+        r.metadata["quality"]
+        for r in load_manifest(write_corpus(tmp_path / "f", n=80, seed=3)["skills"], decode=False)
+        if r.task == "chord"
+    }
+    assert len(full) > 2  # the default space draws from all seven qualities
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"chord_qualities": ("major",)}, "chord_qualities"),
+        ({"chord_qualities": ("major", "sus4")}, "chord_qualities"),
+        ({"tempo_step": 0}, "tempo_step"),
+        ({"tempo_step": 30}, "tempo_step"),
+    ],
+)
+def test_label_space_rejects_bad_values(kwargs, field):
+    from grpo_audio.data.synthetic import LabelSpace
+
+    with pytest.raises(ValueError, match=field):
+        LabelSpace(**kwargs)
+
+
+def test_chains_start_from_what_is_heard_and_end_on_the_answer(corpus):
+    """Each chain names the answer's percept first (the chord, the home note and mode, the beat rate, the
+    accent cycle, the timbre), grounds it in theory, and ends on the answer; its notes are the chord's notes."""
+    think = load_manifest(corpus["think"], decode=False)
+    assert {r.task for r in think} == {"chord", "key", "tempo", "meter", "instrument"}
+    for r in think:
+        m = r.metadata
+        first = r.thinking.split(".")[0] if r.task != "tempo" else r.thinking.split(":")[0]
+        expect = {
+            "chord": m.get("chord_name"),
+            "key": m.get("tonic"),
+            "tempo": str(m.get("tempo")),
+            "meter": str(BEATS_PER_BAR.get(m.get("meter"), "two groups of three")),
+            "instrument": m.get("instrument"),
+        }[r.task]
+        assert expect in first, (r.id, r.thinking)
+        assert r.thinking.rstrip(".").endswith(r.answer) or r.thinking.rstrip(".").endswith(f"{r.answer} BPM"), (
+            r.thinking
+        )
+        if r.task == "chord":
+            root, bitmap, _ = mir_eval.chord.encode(m["chord"])
+            named = r.thinking.split("Its notes are ")[1].split(":")[0].replace(" and ", ", ").split(", ")
+            assert {PITCH_CLASSES.index(n) for n in named} == {(root + i) % 12 for i in np.flatnonzero(bitmap)}

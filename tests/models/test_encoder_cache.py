@@ -47,3 +47,34 @@ def test_cached_encoder_gives_the_same_loss_and_gradients(family_name, tiny_chec
         for name, grad in reference[1].items():
             torch.testing.assert_close(got[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
     assert "forward" not in vars(encoder)  # the model is as it was outside the block
+
+
+def test_a_shared_store_carries_outputs_to_the_next_stage_only_for_the_same_weights(tiny_checkpoint):
+    from transformers import AutoProcessor
+
+    from grpo_audio.lru import LRUBytes
+
+    family = get_family("music_flamingo")
+    path = tiny_checkpoint("music_flamingo")
+    processor = AutoProcessor.from_pretrained(path)
+    rows = [Row(id=f"r{i}", prompt="What is it?", audio=f"c{i}.wav") for i in range(2)]
+    inputs = collate_sequences(family, processor, rows, [sine(2.0, 440), sine(3.0, 220)], ["a", "b"]).model_inputs(
+        True
+    )
+    store = LRUBytes(1 << 30)
+
+    def stage(model):
+        audio_encoder(model, family).requires_grad_(False)
+        with cached_encoder(model, family, store=store) as cache:
+            loss = model(**inputs).loss.detach()
+        return cache, loss
+
+    first, loss = stage(family.model_class().from_pretrained(path))
+    assert first.misses == 2 and first.hits == 0 and len(store) == 2
+    second, again = stage(family.model_class().from_pretrained(path))  # the next stage reloads the same weights
+    assert second.misses == 0 and second.hits == 2 and torch.equal(again, loss)
+    changed = family.model_class().from_pretrained(path)
+    with torch.no_grad():
+        next(audio_encoder(changed, family).parameters()).add_(0.01)
+    third, _ = stage(changed)
+    assert third.misses == 2 and third.hits == 0  # another encoder never reads the first one's outputs
