@@ -398,11 +398,14 @@ class SyntheticConfig:
     tempo_step: int = _f(4, help="Tempo grid step in BPM over 64-160 (4: 25 tempi; 16: 7 tempi).")
 
     def label_space(self):
+        """The corpus's ``data.synthetic.LabelSpace``; a bad value raises, naming the ``synthetic.`` field."""
         from .data.synthetic import LabelSpace
 
-        if self.chord_qualities:
-            return LabelSpace(chord_qualities=tuple(self.chord_qualities), tempo_step=self.tempo_step)
-        return LabelSpace(tempo_step=self.tempo_step)
+        qualities = {"chord_qualities": tuple(self.chord_qualities)} if self.chord_qualities else {}
+        try:
+            return LabelSpace(tempo_step=self.tempo_step, **qualities)
+        except ValueError as e:
+            raise ConfigError(f"synthetic.{e}") from None
 
 
 @dataclass

@@ -36,6 +36,8 @@ class Recipe:
         self.family = get_family(cfg.model.family)
         self.report: dict[str, Any] = {"stages": [], "family": self.family.name}
         self._audio_stores: Any = None  # sft.AudioStores, shared by the supervised stages
+        if cfg.synthetic.enabled:
+            cfg.synthetic.label_space()  # a bad label space fails here, before any stage
 
     def data_path(self, spec: str) -> Path:
         if spec.startswith("synthetic:"):

@@ -225,7 +225,9 @@ def run_sft(
     )
     reuse_encoder = settings.freeze_audio_encoder and settings.cache_audio and settings.target != "text"
     store = stores.encoder if stores else None
-    with cached_encoder(trainer.model, family, store=store) if reuse_encoder else nullcontext():
+    with cached_encoder(trainer.model, family, store=store) if reuse_encoder else nullcontext() as cache:
         trainer.train()
+    if cache is not None:
+        print(f"[sft] audio encoder outputs: {cache.misses} windows computed, {cache.hits} reused")
     model_dir = save_model_dir(trainer.model, family, processor, out / "model")
     return model_dir, [h for h in trainer.state.log_history if "loss" in h]

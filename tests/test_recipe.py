@@ -114,3 +114,21 @@ def test_replay_mixes_rows_into_a_stage_and_keeps_its_own_check(tmp_path, capsys
     assert target == "think" and len(plain) == 20
     with pytest.raises(ValueError, match="field 'thinking'"):  # the stage's own rows still need their chains
         recipe.sft_rows(cfg.stages[2])
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("synthetic.chord_qualities=[major]", "synthetic.chord_qualities"),
+        ("synthetic.tempo_step=0", "synthetic.tempo_step"),
+    ],
+)
+def test_a_bad_label_space_fails_before_any_stage(tmp_path, override, field):
+    from grpo_audio.config import ConfigError
+
+    cfg = load_config(
+        REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}", override], schema=RecipeConfig
+    )
+    with pytest.raises(ConfigError, match=field):
+        Recipe(cfg)
+    assert not any(tmp_path.iterdir())  # nothing generated
