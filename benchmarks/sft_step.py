@@ -1,4 +1,4 @@
-"""SFT step time: grpo-audio's SFT settings vs TRL's defaults, on the embedded recipe's model.
+"""SFT step time: grpo-audio's SFT settings vs TRL's defaults; or, with ``--sizes``, one tiny size against another.
 
 The demo-size Music Flamingo (audio encoder frozen, as in ``examples/music_flamingo/tiny.yaml``), 16 synthetic
 clips x 3 skills rows, batch 8, two epochs; the time of each optimiser step in the second epoch is recorded with
@@ -11,6 +11,9 @@ the same rows (this machine is noisy):
 - ``grpo-audio``: gradient checkpointing off, log-mel features and frozen-encoder outputs cached per clip.
 
 Run: ``.venv/bin/python benchmarks/sft_step.py [--rounds 2]``. The ratio trl / grpo-audio is printed last.
+
+``--sizes demo test`` times grpo-audio's settings on each size instead, alternated the same way, and prints the
+ratio of the first size's step time to each other's (the embedded recipe trains the test size).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sizes", nargs="+", default=["demo"], help="tiny sizes; two or more: compare sizes")
     args = parser.parse_args()
 
     from grpo_audio.data.loaders import load_manifest
@@ -59,12 +63,16 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     family = get_family("music_flamingo")
     corpus = write_corpus(tmp / "data", n=args.clips, seed=0, n_eval=0)
-    base = build_tiny_model(family.name, tmp / "base", size="demo", seed=0)
+    bases = {size: build_tiny_model(family.name, tmp / f"base-{size}", size=size, seed=0) for size in args.sizes}
     rows = load_manifest(corpus["skills"], family=family)
     steps_per_epoch = -(-len(rows) // args.batch_size)
-    times: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    if len(args.sizes) > 1:  # grpo-audio's settings on each size
+        runs = {size: (bases[size], SETTINGS["grpo-audio"]) for size in args.sizes}
+    else:
+        runs = {name: (bases[args.sizes[0]], extra) for name, extra in SETTINGS.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.rounds):
-        for name, extra in SETTINGS.items():
+        for name, (base, extra) in runs.items():
             model = family.model_class().from_pretrained(base)
             settings = SFTSettings(
                 epochs=2, lr=1e-3, batch_size=args.batch_size, logging_steps=1000, freeze_audio_encoder=True, **extra
@@ -77,6 +85,11 @@ def main() -> None:
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, m in medians.items():
         print(f"  {name:11s} {m:.3f} s/step  ({len(times[name])} steps)")
+    if len(args.sizes) > 1:
+        first = args.sizes[0]
+        for size in args.sizes[1:]:
+            print(f"ratio {first} / {size}: {medians[first] / medians[size]:.2f}x")
+        return
     print(f"ratio no-ckpt / grpo-audio: {medians['no-ckpt'] / medians['grpo-audio']:.2f}x")
     print(f"ratio trl / grpo-audio: {medians['trl'] / medians['grpo-audio']:.2f}x")
 
