@@ -28,13 +28,18 @@ from ..lru import LRUBytes
 from .base import ModelFamily
 
 
-def _row_key(tensors: list[torch.Tensor], row: int) -> bytes:
+def _digest(named: list[tuple[str, torch.Tensor]]) -> bytes:
+    """A digest of tensors: each one's label, dtype, shape and bytes."""
     h = hashlib.blake2b(digest_size=16)
-    for t in tensors:
-        r = t[row].detach().contiguous().cpu()
-        h.update(f"{r.dtype}{tuple(r.shape)}".encode())
-        h.update(memoryview(r.view(torch.uint8).numpy()) if r.numel() else b"")
+    for label, t in named:
+        t = t.detach().contiguous().cpu()
+        h.update(f"{label}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
     return h.digest()
+
+
+def _row_key(tensors: list[torch.Tensor], row: int) -> bytes:
+    return _digest([("", t[row]) for t in tensors])
 
 
 class EncoderOutputCache:
@@ -87,12 +92,7 @@ class EncoderOutputCache:
 
 def weights_fingerprint(module: torch.nn.Module) -> bytes:
     """A digest of a module's parameters and buffers (names, shapes, dtypes and values)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in module.state_dict().items():
-        t = t.detach().contiguous().cpu()
-        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
-        h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
-    return h.digest()
+    return _digest(list(module.state_dict().items()))
 
 
 def audio_encoder(model: Any, family: type[ModelFamily]) -> torch.nn.Module:
