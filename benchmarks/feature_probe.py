@@ -80,10 +80,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=800, help="training clips (the demo recipe's corpus: 800)")
     parser.add_argument("--eval-clips", type=int, default=100)
+    parser.add_argument("--size", default="demo", choices=["test", "demo", "bench"], help="tiny model size")
+    parser.add_argument("--chord-qualities", nargs="+", default=None, help="label space, as `grpo-audio synth`")
+    parser.add_argument("--tempo-step", type=int, default=None, help="label space, as `grpo-audio synth`")
     args = parser.parse_args()
 
     from transformers import AutoProcessor
 
+    from grpo_audio.config import SyntheticConfig
     from grpo_audio.data.loaders import load_manifest
     from grpo_audio.data.synthetic import TASKS, write_corpus
     from grpo_audio.models import get_family
@@ -92,8 +96,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp())
     family = get_family("music_flamingo")
-    corpus = write_corpus(tmp / "data", n=args.clips, seed=0, n_eval=args.eval_clips)
-    base = build_tiny_model(family.name, tmp / "base", size="demo", seed=0)
+    space = SyntheticConfig(chord_qualities=args.chord_qualities or [], tempo_step=args.tempo_step or 4).label_space()
+    corpus = write_corpus(tmp / "data", n=args.clips, seed=0, n_eval=args.eval_clips, space=space)
+    base = build_tiny_model(family.name, tmp / "base", size=args.size, seed=0)
     model = family.model_class().from_pretrained(base).eval()
     processor = AutoProcessor.from_pretrained(base)
     train = [r for r in load_manifest(corpus["skills"], family=family) if r.id.endswith("-open")]

@@ -173,6 +173,11 @@ class TrainConfig:
     eval_every: int = _f(0, help="Evaluate every N steps; 0 disables.")
     eval_rows: int = _f(64, help="Rows of the eval set used per evaluation (0 = all).")
     eval_temperature: float = _f(0.0, help="Sampling temperature at evaluation (0 = greedy).")
+    eval_generations: int = _f(
+        1,
+        help="Completions per eval prompt (TRL's num_generations_eval); the eval metrics average over them. With "
+        "eval_temperature = rollout.temperature this estimates the reward the policy earns as it samples.",
+    )
     samples_per_eval: int = _f(8, help="Sample completions written to samples.jsonl per evaluation.")
     save_every: int = _f(0, help="Checkpoint every N steps; 0 saves only at the end.")
     keep_last: int = _f(2, help="Number of checkpoints kept.")

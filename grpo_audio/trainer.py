@@ -68,6 +68,8 @@ class GRPOTrainer:
         from .data.loaders import load_manifest
         from .rewards import RewardSet
 
+        if config.train.eval_generations < 1:
+            raise ValueError(f"train.eval_generations must be at least 1, got {config.train.eval_generations}")
         self.cfg = config
         self.family: type[ModelFamily] = get_family(config.model.family)
         self.out = Path(config.output_dir)
@@ -452,19 +454,20 @@ class GRPOTrainer:
         sampling = SamplingConfig(
             max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=temperature, seed=self.cfg.seed
         )
-        batch = self.engine.generate(rows, n=1, sampling=sampling)
+        batch = self.engine.generate(rows, n=self.cfg.train.eval_generations, sampling=sampling)
         rewards = self._score(rows, batch)
         out = {f"eval/{k}": v for k, v in rewards.metrics().items() if k.endswith("/mean")}
         with (self.out / "samples.jsonl").open("a") as f:
-            for i in range(min(len(rows), self.cfg.train.samples_per_eval)):
+            for i in range(min(len(batch.completion_text), self.cfg.train.samples_per_eval)):
+                row = rows[batch.row_index[i]]
                 f.write(
                     json.dumps(
                         {
                             "step": self.step,
-                            "id": rows[i].id,
-                            "task": rows[i].task,
+                            "id": row.id,
+                            "task": row.task,
                             "completion": batch.completion_text[i],
-                            "answer": rows[i].answer,
+                            "answer": row.answer,
                             "reward": rewards.total[i],
                         }
                     )

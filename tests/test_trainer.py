@@ -126,6 +126,34 @@ def test_learns_a_toy_task_and_writes_metrics_and_plot(tmp_path, tiny_checkpoint
     assert torch.equal(loaded.lm_head.weight, trainer.policy.lm_head.weight)
 
 
+def test_eval_averages_several_sampled_completions_per_prompt(tmp_path, tiny_checkpoint):
+    seen = []
+
+    def recorded(prompts, completions, id, **columns):
+        values = digits(prompts, completions)
+        seen.append((list(id), values))
+        return values
+
+    cfg = config(
+        tmp_path,
+        tiny_checkpoint("audio_flamingo3"),
+        **{"train.eval_generations": 3, "train.eval_temperature": 1.0, "train.samples_per_eval": 6},
+    )
+    rows, eval_rows = tone_rows(4), tone_rows(2, "e")
+    trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([recorded]), train_rows=rows, eval_rows=eval_rows)
+    metrics = trainer.evaluate()
+    ids, values = seen[-1]
+    assert ids == ["e0", "e0", "e0", "e1", "e1", "e1"]
+    assert metrics["eval/rewards/recorded/mean"] == pytest.approx(np.mean(values))
+    samples = [json.loads(x) for x in (tmp_path / "run/samples.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in samples] == ids
+    assert [s["reward"] for s in samples] == pytest.approx(values)
+
+    bad = config(tmp_path, tiny_checkpoint("audio_flamingo3"), **{"train.eval_generations": 0})
+    with pytest.raises(ValueError, match="train.eval_generations"):
+        GRPOTrainer(bad, reward_funcs=RewardSet([recorded]), train_rows=tone_rows(4))
+
+
 def test_dynamic_sampling_drops_groups_without_signal(tmp_path, tiny_checkpoint):
     def only_odd(prompts, completions, id, **columns):
         return [0.5 if int(i[1:]) % 2 == 0 else d for i, d in zip(id, digits(prompts, completions), strict=True)]
