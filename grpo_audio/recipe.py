@@ -173,20 +173,36 @@ class Recipe:
         run_cfg = to_object(merged, RunConfig)
         trainer = GRPOTrainer(run_cfg)
         try:
-            last = trainer.train()
+            trainer.train()
         finally:
             trainer.close()
         ckpt = latest_checkpoint(Path(run_cfg.output_dir) / "checkpoints")
         records = [json.loads(x) for x in (Path(run_cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
         evals = [r for r in records if any(k.startswith("eval/") for k in r)]
+        train = [r for r in records if "reward/mean" in r]
+        # Mean reward per function (and in total) at the first and last step and at the first and last evaluation.
+        names = ["reward"] + sorted({k[: -len("/mean")] for r in train for k in r if k.startswith("rewards/")})
+        per_function = {
+            (n.split("/")[1] if "/" in n else "total"): {
+                "train_first": train[0].get(f"{n}/mean") if train else None,
+                "train_last": train[-1].get(f"{n}/mean") if train else None,
+                "eval_start": evals[0].get(f"eval/{n}/mean") if evals else None,
+                "eval_end": evals[-1].get(f"eval/{n}/mean") if evals else None,
+            }
+            for n in names
+        }
+        t = run_cfg.train
         summary = {
-            "reward_first": next((r["reward/mean"] for r in records if "reward/mean" in r), None),
-            "reward_last": last.get("reward/mean"),
-            "eval_reward_start": evals[0].get("eval/reward/mean") if evals else None,
-            "eval_reward_end": evals[-1].get("eval/reward/mean") if evals else None,
+            "reward_first": per_function["total"]["train_first"],
+            "reward_last": per_function["total"]["train_last"],
+            "eval_reward_start": per_function["total"]["eval_start"],
+            "eval_reward_end": per_function["total"]["eval_end"],
+            "eval_steps": [r["step"] for r in evals],
+            "eval_setting": f"{t.eval_rows or 'all'} eval rows x {t.eval_generations} completion(s) at temperature "
+            f"{t.eval_temperature:g}" + (" (greedy)" if t.eval_temperature == 0 else ""),
+            "rewards": per_function,
             "curves": str(Path(run_cfg.output_dir) / "curves.png"),
         }
-        summary.update({f"train_{k}": v for k, v in last.items() if k.startswith("rewards/") and k.endswith("mean")})
         return ckpt / "model", summary
 
     def evaluate(self, model_dir: Path, name: str, data: str | None = None) -> dict[str, Any]:
@@ -235,12 +251,20 @@ class Recipe:
             )
         grpo = [s for s in self.report["stages"] if s["kind"] == "grpo"]
         for s in grpo:
+            steps = s.get("eval_steps") or []
             lines += [
                 "",
-                f"GRPO stage '{s['name']}': train reward {_fmt(s.get('reward_first'))} -> "
-                f"{_fmt(s.get('reward_last'))}; eval reward {_fmt(s.get('eval_reward_start'))} -> "
-                f"{_fmt(s.get('eval_reward_end'))}; curves: {s.get('curves')}",
+                f"GRPO stage '{s['name']}': mean reward per function; eval on {s.get('eval_setting')}, at steps "
+                f"{', '.join(map(str, steps)) or '-'}. Curves: {s.get('curves')}",
+                "",
+                "| reward | train, first step | train, last step | eval, first | eval, last |",
+                "|---|---|---|---|---|",
             ]
+            for name, r in s.get("rewards", {}).items():
+                lines.append(
+                    f"| {name} | {_fmt(r['train_first'])} | {_fmt(r['train_last'])} | {_fmt(r['eval_start'])} | "
+                    f"{_fmt(r['eval_end'])} |"
+                )
         (self.out / "report.md").write_text("\n".join(lines) + "\n")
         self._plot()
 
@@ -269,4 +293,4 @@ class Recipe:
 
 
 def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.3f}"
+    return "-" if v is None or v != v else f"{v:.3f}"  # None or NaN (a reward no sample applied to)

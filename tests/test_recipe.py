@@ -56,7 +56,18 @@ def test_short_recipe_runs_every_stage(tmp_path):
     assert report["stages"][4]["reward_first"] is not None and Path(report["stages"][4]["curves"]).exists()
     saved = json.loads((out / "report.json").read_text())
     assert saved["wall_s"] > 0 and len(saved["stages"]) == 6
-    assert "| grpo | grpo |" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "| grpo | grpo |" in text
+    grpo = saved["stages"][4]
+    assert grpo["eval_steps"] == [0, 1, 2] and grpo["eval_setting"].startswith("3 eval rows x 1 completion(s)")
+    assert set(grpo["rewards"]) == {"total", "format", "mcq_accuracy", "structured_caption"}
+    for name, r in grpo["rewards"].items():
+        assert set(r) == {"train_first", "train_last", "eval_start", "eval_end"}, name
+        line = next(x for x in text.splitlines() if x.startswith(f"| {name} |"))
+        assert line.count("|") == 6, line
+        if name in ("total", "format"):  # every completion gets these: a number in each column
+            assert all(c.strip() not in ("-", "nan") for c in line.split("|")[2:6]), line
+    assert grpo["reward_first"] == grpo["rewards"]["total"]["train_first"]
     assert (out / "stages.png").stat().st_size > 5000
 
     # The fresh base model's projector was standardised on the first audio stage's clips (all 10 here).
