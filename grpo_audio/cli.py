@@ -123,7 +123,7 @@ def _synth(args: argparse.Namespace) -> int:
     from .data.synthetic import write_corpus
 
     space = SyntheticConfig(chord_qualities=args.chord_qualities or [], tempo_step=args.tempo_step).label_space()
-    paths = write_corpus(args.out, n=args.n, seed=args.seed, n_eval=args.n_eval, space=space)
+    paths = write_corpus(args.out, n=args.n, seed=args.seed, n_eval=args.n_eval, space=space, n_rl=args.n_rl)
     for name, path in paths.items():
         print(f"{name:7s} {sum(1 for _ in path.open())} rows  {path}")
     return 0
@@ -267,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=200, help="training clips (default 200)")
     p.add_argument("--n-eval", type=int, default=None, help="held-out clips (default n // 4)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument(
+        "--n-rl",
+        type=int,
+        default=0,
+        help="clips of rl.jsonl's own, unseen in skills/think (default 0: the training clips)",
+    )
     p.add_argument(
         "--chord-qualities", nargs="+", default=None, metavar="Q", help="chord qualities to draw from (default: all)"
     )

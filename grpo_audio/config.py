@@ -394,6 +394,10 @@ class SyntheticConfig:
     enabled: bool = _f(False, help="Generate the corpus into OUTPUT_DIR/data before the stages.")
     n: int = _f(400, help="Training clips.")
     n_eval: int = _f(100, help="Held-out clips.")
+    n_rl: int = _f(
+        0,
+        help="Clips of their own for the GRPO prompts (rl.jsonl), unseen in SFT (0: the training clips).",
+    )
     seed: int = _f(0, help="Corpus seed.")
     chord_qualities: list[str] = _f(
         help="Chord qualities the chord clips draw from (default: all seven: major, minor, diminished, augmented, "

@@ -51,8 +51,11 @@ class Recipe:
 
             t = time.perf_counter()
             s = self.cfg.synthetic
-            write_corpus(self.out / "data", n=s.n, seed=s.seed, n_eval=s.n_eval, space=s.label_space())
-            print(f"[recipe] synthetic corpus: {s.n} + {s.n_eval} clips ({time.perf_counter() - t:.0f} s)")
+            write_corpus(self.out / "data", n=s.n, seed=s.seed, n_eval=s.n_eval, space=s.label_space(), n_rl=s.n_rl)
+            rl = f" + {s.n_rl} for GRPO" if s.n_rl > 0 else ""
+            print(
+                f"[recipe] synthetic corpus: {s.n} + {s.n_eval} held-out{rl} clips ({time.perf_counter() - t:.0f} s)"
+            )
         if self.cfg.tiny_model:
             from .models.tiny import build_tiny_model
 

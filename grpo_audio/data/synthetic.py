@@ -551,12 +551,19 @@ def rows_for_clip(
 
 
 def write_corpus(
-    out: str | Path, n: int = 200, seed: int = 0, n_eval: int | None = None, space: LabelSpace = LabelSpace()
+    out: str | Path,
+    n: int = 200,
+    seed: int = 0,
+    n_eval: int | None = None,
+    space: LabelSpace = LabelSpace(),
+    n_rl: int = 0,
 ) -> dict[str, Path]:
     """Render ``n`` training clips and ``n_eval`` held-out clips (default n // 4) with labels from ``space`` and
     write the manifests.
 
-    Tasks are assigned round-robin, so every task gets its share. Same seed, same bytes.
+    ``rl.jsonl`` (the GRPO prompts) asks about the training clips, or with ``n_rl > 0`` about ``n_rl`` clips of
+    its own, which the supervised manifests (``skills``, ``think``) never show. Tasks are assigned round-robin, so
+    every task gets its share. Same seed, same bytes.
 
     Returns:
         Paths of ``skills``, ``think``, ``rl`` and ``eval`` manifests.
@@ -565,13 +572,15 @@ def write_corpus(
     (out / "clips").mkdir(parents=True, exist_ok=True)
     n_eval = max(len(TASKS), n // 4) if n_eval is None else n_eval
     files: dict[str, list[dict[str, Any]]] = {"skills": [], "think": [], "rl": [], "eval": []}
-    for split, count in (("train", n), ("eval", n_eval)):
+    # Which manifests each split's clips feed.
+    feeds = {"train": {"skills", "think"} | ({"rl"} if n_rl <= 0 else set()), "eval": {"eval"}, "rl": {"rl"}}
+    for k, (split, count) in enumerate((("train", n), ("eval", n_eval), ("rl", max(0, n_rl)))):
         for i in range(count):
-            rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
+            rng = np.random.default_rng([seed, k, i])
             clip = make_clip(TASKS[i % len(TASKS)], f"{split}-{i:05d}", rng, space)
             sf.write(out / "clips" / f"{clip.id}.wav", clip.wave, SR, subtype="PCM_16", format="WAV")
             for name, rows in rows_for_clip(clip, rng, space).items():
-                if (name == "eval") == (split == "eval"):
+                if name in feeds[split]:
                     files[name].extend(rows)
     paths = {}
     for name, rows in files.items():

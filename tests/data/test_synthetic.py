@@ -200,10 +200,27 @@ def test_eval_split_shares_no_clip(corpus):
     assert not digest(eval_audio) & digest(train_audio)
 
 
+def test_rl_prompts_on_clips_of_their_own(tmp_path):
+    """With n_rl, rl.jsonl asks about clips no supervised row shows; the other manifests do not change."""
+    shared = write_corpus(tmp_path / "a", n=10, seed=4)
+    own = write_corpus(tmp_path / "b", n=10, seed=4, n_rl=5)
+    audio = lambda path: [json.loads(x)["audio"] for x in path.read_text().splitlines()]  # noqa: E731
+    supervised = set(audio(own["skills"]) + audio(own["think"]))
+    assert set(audio(shared["rl"])) <= supervised  # the default: GRPO asks about the training clips
+    rl = audio(own["rl"])
+    assert len(set(rl)) == 5 and len(rl) == 10 and not set(rl) & supervised and not set(rl) & set(audio(own["eval"]))
+    for name in ("skills", "think", "eval"):
+        assert own[name].read_bytes() == shared[name].read_bytes(), name
+    rows = load_manifest(own["rl"], decode=False)
+    assert {r.task for r in rows} == {"chord", "key", "tempo", "meter", "instrument", "caption"}
+
+
 def test_synth_cli(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "s"), "--n", "5", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "skills  15 rows" in out and (tmp_path / "s" / "eval.jsonl").exists()
+    assert main(["synth", str(tmp_path / "r"), "--n", "5", "--n-rl", "3"]) == 0
+    assert "rl      6 rows" in capsys.readouterr().out
     args = ["synth", str(tmp_path / "m"), "--n", "10", "--chord-qualities", "major", "minor", "--tempo-step", "24"]
     assert main(args) == 0
     rows = load_manifest(tmp_path / "m" / "skills.jsonl", decode=False)
