@@ -184,7 +184,9 @@ class Recipe:
         evals = [r for r in records if any(k.startswith("eval/") for k in r)]
         train = [r for r in records if "reward/mean" in r]
         # Mean reward per function (and in total) at the first and last step and at the first and last evaluation.
-        names = ["reward"] + sorted({k[: -len("/mean")] for r in train for k in r if k.startswith("rewards/")})
+        names = ["reward"] + sorted(
+            {k[: -len("/mean")] for r in train for k in r if k.startswith("rewards/") and k.endswith("/mean")}
+        )
         per_function = {
             (n.split("/")[1] if "/" in n else "total"): {
                 "train_first": train[0].get(f"{n}/mean") if train else None,
