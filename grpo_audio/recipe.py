@@ -26,6 +26,10 @@ from omegaconf import OmegaConf
 from .config import RecipeConfig, RunConfig, StageConfig, to_object
 from .models import get_family
 
+# Supervised stage kinds that train on audio, and all supervised kinds (run by ``Recipe.sft``).
+AUDIO_SFT_KINDS = ("sft", "cold_start")
+SFT_KINDS = ("text_pretrain", *AUDIO_SFT_KINDS)
+
 
 class Recipe:
     """Runs a :class:`RecipeConfig`."""
@@ -69,7 +73,7 @@ class Recipe:
         """Rescale a fresh model's projector on the clips of the first stage that trains on audio."""
         from .models.calibrate import standardize_checkpoint
 
-        stage = next((s for s in self.cfg.stages if s.kind in ("sft", "cold_start", "grpo")), None)
+        stage = next((s for s in self.cfg.stages if s.kind in (*AUDIO_SFT_KINDS, "grpo")), None)
         if stage is None:
             return
         spread = standardize_checkpoint(model_dir, self._paths(stage.data))
@@ -87,12 +91,12 @@ class Recipe:
             t = time.perf_counter()
             print(f"[recipe] stage '{stage.name}' ({stage.kind}) from {current}")
             entry: dict[str, Any] = {"name": stage.name, "kind": stage.kind}
-            if stage.kind in ("text_pretrain", "sft", "cold_start"):
+            if stage.kind in SFT_KINDS:
                 current, history = self.sft(stage, current)
                 if history:
                     entry["loss_first"], entry["loss_last"] = history[0]["loss"], history[-1]["loss"]
                 later = self.cfg.stages[self.cfg.stages.index(stage) + 1 :]
-                if not any(s.kind in ("sft", "cold_start") for s in later):
+                if not any(s.kind in AUDIO_SFT_KINDS for s in later):
                     self._audio_stores = None  # no later stage reads them: free the memory
             elif stage.kind == "grpo":
                 current, grpo = self.grpo(stage, current)
@@ -149,7 +153,7 @@ class Recipe:
             freeze_audio_encoder=stage.freeze_audio_encoder,
             gradient_checkpointing=stage.gradient_checkpointing,
         )
-        if self._audio_stores is None:
+        if self._audio_stores is None and stage.kind in AUDIO_SFT_KINDS:  # the text warm-up reads no audio
             self._audio_stores = AudioStores()
         processor = AutoProcessor.from_pretrained(model_dir)
         return run_sft(model, self.family, processor, rows, self.out / stage.name, settings, stores=self._audio_stores)
