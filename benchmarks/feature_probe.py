@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--size", default="demo", choices=["test", "demo", "bench"], help="tiny model size")
     parser.add_argument("--chord-qualities", nargs="+", default=None, help="label space, as `grpo-audio synth`")
     parser.add_argument("--tempo-step", type=int, default=None, help="label space, as `grpo-audio synth`")
+    parser.add_argument("--registers", type=int, nargs="+", default=None, help="label space, as `grpo-audio synth`")
     args = parser.parse_args()
 
     from transformers import AutoProcessor
@@ -96,7 +97,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp())
     family = get_family("music_flamingo")
-    space = SyntheticConfig(chord_qualities=args.chord_qualities or [], tempo_step=args.tempo_step or 4).label_space()
+    space = SyntheticConfig(
+        chord_qualities=args.chord_qualities or [], tempo_step=args.tempo_step or 4, registers=args.registers or []
+    ).label_space()
     corpus = write_corpus(tmp / "data", n=args.clips, seed=0, n_eval=args.eval_clips, space=space)
     base = build_tiny_model(family.name, tmp / "base", size=args.size, seed=0)
     model = family.model_class().from_pretrained(base).eval()

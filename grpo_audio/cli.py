@@ -122,7 +122,9 @@ def _synth(args: argparse.Namespace) -> int:
     from .config import SyntheticConfig
     from .data.synthetic import write_corpus
 
-    space = SyntheticConfig(chord_qualities=args.chord_qualities or [], tempo_step=args.tempo_step).label_space()
+    space = SyntheticConfig(
+        chord_qualities=args.chord_qualities or [], tempo_step=args.tempo_step, registers=args.registers or []
+    ).label_space()
     paths = write_corpus(args.out, n=args.n, seed=args.seed, n_eval=args.n_eval, space=space, n_rl=args.n_rl)
     for name, path in paths.items():
         print(f"{name:7s} {sum(1 for _ in path.open())} rows  {path}")
@@ -277,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--chord-qualities", nargs="+", default=None, metavar="Q", help="chord qualities to draw from (default: all)"
     )
     p.add_argument("--tempo-step", type=int, default=4, help="tempo grid step in BPM over 64-160 (default 4)")
+    p.add_argument(
+        "--registers",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="MIDI",
+        help="MIDI notes of the C that pitched clips start from (default: 48 60 72)",
+    )
     p.set_defaults(func=_synth)
 
     p = sub.add_parser(

@@ -405,14 +405,19 @@ class SyntheticConfig:
         factory=list,
     )
     tempo_step: int = _f(4, help="Tempo grid step in BPM over 64-160 (4: 25 tempi; 16: 7 tempi).")
+    registers: list[int] = _f(
+        help="MIDI notes of the C that pitched clips are built up from, one drawn per clip (default: 48, 60, 72; "
+        "C2-C6 allowed). Notes from C5 (72) up are resolved by the Whisper front end without overtones.",
+        factory=list,
+    )
 
     def label_space(self):
         """The corpus's ``data.synthetic.LabelSpace``; a bad value raises, naming the ``synthetic.`` field."""
         from .data.synthetic import LabelSpace
 
-        qualities = {"chord_qualities": tuple(self.chord_qualities)} if self.chord_qualities else {}
+        optional = {"chord_qualities": tuple(self.chord_qualities), "registers": tuple(self.registers)}
         try:
-            return LabelSpace(tempo_step=self.tempo_step, **qualities)
+            return LabelSpace(tempo_step=self.tempo_step, **{k: v for k, v in optional.items() if v})
         except ValueError as e:
             raise ConfigError(f"synthetic.{e}") from None
 

@@ -132,6 +132,7 @@ def test_replay_mixes_rows_into_a_stage_and_keeps_its_own_check(tmp_path, capsys
     [
         ("synthetic.chord_qualities=[major]", "synthetic.chord_qualities"),
         ("synthetic.tempo_step=0", "synthetic.tempo_step"),
+        ("synthetic.registers=[70]", "synthetic.registers"),
     ],
 )
 def test_a_bad_label_space_fails_before_any_stage(tmp_path, override, field):

@@ -21,7 +21,8 @@ Departure from the paper: MF-Skills and MF-Think are built from real music with 
 checked by people; here the music is synthetic, so every label is exact and the whole corpus builds in seconds.
 
 Labels come from a ``LabelSpace``: by default the whole vocabulary; a coarser one (``--chord-qualities major
-minor --tempo-step 16``) gives each label more clips in a corpus of the same size.
+minor --tempo-step 16``) gives each label more clips in a corpus of the same size. Its ``registers`` (``--registers
+72 84``) set the octaves pitched clips are played in.
 
 Run: ``grpo-audio synth OUT --n 400 --seed 0``.
 """
@@ -286,6 +287,11 @@ class LabelSpace:
 
     chord_qualities: tuple[str, ...] = tuple(CHORD_QUALITIES)
     tempo_step: int = 4
+    # The C (MIDI note) each pitched clip is built up from, one drawn per clip: C3, C4, C5. The Whisper front end
+    # every family here uses (400-point STFT at 16 kHz: 40 Hz bins) does not resolve semitones below about
+    # 700 Hz, so chords and keys in the lower registers reach an encoder only through their overtones; an encoder
+    # that has not learned to read them (the embedded recipe's random one) hears them far better from C5 up.
+    registers: tuple[int, ...] = (48, 60, 72)
 
     def __post_init__(self):
         unknown = [q for q in self.chord_qualities if q not in CHORD_QUALITIES]
@@ -295,6 +301,8 @@ class LabelSpace:
             )
         if not 1 <= self.tempo_step <= 24:
             raise ValueError(f"tempo_step: need 1-24 BPM (at least 5 tempi in 64-160), got {self.tempo_step}")
+        if not self.registers or any(r % 12 or not 36 <= r <= 84 for r in self.registers):
+            raise ValueError(f"registers: need MIDI notes of C from 36 to 84 (C2-C6), got {list(self.registers)}")
 
     @property
     def tempi(self) -> tuple[int, ...]:
@@ -304,7 +312,7 @@ class LabelSpace:
 def make_clip(task: str, clip_id: str, rng: np.random.Generator, space: LabelSpace = LabelSpace()) -> Clip:
     """Render one clip of ``task`` with random ground truth (drawn from ``space``) and mild variation."""
     instrument = str(rng.choice(INSTRUMENTS))
-    register = int(rng.choice([48, 60, 72]))  # octave variation (a C, so pitch class = register + root)
+    register = int(rng.choice(list(space.registers)))  # octave variation (a C, so pitch class = register + root)
     if task == "chord":
         root, quality = int(rng.integers(12)), str(rng.choice(list(space.chord_qualities)))
         if instrument == "bell":  # inharmonic partials blur a chord's identity; keep chords readable

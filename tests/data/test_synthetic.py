@@ -16,6 +16,7 @@ from grpo_audio.data.synthetic import (
     BEATS_PER_BAR,
     SR,
     TIMBRES,
+    midi_to_hz,
     render_chord,
     render_key,
     render_note,
@@ -222,10 +223,36 @@ def test_synth_cli(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "r"), "--n", "5", "--n-rl", "3"]) == 0
     assert "rl      6 rows" in capsys.readouterr().out
     args = ["synth", str(tmp_path / "m"), "--n", "10", "--chord-qualities", "major", "minor", "--tempo-step", "24"]
-    assert main(args) == 0
+    assert main([*args, "--registers", "84"]) == 0
     rows = load_manifest(tmp_path / "m" / "skills.jsonl", decode=False)
     assert {r.metadata["quality"] for r in rows if r.task == "chord"} <= {"major", "minor"}
     assert {r.metadata["tempo"] for r in rows if r.task in ("tempo", "meter")} <= {64, 88, 112, 136, 160}
+    chords = {r.audio: r.metadata for r in rows if r.task == "chord"}
+    assert chords
+    for path, meta in chords.items():  # built up from C6
+        wave, _ = sf.read(tmp_path / "m" / path)
+        assert lowest_partial_hz(wave) > 0.97 * midi_to_hz(84 + 12 * TIMBRES[meta["instrument"]].octave)
+
+
+def lowest_partial_hz(wave: np.ndarray, sr: int = SR) -> float:
+    """The lowest frequency whose magnitude reaches a tenth of the spectrum's peak."""
+    mag = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    return float(np.argmax(mag >= 0.1 * mag.max()) * sr / len(wave))
+
+
+@pytest.mark.parametrize("register", [36, 60, 84])
+def test_registers_set_the_octave_of_pitched_clips(register):
+    """A chord clip's lowest partial is its root, from the label space's register up (the timbre's octave
+    shift applied); the default space plays in C3-C5."""
+    from grpo_audio.data.synthetic import LabelSpace, make_clip
+
+    assert LabelSpace().registers == (48, 60, 72)
+    space = LabelSpace(registers=(register,))
+    for i in range(12):
+        clip = make_clip("chord", f"c{i}", np.random.default_rng(i), space)
+        root = PITCH_CLASSES.index(clip.metadata["root"])
+        low = register + root + 12 * TIMBRES[clip.metadata["instrument"]].octave
+        assert lowest_partial_hz(clip.wave) == pytest.approx(midi_to_hz(low), rel=0.03), clip.metadata
 
 
 def test_label_space_limits_chords_and_tempi(tmp_path):
@@ -258,6 +285,9 @@ def test_label_space_limits_chords_and_tempi(tmp_path):
         ({"chord_qualities": ("major", "sus4")}, "chord_qualities"),
         ({"tempo_step": 0}, "tempo_step"),
         ({"tempo_step": 30}, "tempo_step"),
+        ({"registers": ()}, "registers"),
+        ({"registers": (70,)}, "registers"),
+        ({"registers": (96,)}, "registers"),
     ],
 )
 def test_label_space_rejects_bad_values(kwargs, field):
