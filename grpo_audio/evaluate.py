@@ -119,23 +119,32 @@ def evaluate_model(
     temperature: float = 0.0,
     max_model_len: int = 4096,
     engine_obj: Any = None,
+    audio_stores: Any = None,
 ) -> dict[str, Any]:
-    """Generate one completion per row (greedy by default) and score it."""
+    """Generate one completion per row (greedy by default) and score it.
+
+    ``audio_stores`` (an ``sft.AudioStores``; the transformers engine only) keeps each clip's log-mel features and
+    audio-encoder outputs from one call to the next: an eval set asks several questions about each clip, and a
+    recipe evaluates the same clips after every stage, with an encoder that stays frozen. Keys carry the feature
+    extractor's settings and the encoder's weights, so an encoder that changed is run again; the completions are
+    the uncached ones (a test compares them).
+    """
     from .rollout.base import SamplingConfig
 
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
     own = engine_obj is None
     if own:
-        engine_obj = _engine(model_dir, engine, max_model_len)
+        engine_obj = _engine(model_dir, engine, max_model_len, audio_stores)
     try:
-        batch = engine_obj.generate(rows, n=1, sampling=sampling)
+        with _encoder_cache(engine_obj, audio_stores):
+            batch = engine_obj.generate(rows, n=1, sampling=sampling)
     finally:
         if own and hasattr(engine_obj, "close"):
             engine_obj.close()
     return score(rows, batch.completion_text)
 
 
-def _engine(model_dir: str | Path, engine: str, max_model_len: int) -> Any:
+def _engine(model_dir: str | Path, engine: str, max_model_len: int, audio_stores: Any = None) -> Any:
     from transformers import AutoProcessor
 
     from .models import family_of_checkpoint
@@ -145,7 +154,25 @@ def _engine(model_dir: str | Path, engine: str, max_model_len: int) -> Any:
         from .rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_dir, family=family, max_model_len=max_model_len)
+    from .data.feature_cache import cache_features
     from .rollout.hf_engine import HFEngine
 
-    model = family.model_class().from_pretrained(model_dir).eval()
-    return HFEngine(model, AutoProcessor.from_pretrained(model_dir), family, max_model_len=max_model_len)
+    model = family.model_class().from_pretrained(model_dir).eval().requires_grad_(False)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    if audio_stores is not None:
+        processor = cache_features(processor, store=audio_stores.features)
+    return HFEngine(model, processor, family, max_model_len=max_model_len)
+
+
+def _encoder_cache(engine_obj: Any, audio_stores: Any) -> Any:
+    """Within the block, a transformers engine's frozen encoder reuses ``audio_stores.encoder``."""
+    from contextlib import nullcontext
+
+    from .models.encoder_cache import cached_encoder
+    from .rollout.hf_engine import HFEngine
+
+    if audio_stores is None or not isinstance(engine_obj, HFEngine):
+        return nullcontext()
+    if any(p.requires_grad for p in engine_obj.model.parameters()):  # a caller's engine with a model in training
+        return nullcontext()
+    return cached_encoder(engine_obj.model, engine_obj.family, store=audio_stores.encoder)

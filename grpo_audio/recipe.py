@@ -40,6 +40,7 @@ class Recipe:
         self.family = get_family(cfg.model.family)
         self.report: dict[str, Any] = {"stages": [], "family": self.family.name}
         self._audio_stores: Any = None  # sft.AudioStores, shared by the supervised stages
+        self._eval_stores: Any = None  # sft.AudioStores of the eval clips, shared by every stage's evaluation
         if cfg.synthetic.enabled:
             cfg.synthetic.label_space()  # a bad label space fails here, before any stage
 
@@ -220,15 +221,21 @@ class Recipe:
         path = self.data_path(data or self.cfg.eval.data)
         if not path.exists():
             return {}
+        from .lru import LRUBytes
+        from .sft import AudioStores
+
         rows = load_eval_rows(path, family=self.family)
         if self.cfg.eval.max_rows:
             rows = rows[: self.cfg.eval.max_rows]
+        if self._eval_stores is None:
+            self._eval_stores = AudioStores(features=LRUBytes(1 << 30), encoder=LRUBytes(1 << 30))
         result = evaluate_model(
             model_dir,
             rows,
             engine=self.cfg.eval.engine,
             max_new_tokens=self.cfg.eval.max_new_tokens,
             max_model_len=self.cfg.rollout.max_model_len,
+            audio_stores=self._eval_stores,
         )
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
         with (self.out / "samples" / f"{name}.jsonl").open("w") as f:

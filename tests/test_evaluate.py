@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import soundfile as sf
+import torch
 
 from grpo_audio.cli import main
 from grpo_audio.data.schema import Row
@@ -84,3 +85,63 @@ def test_eval_command_on_a_benchmark_json(tmp_path, tiny_checkpoint, capsys):
     assert f"choice_rate    {report['choice_rate']:.3f}" in printed
     assert "mcq/key" in printed and report["counts"] == {"mcq/key": 3}
     assert [r["id"] for r in report["results"]] == ["m0", "m1", "m2"]
+
+
+def test_evaluation_reuses_each_clips_audio_across_rows_and_calls(tmp_path, tiny_checkpoint, monkeypatch):
+    """With audio stores (as the recipe passes them), each clip's log-mel features and encoder outputs are
+    computed once: not again for a second question about the clip, nor in a later call (the next stage's
+    evaluation). A checkpoint whose encoder differs is encoded again. Completions equal the uncached ones."""
+    from transformers import AutoProcessor, WhisperFeatureExtractor
+
+    from grpo_audio.evaluate import evaluate_model
+    from grpo_audio.models import get_family
+    from grpo_audio.models.encoder_cache import audio_encoder
+    from grpo_audio.sft import AudioStores
+
+    family = get_family("music_flamingo")
+    model_dir = tiny_checkpoint("music_flamingo")
+    model = family.model_class().from_pretrained(model_dir)
+    encoder_class = type(audio_encoder(model, family))
+    computed = {"windows": 0, "encoded": 0}
+    extract, encode = WhisperFeatureExtractor.__call__, encoder_class.forward
+
+    def counting_extract(self, raw_speech, *args, **kwargs):
+        computed["windows"] += len(raw_speech) if isinstance(raw_speech, list) else 1
+        return extract(self, raw_speech, *args, **kwargs)
+
+    def counting_encode(self, input_features, *args, **kwargs):
+        computed["encoded"] += input_features.shape[0]
+        return encode(self, input_features, *args, **kwargs)
+
+    monkeypatch.setattr(WhisperFeatureExtractor, "__call__", counting_extract)
+    monkeypatch.setattr(encoder_class, "forward", counting_encode)
+
+    (tmp_path / "audio").mkdir()
+    for name, freq, seconds in (("a", 440.0, 1.0), ("b", 660.0, 1.5)):
+        sf.write(tmp_path / "audio" / f"{name}.wav", sine(seconds, freq), 16000)
+    items = [
+        {"id": f"{clip}{i}", "audio_path": f"audio/{clip}.wav", "question": "Which key?", "choices": CHOICES,
+         "answer": CHOICES[i], "category": "key"}
+        for clip in "ab" for i in range(2)
+    ]  # fmt: skip
+    (tmp_path / "bench.json").write_text(json.dumps(items))
+    rows = load_benchmark_json(tmp_path / "bench.json", family)
+
+    def run(directory, stores=None):
+        computed.update(windows=0, encoded=0)
+        out = evaluate_model(directory, rows, engine="hf", max_new_tokens=6, audio_stores=stores)
+        return [r["completion"] for r in out["results"]], dict(computed)
+
+    plain, work = run(model_dir)
+    assert work == {"windows": 4, "encoded": 4}  # one per row
+    stores = AudioStores()
+    assert run(model_dir, stores) == (plain, {"windows": 2, "encoded": 2})  # one per clip
+    assert run(model_dir, stores) == (plain, {"windows": 0, "encoded": 0})  # the next stage: nothing recomputed
+
+    with torch.no_grad():
+        next(audio_encoder(model, family).parameters()).add_(0.5)
+    model.save_pretrained(tmp_path / "changed")
+    AutoProcessor.from_pretrained(model_dir).save_pretrained(tmp_path / "changed")
+    changed, work = run(tmp_path / "changed", stores)
+    assert work == {"windows": 0, "encoded": 2}  # same front end, another encoder
+    assert run(tmp_path / "changed") == (changed, {"windows": 4, "encoded": 4})
