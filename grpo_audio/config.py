@@ -81,6 +81,10 @@ class DataConfig:
 
     train: str = _f("", help="Training manifest (JSONL) or dataset path.")
     eval: str = _f("", help="Held-out manifest used for evaluation; empty disables evaluation.")
+    train_tasks: list[str] = _f(
+        help="Train on the rows of these tasks only (a row's `task`, e.g. [chord, key]); empty: every row.",
+        factory=list,
+    )
     bad_rows: str = _f("raise", help="What to do with rows that fail validation.", choices=("raise", "skip"))
     long_audio: str = _f(
         "truncate",

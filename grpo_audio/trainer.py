@@ -111,6 +111,13 @@ class GRPOTrainer:
         self.eval_rows = (
             eval_rows if eval_rows is not None else (load_manifest(data.eval, **limits) if data.eval else [])
         )
+        if data.train_tasks:
+            present = sorted({r.task for r in self.train_rows})
+            self.train_rows = [r for r in self.train_rows if r.task in data.train_tasks]
+            if not self.train_rows:
+                raise ValueError(
+                    f"data.train_tasks {list(data.train_tasks)}: no training row has one (tasks: {present})"
+                )
         if not self.train_rows:
             raise ValueError("no training rows")
         if config.grpo.dynamic_sampling and self.accelerator.num_processes > 1:

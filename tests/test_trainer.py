@@ -154,6 +154,18 @@ def test_eval_averages_several_sampled_completions_per_prompt(tmp_path, tiny_che
         GRPOTrainer(bad, reward_funcs=RewardSet([recorded]), train_rows=tone_rows(4))
 
 
+def test_train_tasks_keeps_the_rows_of_those_tasks(tmp_path, tiny_checkpoint):
+    rows = tone_rows(6)
+    for i, row in enumerate(rows):
+        row.task = ("caption", "chord", "key")[i % 3]
+    cfg = config(tmp_path, tiny_checkpoint("audio_flamingo3"), **{"data.train_tasks": "[chord,key]"})
+    trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=rows)
+    assert [r.id for r in trainer.train_rows] == ["r1", "r2", "r4", "r5"]
+    cfg = config(tmp_path, tiny_checkpoint("audio_flamingo3"), **{"data.train_tasks": "[meter]"})
+    with pytest.raises(ValueError, match=r"data.train_tasks \['meter'\]: no training row .*caption"):
+        GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=rows)
+
+
 def test_dynamic_sampling_drops_groups_without_signal(tmp_path, tiny_checkpoint):
     def only_odd(prompts, completions, id, **columns):
         return [0.5 if int(i[1:]) % 2 == 0 else d for i, d in zip(id, digits(prompts, completions), strict=True)]
