@@ -16,6 +16,7 @@ minutes; the paper starts from Audio Flamingo 3 and trains on MF-Skills / MF-Thi
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -237,6 +238,7 @@ class Recipe:
             max_model_len=self.cfg.rollout.max_model_len,
             audio_stores=self._eval_stores,
         )
+        result["reward"] = self.eval_reward(rows, [r["completion"] for r in result["results"]])
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
         with (self.out / "samples" / f"{name}.jsonl").open("w") as f:
             for r in result.pop("results"):
@@ -247,6 +249,24 @@ class Recipe:
         )
         return {"eval": result}
 
+    def eval_reward(self, rows: list[Any], completions: list[str]) -> dict[str, float]:
+        """The GRPO stage's rewards (``rewards:``) on one completion per eval row: the mean of the weighted
+        total (``total``) and of each function over the rows it applies to, so that every stage, not only GRPO,
+        is scored as GRPO is."""
+        from .rewards import RewardSet
+
+        columns: dict[str, list] = {}
+        for row in rows:
+            for k, v in row.columns().items():
+                columns.setdefault(k, []).append(v)
+        out = RewardSet.from_specs(self.cfg.rewards)(
+            [row.prompt for row in rows], [[{"role": "assistant", "content": c}] for c in completions], **columns
+        )
+        means = {
+            k.split("/")[1]: v for k, v in out.metrics().items() if k.startswith("rewards/") and k.endswith("/mean")
+        }
+        return {"total": sum(out.total) / len(out.total) if out.total else math.nan, **means}
+
     def _write_report(self, wall_s: float) -> None:
         self.report["wall_s"] = round(wall_s, 1)
         (self.out / "report.json").write_text(json.dumps(self.report, indent=2) + "\n")
@@ -255,15 +275,17 @@ class Recipe:
             "",
             f"Total wall time: {wall_s / 60:.1f} min",
             "",
-            "| stage | kind | MCQ acc | MCQ answers naming one choice | open acc | format rate | per question type |",
-            "|---|---|---|---|---|---|---|",
+            "| stage | kind | MCQ acc | MCQ answers naming one choice | open acc | format rate | eval reward | "
+            "per question type |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for s in self.report["stages"]:
             e = s.get("eval", {})
             per = ", ".join(f"{k} {v:.2f}" for k, v in e.get("per_task", {}).items())
             lines.append(
                 f"| {s['name']} | {s['kind']} | {_fmt(e.get('mcq_accuracy'))} | {_fmt(e.get('choice_rate'))} | "
-                f"{_fmt(e.get('open_accuracy'))} | {_fmt(e.get('format_rate'))} | {per} |"
+                f"{_fmt(e.get('open_accuracy'))} | {_fmt(e.get('format_rate'))} | "
+                f"{_fmt(e.get('reward', {}).get('total'))} | {per} |"
             )
         grpo = [s for s in self.report["stages"] if s["kind"] == "grpo"]
         for s in grpo:

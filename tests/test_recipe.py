@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -52,12 +53,22 @@ def test_short_recipe_runs_every_stage(tmp_path):
             assert previous is None or not torch.equal(weights, previous), stage["name"]
         previous = weights
         assert {"mcq_accuracy", "open_accuracy", "format_rate", "per_task"} <= set(stage["eval"])
-        assert (out / "samples" / f"{stage['name']}.jsonl").exists()
+        # Every stage's completions are scored with the GRPO rewards (format 0.5, accuracy 1.0 on QA rows).
+        samples = [json.loads(x) for x in (out / "samples" / f"{stage['name']}.jsonl").read_text().splitlines()]
+        reward, mcq = stage["eval"]["reward"], [x["correct"] for x in samples if x["kind"] == "mcq"]
+        assert set(reward) == {"total", "format", "mcq_accuracy", "structured_caption"}
+        assert reward["format"] == pytest.approx(stage["eval"]["format_rate"])
+        assert reward["mcq_accuracy"] == pytest.approx(sum(mcq) / len(mcq)) and len(mcq) == 3
+        total = sum(0.5 * x["format"] + (x["correct"] if x["kind"] == "mcq" else 0.0) for x in samples) / 6
+        assert reward["total"] == pytest.approx(total) and math.isnan(reward["structured_caption"])
     assert report["stages"][4]["reward_first"] is not None and Path(report["stages"][4]["curves"]).exists()
     saved = json.loads((out / "report.json").read_text())
     assert saved["wall_s"] > 0 and len(saved["stages"]) == 6
     text = (out / "report.md").read_text()
     assert "| grpo | grpo |" in text
+    for stage in saved["stages"]:  # the eval reward column
+        line = next(x for x in text.splitlines() if x.startswith(f"| {stage['name']} | {stage['kind']} |"))
+        assert line.split("|")[7].strip() == f"{stage['eval']['reward']['total']:.3f}", line
     grpo = saved["stages"][4]
     assert grpo["eval_steps"] == [0, 1, 2] and grpo["eval_setting"].startswith("3 eval rows x 1 completion(s)")
     assert set(grpo["rewards"]) == {"total", "format", "mcq_accuracy", "structured_caption"}
