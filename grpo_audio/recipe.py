@@ -259,7 +259,7 @@ class Recipe:
         for row in rows:
             for k, v in row.columns().items():
                 columns.setdefault(k, []).append(v)
-        out = RewardSet.from_specs(self.cfg.rewards)(
+        out = RewardSet.from_specs(self.cfg.rewards, on_error=self.cfg.grpo.reward_on_error)(
             [row.prompt for row in rows], [[{"role": "assistant", "content": c}] for c in completions], **columns
         )
         means = {
