@@ -254,14 +254,10 @@ class Recipe:
         total (``total``) and of each function over the rows it applies to, so that every stage, not only GRPO,
         is scored as GRPO is."""
         from .rewards import RewardSet
+        from .trainer import score_completions
 
-        columns: dict[str, list] = {}
-        for row in rows:
-            for k, v in row.columns().items():
-                columns.setdefault(k, []).append(v)
-        out = RewardSet.from_specs(self.cfg.rewards, on_error=self.cfg.grpo.reward_on_error)(
-            [row.prompt for row in rows], [[{"role": "assistant", "content": c}] for c in completions], **columns
-        )
+        rewards = RewardSet.from_specs(self.cfg.rewards, on_error=self.cfg.grpo.reward_on_error)
+        out = score_completions(rewards, rows, completions, list(range(len(rows))))
         means = {
             k.split("/")[1]: v for k, v in out.metrics().items() if k.startswith("rewards/") and k.endswith("/mean")
         }

@@ -245,14 +245,7 @@ class GRPOTrainer:
 
     # ---- one step -------------------------------------------------------------------------------------------
     def _score(self, rows: list[Row], batch: RolloutBatch):
-        """Rewards of every completion (TRL call convention: columns repeated per completion)."""
-        columns: dict[str, list] = {}
-        for i in batch.row_index:
-            for k, v in rows[i].columns().items():
-                columns.setdefault(k, []).append(v)
-        prompts = [rows[i].prompt for i in batch.row_index]
-        completions = [[{"role": "assistant", "content": t}] for t in batch.completion_text]
-        return self.rewards(prompts, completions, **columns)
+        return score_completions(self.rewards, rows, batch.completion_text, batch.row_index)
 
     def _rollout(self, rows: list[Row], seed: int):
         g = self.cfg.grpo.num_generations
@@ -535,3 +528,14 @@ class GRPOTrainer:
     def close(self) -> None:
         if hasattr(self.engine, "close"):
             self.engine.close()
+
+
+def score_completions(rewards: Any, rows: list[Row], texts: list[str], row_index: list[int]) -> Any:
+    """``rewards`` (a ``RewardSet``) of each completion ``texts[j]``, written for ``rows[row_index[j]]``, in TRL's
+    call convention: the rows' columns repeated per completion, completions as assistant messages."""
+    columns: dict[str, list] = {}
+    for i in row_index:
+        for k, v in rows[i].columns().items():
+            columns.setdefault(k, []).append(v)
+    prompts = [rows[i].prompt for i in row_index]
+    return rewards(prompts, [[{"role": "assistant", "content": t}] for t in texts], **columns)
