@@ -1,0 +1,228 @@
+"""The one answer matcher: a completion (or an answer field) -> the set of choice indices it names.
+
+Used by the loaders' validation (is the answer one of the choices?), ``mcq_accuracy`` and ``grpo-audio eval``,
+so that what a loader accepts, what a reward credits and what an evaluation reports are one decision.
+
+Precedence, for the answer text (the last ``<answer>`` block, else the text outside think blocks):
+
+1. A leading answer phrase is dropped ("Answer:", "The correct answer is", "Option", "Final answer:"), and so
+   are trailing full stops and wrapping quotes, brackets or markdown bold.
+2. An explicit option letter alone, "(B)" or "B)", names choice B.
+3. The whole answer equal to a choice's text names that choice. Texts are compared normalised: case, unicode
+   sharps and flats, punctuation and whitespace folded; the articles "a", "an", "the" dropped only where
+   something remains and where "a" is not the note A ("A minor", "A#"). Choices that are themselves letters or
+   note names ("D", "A", "Cm7b5") are therefore matched as text before any letter reading, unless the prompt
+   asked for a letter (``prefer="letter"``), in which case steps 3 and 4 swap.
+4. A lone letter in any case, "b" or "B.", names that choice, for letters up to the number of choices.
+5. A lettered start, "(B) A minor", "B. A minor" or "B) A minor", names B and whatever the rest names.
+6. Otherwise every choice text mentioned as a phrase names its choice (a mention inside a longer mentioned
+   choice, "F# major" in "F# major seventh", does not count), and so does every letter given in an explicit
+   form ("(B)", "answer is B", "option B") that is not part of a mentioned text (the "A" of "answer is A
+   minor"). A single-letter choice is mentioned only by an upper-case letter ("a" in prose is the article), and
+   a choice made of articles only ("a") only as the whole answer.
+
+Repeated choice texts count as one answer: indices are reported as the first choice with the same normalised
+text, so "1.63 seconds" names choice 0 of ``["1.63 seconds", "2.74 seconds", "1.53 seconds", "1.63 seconds"]``
+and so does letter D. A clear answer names exactly one index.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .text import extract_answer, fold_accidentals
+
+PREFERENCES = ("text", "letter")
+
+_ARTICLES = frozenset({"a", "an", "the"})
+# Words after which "a" is the note A, not the article.
+_NOTE_CONTEXT = frozenset(
+    {"sharp", "flat", "major", "minor", "maj", "min", "m", "dim", "aug", "diminished", "augmented", "seventh", "7"}
+)
+_TOKEN = re.compile(r"[\w#+/]+(?:\.\d+)*")
+_LEADING_PHRASE = re.compile(
+    r"^\s*(?:so\s*,?\s*)?(?:the\s+)?(?:(?:correct|final|right|best)\s+)?(?:answer|option|choice)"
+    r"(?:\s+is)?\s*[:\-]?\s*",
+    re.IGNORECASE,
+)
+_WRAPPERS = re.compile(r"^[\s\"'`*\[]+|[\s\"'`*\].!]+$")
+_EXPLICIT_LETTER = re.compile(r"^(?:\(\s*([A-Za-z])\s*\)|([A-Za-z])\))$")
+_LONE_LETTER = re.compile(r"^([A-Za-z])\.?$")
+_LETTERED_START = re.compile(r"^(?:\(\s*([A-Za-z])\s*\)|([A-Za-z])[.)])\s+(\S.*)$", re.DOTALL)
+# Letters inside free text: "(B)" anywhere; after "answer (is)" / "option" / "choice": an upper-case letter, or
+# a lower-case one that ends the clause ("the answer is b." but not "the answer is a piano"); "B." / "B)" first.
+_LETTER_MENTIONS = (
+    re.compile(r"\(\s*([A-Za-z])\s*\)"),
+    re.compile(r"(?i:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*([A-Z])(?![\w#])"),
+    re.compile(r"(?i:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*([a-z])\s*(?=[.,;:!)]|$)"),
+    re.compile(r"^\s*([A-Z])[.)]\s"),
+)
+
+
+def _tokens(text: str) -> list[tuple[str, int, int]]:
+    """Case-folded tokens of ``text`` with their character spans (``#``, ``/``, ``+`` and decimals kept)."""
+    return [(m.group().casefold(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+
+
+def _without_articles(tokens: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """Drop articles, keeping "a" before a mode or chord word (the note A); keep all if nothing would remain."""
+    kept = [
+        t
+        for i, t in enumerate(tokens)
+        if t[0] not in _ARTICLES
+        or (t[0] == "a" and i + 1 < len(tokens) and tokens[i + 1][0] in _NOTE_CONTEXT)
+    ]
+    return kept or tokens
+
+
+def choice_key(text: str) -> tuple[str, ...]:
+    """The normalised form two texts are compared by.
+
+    >>> choice_key("The F♯ Minor chord!"), choice_key("A minor"), choice_key("a"), choice_key("1.63 seconds.")
+    (('f#', 'minor', 'chord'), ('a', 'minor'), ('a',), ('1.63', 'seconds'))
+    """
+    return tuple(t for t, _, _ in _without_articles(_tokens(fold_accidentals(str(text)))))
+
+
+def _core(answer: str) -> str:
+    """The answer without a leading answer phrase, trailing full stops and wrapping quotes or bold."""
+    core = _LEADING_PHRASE.sub("", fold_accidentals(answer).strip(), count=1)
+    return _WRAPPERS.sub("", core)
+
+
+def _letter_index(letter: str, n_choices: int) -> int | None:
+    idx = ord(letter.upper()) - ord("A")
+    return idx if 0 <= idx < n_choices else None
+
+
+class Choices:
+    """The choices of one question, normalised once; ``named`` reads an answer against them.
+
+    Args:
+        choices: the choice texts in order (letters A, B, ... by position).
+        prefer: which reading a bare token that is both a letter and a choice's text gets: ``"text"`` (default;
+            "D" among note names is the note D) or ``"letter"`` (when the prompt asked for a letter).
+
+    Raises:
+        ValueError: ``prefer`` is not one of ``PREFERENCES``.
+    """
+
+    def __init__(self, choices: list[str], prefer: str = "text"):
+        if prefer not in PREFERENCES:
+            raise ValueError(f"prefer must be one of {PREFERENCES}, got {prefer!r}")
+        self.texts = [str(c) for c in choices]
+        self.prefer = prefer
+        self.keys = [choice_key(c) for c in self.texts]
+        first: dict[tuple[str, ...], int] = {}
+        self.canonical = [first.setdefault(k, i) for i, k in enumerate(self.keys)]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def _canon(self, indices: set[int]) -> set[int]:
+        return {self.canonical[i] for i in indices}
+
+    def _by_text(self, text: str) -> set[int]:
+        key = choice_key(text)
+        return {i for i, k in enumerate(self.keys) if k and k == key}
+
+    def _by_letter(self, letter: str) -> set[int]:
+        idx = _letter_index(letter, len(self))
+        return set() if idx is None else {idx}
+
+    def whole(self, answer: str) -> set[int] | None:
+        """Steps 1-5 (the answer as a whole); None when the answer is not a whole-answer form."""
+        core = _core(answer)
+        if not core:
+            return None
+        if m := _EXPLICIT_LETTER.match(core):
+            found = self._by_letter(m.group(1) or m.group(2))
+            return self._canon(found) if found else None
+        text, letter = self._by_text(core), None
+        if m := _LONE_LETTER.match(core):
+            letter = self._by_letter(m.group(1))
+        first, second = (letter, text) if self.prefer == "letter" else (text, letter)
+        if first:
+            return self._canon(first)
+        if second:
+            return self._canon(second)
+        if m := _LETTERED_START.match(core):
+            found = self._by_letter(m.group(1) or m.group(2))
+            if found:
+                rest = m.group(3)
+                return self._canon(found | (self.whole(rest) or self.mentioned(rest)))
+        return None
+
+    def mentioned(self, answer: str) -> set[int]:
+        """Step 6: choices whose texts are mentioned, plus letters in explicit forms outside those mentions."""
+        text = fold_accidentals(answer)
+        full = _tokens(text)
+        stripped = _without_articles(full)
+        spans: list[tuple[int, int, int]] = []
+        for i, key in enumerate(self.keys):
+            if not key or all(t in _ARTICLES for t in key) and len(key[0]) > 1:
+                continue
+            single_letter = len(key) == 1 and len(key[0]) == 1 and key[0].isalpha()
+            tokens = full if single_letter or any(t in _ARTICLES for t in key) else stripped
+            words = [t for t, _, _ in tokens]
+            for s in range(len(words) - len(key) + 1):
+                if tuple(words[s : s + len(key)]) != key:
+                    continue
+                start, end = tokens[s][1], tokens[s + len(key) - 1][2]
+                if single_letter and not text[start:end].isupper():
+                    continue  # "a" in prose is the article; a note name is written upper-case
+                spans.append((start, end, i))
+        found = {
+            i for s, e, i in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for s2, e2, _ in spans)
+        }
+        for pattern in _LETTER_MENTIONS:
+            for m in pattern.finditer(text):
+                if not any(s <= m.start(1) < e for s, e, _ in spans):
+                    found |= self._by_letter(m.group(1))
+        return self._canon(found)
+
+    def named(self, answer: str | None) -> set[int]:
+        """Indices (first of each repeated text) of the choices an extracted answer names; see the module doc."""
+        if not answer or not answer.strip():
+            return set()
+        whole = self.whole(answer)
+        return whole if whole is not None else self.mentioned(answer)
+
+    def answer_index(self, answer: Any) -> int | None:
+        """The choice an answer *field* designates: an integer index (0 is valid), a letter, or a choice's text
+        (steps 1-5; free text is not an answer field). None if it designates none or several.
+
+        >>> Choices(["G", "A#", "D", "E"]).answer_index("D"), Choices(["x", "y"]).answer_index(0)
+        (2, 0)
+        >>> Choices(["piano", "violin"]).answer_index("Piano "), Choices(["piano", "violin"]).answer_index("B")
+        (0, 1)
+        """
+        if isinstance(answer, bool):
+            return None
+        if isinstance(answer, int):
+            return self.canonical[answer] if 0 <= answer < len(self) else None
+        if not isinstance(answer, str):
+            return None
+        found = self.whole(answer)
+        return next(iter(found)) if found and len(found) == 1 else None
+
+
+def named_choices(
+    completion_text: str,
+    choices: list[str],
+    prefer: str = "text",
+    answer_tag: str = "answer",
+    fallback: bool = True,
+) -> set[int]:
+    """The choices a completion names (read from its answer block; see the module doc for the precedence).
+
+    >>> keys = ["C major", "A minor", "G major", "E minor"]
+    >>> [named_choices(t, keys) for t in ["<answer>The answer is A minor.</answer>", "<answer>(b)</answer>", "b."]]
+    [{1}, {1}, {1}]
+    >>> named_choices("<answer>D</answer>", ["G", "A#", "D", "E"]), named_choices("C", ["G", "A#", "D", "E"])
+    ({2}, {2})
+    >>> named_choices("<answer>C</answer>", ["C", "Gm", "Cm7b5", "Eb/G"], prefer="letter")
+    {2}
+    """
+    return Choices(choices, prefer).named(extract_answer(completion_text, answer_tag, fallback))
