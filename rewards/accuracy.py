@@ -7,6 +7,7 @@ from typing import Any
 from .matching import Choices
 from .text import completion_text, extract_answer, normalize
 
+
 class MCQAccuracy:
     """1.0 if the answer names the correct choice, by letter or by its text; 0.0 if it names another choice,
     none, or two different ones. ``None`` for samples without ``choices``. What "names" means is the one answer

@@ -70,8 +70,7 @@ def _without_articles(tokens: list[tuple[str, int, int]]) -> list[tuple[str, int
     kept = [
         t
         for i, t in enumerate(tokens)
-        if t[0] not in _ARTICLES
-        or (t[0] == "a" and i + 1 < len(tokens) and tokens[i + 1][0] in _NOTE_CONTEXT)
+        if t[0] not in _ARTICLES or (t[0] == "a" and i + 1 < len(tokens) and tokens[i + 1][0] in _NOTE_CONTEXT)
     ]
     return kept or tokens
 
@@ -173,9 +172,7 @@ class Choices:
                 if single_letter and not text[start:end].isupper():
                     continue  # "a" in prose is the article; a note name is written upper-case
                 spans.append((start, end, i))
-        found = {
-            i for s, e, i in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for s2, e2, _ in spans)
-        }
+        found = {i for s, e, i in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for s2, e2, _ in spans)}
         for pattern in _LETTER_MENTIONS:
             for m in pattern.finditer(text):
                 if not any(s <= m.start(1) < e for s, e, _ in spans):
