@@ -31,8 +31,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
 
+    from grpo_audio.data.benchmarks import load_benchmark
     from grpo_audio.data.synthetic import LabelSpace, write_corpus
-    from grpo_audio.evaluate import evaluate_model, load_eval_rows
+    from grpo_audio.evaluate import evaluate_model
     from grpo_audio.models import get_family
     from grpo_audio.models.tiny import build_tiny_model
     from grpo_audio.sft import AudioStores
@@ -42,7 +43,7 @@ def main() -> None:
     space = LabelSpace(chord_qualities=("major", "minor"), tempo_step=16, registers=(84,))
     corpus = write_corpus(tmp / "data", n=5, seed=0, n_eval=args.clips, space=space)
     model = build_tiny_model(family.name, tmp / "base", size="test", seed=0)
-    rows = load_eval_rows(corpus["eval"], family)
+    rows = load_benchmark(corpus["eval"], family).rows
 
     times: dict[str, list[float]] = {"plain": [], "first stage": [], "later stage": []}
     completions: dict[str, list[str]] = {}

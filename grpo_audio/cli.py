@@ -3,10 +3,10 @@
 grpo-audio recipe CONFIG [key=value ...]          run sft -> cold_start -> grpo -> eval from one YAML
 grpo-audio train CONFIG [key=value ...]           GRPO from a YAML
 grpo-audio sft MODEL_DIR MANIFEST OUT             supervised fine-tuning (TRL SFTTrainer)
-grpo-audio eval MODEL_DIR DATA                    accuracy per question type
+grpo-audio eval MODEL_DIR DATA                    accuracy per question type and benchmark axis
 grpo-audio generate MODEL_DIR MANIFEST OUT        sample completions with audio
 grpo-audio synth OUT [--n N] [--seed S]           the synthetic music-theory corpus
-grpo-audio check-data MANIFEST [--family F]       validate a dataset up front
+grpo-audio check-data DATA [--family F]           validate a dataset up front
 grpo-audio tiny-model FAMILY OUT [--size S] [--standardize-on MANIFEST...]
                                                   a tiny random checkpoint, built locally
 grpo-audio config-help                            every config key with its help
@@ -19,6 +19,7 @@ import argparse
 import sys
 
 from .models import FAMILIES
+from .rewards.matching import ANSWER_FORMATS
 
 
 def _recipe(args: argparse.Namespace) -> int:
@@ -80,21 +81,42 @@ def _eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .evaluate import evaluate_model, load_eval_rows
+    from .data.benchmarks import load_benchmark, write_predictions
+    from .evaluate import evaluate_model
     from .models import family_of_checkpoint
 
-    rows = load_eval_rows(args.data, family=family_of_checkpoint(args.model_dir))
-    if args.max_rows:
-        rows = rows[: args.max_rows]
-    report = evaluate_model(args.model_dir, rows, engine=args.engine, max_new_tokens=args.max_new_tokens)
+    bench = load_benchmark(
+        args.data,
+        family=family_of_checkpoint(args.model_dir),
+        fields=args.fields,
+        audio_root=args.audio_root,
+        answer_format=args.answer_format,
+        think=args.think,
+        bad_rows=args.bad_rows,
+    )
+    rows = bench.rows[: args.max_rows] if args.max_rows else bench.rows
+    print(
+        f"{bench.layout} layout: {len(rows)} rows" + (f" of {len(bench.rows)}" if len(rows) < len(bench.rows) else "")
+    )
+    report = evaluate_model(
+        args.model_dir, rows, engine=args.engine, max_new_tokens=args.max_new_tokens, prefer=args.answer_format
+    )
     for key in ("mcq_accuracy", "choice_rate", "open_accuracy", "format_rate"):
         if report[key] is not None:
             print(f"{key:14s} {report[key]:.3f}")
     for task, acc in report["per_task"].items():
         print(f"  {task:24s} {acc:.3f}  (n={report['counts'][task]})")
+    for axis, groups in report["per_group"].items():
+        print(f"by {axis}:")
+        for value, g in groups.items():
+            print(f"  {value:24s} {g['accuracy']:.3f}  (n={g['n']})")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"report written to {args.out}")
+    if args.predictions_out:
+        completions = {r["id"]: r["completion"] for r in report["results"]}
+        out = write_predictions(bench, completions, args.predictions_out, prefer=args.answer_format)
+        print(f"predictions ({bench.spec.prediction_field}) written to {out}")
     return 0
 
 
@@ -132,9 +154,17 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from .data.check import check_manifest
+    from .data.check import check_data
 
-    return check_manifest(args.manifest, family=args.family, long_audio=args.long_audio, max_seconds=args.max_seconds)
+    return check_data(
+        args.data,
+        family=args.family,
+        long_audio=args.long_audio,
+        max_seconds=args.max_seconds,
+        bad_rows=args.bad_rows,
+        fields=args.fields,
+        audio_root=args.audio_root,
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -151,6 +181,24 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, engine=args.engine)
     return 0
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    """The options ``eval`` and ``check-data`` share for reading a data file."""
+    p.add_argument(
+        "--bad-rows",
+        choices=["raise", "skip"],
+        default="raise",
+        help="rows that fail validation: raise (list them all and stop) or skip them (default raise)",
+    )
+    p.add_argument(
+        "--fields",
+        default=None,
+        metavar="MAP",
+        help="field map for a file of another layout: "
+        "question=...,choices=...,answer=...,audio=...[,group=a|b][,id=...]",
+    )
+    p.add_argument("--audio-root", default=None, help="folder relative audio paths start from (default: the file's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,16 +262,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="accuracy per question type on an MCQ / open-answer set (manifest or MuChoMusic/MMAU-style JSON)",
+        help="accuracy per question type and benchmark axis on an MCQ / open-answer set (manifest, MMAU, MMAR, "
+        "MuChoMusic, or any JSON/JSONL/CSV with a field map)",
         description="Greedy completions for every row, scored with mcq_accuracy (MCQ rows) or answer_accuracy "
-        "(open rows); prints overall and per-category accuracy and the format rate.",
+        "(open rows); prints overall accuracy, per task and per benchmark axis, and the format rate. The layout is "
+        "detected from the file's fields. --predictions-out writes the source items back with the prediction "
+        "field the benchmark's official scorer reads.",
     )
     p.add_argument("model_dir", help="checkpoint directory")
-    p.add_argument("data", help="JSONL manifest, or a .json list in the MuChoMusic / MMAU layout")
+    p.add_argument("data", help="evaluation file: a grpo-audio manifest, MMAU JSON, MMAR JSON(L), MuChoMusic CSV "
+                   "or prompt JSON, or a JSON/JSONL/CSV file with --fields")  # fmt: skip
     p.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="generation engine (default vllm)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="completion length cap (default 128)")
     p.add_argument("--max-rows", type=int, default=0, help="evaluate the first N rows only (default all)")
     p.add_argument("--out", default="", help="write the full report (per-row results) as JSON")
+    p.add_argument(
+        "--predictions-out",
+        default="",
+        metavar="FILE",
+        help="write the source items with the benchmark's prediction field (MMAU model_output, MMAR "
+        "answer_prediction, MuChoMusic model_output, otherwise prediction) filled with what its scorer credits",
+    )
+    p.add_argument(
+        "--answer-format",
+        choices=ANSWER_FORMATS,
+        default="letter",
+        help="what benchmark prompts ask for: the choice's letter or its text (default letter)",
+    )
+    p.add_argument("--think", action="store_true", help="benchmark prompts ask for <think> then <answer>")
+    _data_arguments(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
@@ -291,11 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "check-data",
-        help="validate a JSONL manifest up front: every row's fields and audio, lengths against a family",
-        description="Decode every row's audio and check its fields, prompt and length against the model "
-        "family's limit; print one line per row. Exit status 1 if any row is bad.",
+        help="validate a data file up front (every layout eval reads): every row's fields, answer and audio",
+        description="Decode every row's audio and check its fields, answer and length against the model "
+        "family's limit; print one line per row. Exit status 1 if any row is bad (with --bad-rows skip: if no "
+        "row is good).",
     )
-    p.add_argument("manifest", help="JSONL manifest (audio paths relative to it)")
+    p.add_argument("data", help="a manifest or benchmark file (audio paths relative to it or to --audio-root)")
     p.add_argument("--family", choices=sorted(FAMILIES), default=None, help="apply this family's rate and limit")
     p.add_argument(
         "--long-audio",
@@ -304,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="audio over the limit: truncate (reported) or reject (default truncate)",
     )
     p.add_argument("--max-seconds", type=float, default=None, help="override the family's audio length limit")
+    _data_arguments(p)
     p.set_defaults(func=_check_data)
 
     p = sub.add_parser(

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
+from .rewards.matching import ANSWER_FORMATS
+
 T = TypeVar("T")
 
 
@@ -434,6 +436,12 @@ class RecipeEvalConfig:
     max_rows: int = _f(0, help="Evaluate the first N rows only (0 = all).")
     max_new_tokens: int = _f(128, help="Completion length cap at evaluation.")
     engine: str = _f("hf", help="Engine for evaluation (greedy decoding).", choices=("vllm", "hf"))
+    answer_format: str = _f(
+        "letter",
+        help="What a benchmark file's prompts ask for: the choice's letter or its text (MMAU's and MMAR's scorers "
+        "credit the text); also how a bare token that is both a letter and a choice's text is read.",
+        choices=ANSWER_FORMATS,
+    )
 
 
 @dataclass

@@ -1,80 +1,51 @@
-"""Evaluation: accuracy per question type on MCQ and open-answer sets, format rate, reward means.
+"""Evaluation: accuracy per question type and per benchmark axis, choice rate, format rate, per-row results.
 
-Inputs: a grpo-audio JSONL manifest (the synthetic ``eval.jsonl`` among them) or a music-benchmark JSON in the
-MuChoMusic / MMAU layout: a list of items with an audio path, a question, its choices and the answer (letter or
-choice text), and a category::
+Inputs: any layout ``data/benchmarks.py`` reads (grpo-audio manifests, MMAU, MMAR, MuChoMusic's CSV and prompt
+JSON, or a generic file with a field map). MCQ rows are scored with ``mcq_accuracy`` (the one answer matcher,
+``grpo_audio.rewards.matching``), open rows with ``answer_accuracy``; both read the last ``<answer>`` block, or
+the text outside think blocks.
 
-    [{"id": "q1", "audio_path": "audio/q1.wav", "question": "Which instrument ...?",
-      "choices": ["piano", "violin", "flute", "drums"], "answer": "violin", "category": "instrument"}, ...]
-
-(``audio``/``audio_path``/``audio_id``, ``question``/``prompt``, ``choices``/``options``, ``answer``/``label``,
-``category``/``task``/``question_type`` are all read.) MCQ rows are scored with ``mcq_accuracy``, open rows with
-``answer_accuracy``; both read the last ``<answer>`` block, or the text outside think blocks.
-
-Run: ``grpo-audio eval MODEL_DIR DATA [--engine vllm|hf] [--out report.json]``.
+Run: ``grpo-audio eval MODEL_DIR DATA [--engine vllm|hf] [--out report.json] [--predictions-out FILE]``.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from .data.schema import Row
-from .rewards import answer_accuracy, format_reward, mcq_accuracy
-
-MCQ_SUFFIX = "Answer with the letter of the correct choice."
-
-
-def load_benchmark_json(path: str | Path, family: Any = None, think: bool = False) -> list[Row]:
-    """Rows from a MuChoMusic / MMAU style JSON list (audio paths relative to the JSON file)."""
-    from .data.loaders import from_records
-
-    path = Path(path)
-    items = json.loads(path.read_text())
-    if isinstance(items, dict):
-        items = items.get("data") or list(items.values())
-    suffix = MCQ_SUFFIX + (
-        " Think step by step inside <think></think>, then give the final answer inside <answer></answer>."
-        if think
-        else ""
-    )
-    records = []
-    for i, item in enumerate(items):
-        choices = item.get("choices") or item.get("options")
-        question = item.get("question") or item.get("prompt") or ""
-        lettered = "\n".join(f"({chr(65 + j)}) {c}" for j, c in enumerate(choices or []))
-        audio = item.get("audio_path") or item.get("audio") or item.get("audio_id")
-        records.append(
-            {
-                "id": str(item.get("id", i)),
-                "audio": str(path.parent / audio) if audio else None,
-                "prompt": f"{question}\n{lettered}\n{suffix}" if choices else question,
-                "choices": choices,
-                "answer": item.get("answer") or item.get("label"),
-                "task": item.get("category") or item.get("task") or item.get("question_type") or "",
-            }
-        )
-    return from_records(records, family=family)
+from .rewards import answer_accuracy, format_reward
+from .rewards.accuracy import MCQAccuracy
 
 
-def load_eval_rows(path: str | Path, family: Any = None) -> list[Row]:
-    from .data.loaders import load_manifest
-
-    path = Path(path)
-    return load_benchmark_json(path, family) if path.suffix == ".json" else load_manifest(path, family=family)
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
-def score(rows: list[Row], completions: list[str]) -> dict[str, Any]:
-    """Accuracy overall and per task (MCQ and open answers), format rate, per-row results."""
+def score(rows: list[Row], completions: list[str], prefer: str = "text") -> dict[str, Any]:
+    """Accuracy overall, per task and per benchmark axis (MCQ and open answers), format rate, per-row results.
+
+    Args:
+        rows: the evaluated rows (``Row.groups`` gives the axes).
+        completions: one completion per row.
+        prefer: how a bare token that is both a letter and a choice's text is read: ``text`` or ``letter``
+            (what the prompts asked for; see ``rewards.matching.Choices``).
+
+    Returns:
+        ``mcq_accuracy``, ``open_accuracy``, ``format_rate``, ``choice_rate``; ``per_task`` / ``counts`` keyed
+        ``"mcq/<task>"``; ``per_group`` = axis -> value -> ``{"accuracy", "n"}`` over MCQ rows (a row with
+        several values on an axis counts under each); ``results``, one dict per row.
+    """
+    mcq = MCQAccuracy(prefer=prefer)
     per_task: dict[str, list[float]] = defaultdict(list)
+    per_group: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     results = []
     for row, text in zip(rows, completions, strict=True):
         picked = None
         if row.choices:
-            correct = mcq_accuracy(None, [text], choices=[row.choices], answer=[row.answer])[0]
-            picked = len(mcq_accuracy.named(text, row.choices)) == 1
+            correct = mcq(None, [text], choices=[row.choices], answer=[row.answer])[0]
+            picked = len(mcq.named(text, row.choices)) == 1
             kind = "mcq"
         else:
             correct = answer_accuracy(None, [text], answer=[row.answer])[0]
@@ -82,6 +53,10 @@ def score(rows: list[Row], completions: list[str]) -> dict[str, Any]:
         fmt = format_reward(None, [text])[0]
         if correct is not None:
             per_task[f"{kind}/{row.task or 'all'}"].append(correct)
+            if kind == "mcq":
+                for axis, values in row.groups.items():
+                    for value in values:
+                        per_group[axis][value].append(correct)
         results.append(
             {
                 "id": row.id,
@@ -94,19 +69,21 @@ def score(rows: list[Row], completions: list[str]) -> dict[str, Any]:
                 "answer": row.answer,
             }
         )
-    mcq = [r["correct"] for r in results if r["kind"] == "mcq" and r["correct"] is not None]
-    open_ = [r["correct"] for r in results if r["kind"] == "open" and r["correct"] is not None]
+    mcq_scores = [r["correct"] for r in results if r["kind"] == "mcq" and r["correct"] is not None]
+    open_scores = [r["correct"] for r in results if r["kind"] == "open" and r["correct"] is not None]
     return {
-        "mcq_accuracy": sum(mcq) / len(mcq) if mcq else None,
-        "open_accuracy": sum(open_) / len(open_) if open_ else None,
-        "format_rate": sum(r["format"] for r in results) / len(results) if results else None,
+        "mcq_accuracy": _mean(mcq_scores),
+        "open_accuracy": _mean(open_scores),
+        "format_rate": _mean([r["format"] for r in results]),
         # MCQ answers that name exactly one of the listed choices, right or wrong (a model that answers with
         # something not listed scores below chance)
-        "choice_rate": (
-            sum(r["picked_one_choice"] for r in results if r["kind"] == "mcq") / len(mcq) if mcq else None
-        ),
+        "choice_rate": _mean([float(r["picked_one_choice"]) for r in results if r["kind"] == "mcq"]),
         "per_task": {k: sum(v) / len(v) for k, v in sorted(per_task.items())},
         "counts": {k: len(v) for k, v in sorted(per_task.items())},
+        "per_group": {
+            axis: {value: {"accuracy": sum(v) / len(v), "n": len(v)} for value, v in sorted(groups.items())}
+            for axis, groups in per_group.items()
+        },
         "results": results,
     }
 
@@ -120,6 +97,7 @@ def evaluate_model(
     max_model_len: int = 4096,
     engine_obj: Any = None,
     audio_stores: Any = None,
+    prefer: str = "text",
 ) -> dict[str, Any]:
     """Generate one completion per row (greedy by default) and score it.
 
@@ -141,7 +119,7 @@ def evaluate_model(
     finally:
         if own and hasattr(engine_obj, "close"):
             engine_obj.close()
-    return score(rows, batch.completion_text)
+    return score(rows, batch.completion_text, prefer=prefer)
 
 
 def _engine(model_dir: str | Path, engine: str, max_model_len: int, audio_stores: Any = None) -> Any:

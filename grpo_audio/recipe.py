@@ -217,7 +217,8 @@ class Recipe:
         return ckpt / "model", summary
 
     def evaluate(self, model_dir: Path, name: str, data: str | None = None) -> dict[str, Any]:
-        from .evaluate import evaluate_model, load_eval_rows
+        from .data.benchmarks import load_benchmark
+        from .evaluate import evaluate_model
 
         path = self.data_path(data or self.cfg.eval.data)
         if not path.exists():
@@ -225,7 +226,7 @@ class Recipe:
         from .lru import LRUBytes
         from .sft import AudioStores
 
-        rows = load_eval_rows(path, family=self.family)
+        rows = load_benchmark(path, family=self.family, answer_format=self.cfg.eval.answer_format).rows
         if self.cfg.eval.max_rows:
             rows = rows[: self.cfg.eval.max_rows]
         if self._eval_stores is None:
@@ -237,6 +238,7 @@ class Recipe:
             max_new_tokens=self.cfg.eval.max_new_tokens,
             max_model_len=self.cfg.rollout.max_model_len,
             audio_stores=self._eval_stores,
+            prefer=self.cfg.eval.answer_format,
         )
         result["reward"] = self.eval_reward(rows, [r["completion"] for r in result["results"]])
         (self.out / "samples").mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,8 @@ from typing import Any
 
 from .text import extract_answer, fold_accidentals
 
-PREFERENCES = ("text", "letter")
+# What a prompt asks for, and so how a bare token that is both a letter and a choice's text is read.
+ANSWER_FORMATS = ("letter", "text")
 
 _ARTICLES = frozenset({"a", "an", "the"})
 # Words after which "a" is the note A, not the article.
@@ -104,12 +105,12 @@ class Choices:
             "D" among note names is the note D) or ``"letter"`` (when the prompt asked for a letter).
 
     Raises:
-        ValueError: ``prefer`` is not one of ``PREFERENCES``.
+        ValueError: ``prefer`` is not one of ``ANSWER_FORMATS``.
     """
 
     def __init__(self, choices: list[str], prefer: str = "text"):
-        if prefer not in PREFERENCES:
-            raise ValueError(f"prefer must be one of {PREFERENCES}, got {prefer!r}")
+        if prefer not in ANSWER_FORMATS:
+            raise ValueError(f"prefer must be one of {ANSWER_FORMATS}, got {prefer!r}")
         self.texts = [str(c) for c in choices]
         self.prefer = prefer
         self.keys = [choice_key(c) for c in self.texts]
@@ -130,8 +131,10 @@ class Choices:
         idx = _letter_index(letter, len(self))
         return set() if idx is None else {idx}
 
-    def whole(self, answer: str) -> set[int] | None:
-        """Steps 1-5 (the answer as a whole); None when the answer is not a whole-answer form."""
+    def whole(self, answer: str, prefer: str | None = None) -> set[int] | None:
+        """Steps 1-5 (the answer as a whole); None when the answer is not a whole-answer form. ``prefer``
+        overrides the instance's reading of a bare token that is both a letter and a choice's text."""
+        prefer = prefer or self.prefer
         core = _core(answer)
         if not core:
             return None
@@ -141,7 +144,7 @@ class Choices:
         text, letter = self._by_text(core), None
         if m := _LONE_LETTER.match(core):
             letter = self._by_letter(m.group(1))
-        first, second = (letter, text) if self.prefer == "letter" else (text, letter)
+        first, second = (letter, text) if prefer == "letter" else (text, letter)
         if first:
             return self._canon(first)
         if second:
@@ -150,7 +153,7 @@ class Choices:
             found = self._by_letter(m.group(1) or m.group(2))
             if found:
                 rest = m.group(3)
-                return self._canon(found | (self.whole(rest) or self.mentioned(rest)))
+                return self._canon(found | (self.whole(rest, prefer) or self.mentioned(rest)))
         return None
 
     def mentioned(self, answer: str) -> set[int]:
@@ -188,7 +191,8 @@ class Choices:
 
     def answer_index(self, answer: Any) -> int | None:
         """The choice an answer *field* designates: an integer index (0 is valid), a letter, or a choice's text
-        (steps 1-5; free text is not an answer field). None if it designates none or several.
+        (steps 1-5, text before letter whatever ``prefer`` says: benchmarks give answers as texts, and "D" among
+        note names is the note). None if it designates none or several.
 
         >>> Choices(["G", "A#", "D", "E"]).answer_index("D"), Choices(["x", "y"]).answer_index(0)
         (2, 0)
@@ -201,7 +205,7 @@ class Choices:
             return self.canonical[answer] if 0 <= answer < len(self) else None
         if not isinstance(answer, str):
             return None
-        found = self.whole(answer)
+        found = self.whole(answer, prefer="text")
         return next(iter(found)) if found and len(found) == 1 else None
 
 

@@ -8,8 +8,9 @@ import soundfile as sf
 import torch
 
 from grpo_audio.cli import main
+from grpo_audio.data.benchmarks import load_benchmark
 from grpo_audio.data.schema import Row
-from grpo_audio.evaluate import load_benchmark_json, score
+from grpo_audio.evaluate import score
 from tests.conftest import sine
 
 CHOICES = ["C major", "A minor", "G major", "E minor"]
@@ -44,27 +45,34 @@ def test_score_by_hand():
     assert [r["picked_one_choice"] for r in out["results"]] == [True, False, False, True, None]
 
 
-def test_benchmark_json_layout(tmp_path):
+def test_generic_layout_through_a_field_map(tmp_path):
+    """A file of no known layout, read with a field map: prompts lettered with the requested instruction,
+    relative audio from the file's folder, an integer answer (0 is an index), the group axes of the map."""
     (tmp_path / "audio").mkdir()
     sf.write(tmp_path / "audio" / "x.wav", sine(1.0), 16000)
     items = [
-        {"id": "m1", "audio_path": "audio/x.wav", "question": "Which instrument?", "choices": ["piano", "violin"],
-         "answer": "violin", "category": "instrument"},
-        {"audio": "audio/x.wav", "prompt": "Which genre?", "options": ["jazz", "rock", "pop"], "label": "C",
-         "question_type": "genre"},
+        {"uid": "m1", "wav": "audio/x.wav", "q": "Which instrument?", "opts": ["piano", "violin"], "gold": 0,
+         "kind": "instrument"},
+        {"uid": "m2", "wav": "audio/x.wav", "q": "Which genre?", "opts": ["jazz", "rock", "pop"], "gold": "C",
+         "kind": "genre"},
     ]  # fmt: skip
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(items))
-    rows = load_benchmark_json(path)
-    assert [r.id for r in rows] == ["m1", "1"]
-    assert [r.task for r in rows] == ["instrument", "genre"]
-    assert rows[0].prompt.startswith("Which instrument?\n(A) piano\n(B) violin\n")
+    fields = "question=q,choices=opts,answer=gold,audio=wav,group=kind,id=uid"
+    bench = load_benchmark(path, fields=fields)
+    rows = bench.rows
+    assert bench.layout == "generic" and [r.id for r in rows] == ["m1", "m2"]
+    assert [r.groups for r in rows] == [{"kind": ["instrument"]}, {"kind": ["genre"]}]
+    assert rows[0].prompt == "Which instrument?\n(A) piano\n(B) violin\nAnswer with the letter of the correct choice."
     assert rows[1].choices == ["jazz", "rock", "pop"] and rows[1].answer == "C"
     assert rows[0].audio == str(tmp_path / "audio" / "x.wav")
-    think = load_benchmark_json(path, think=True)
+    think = load_benchmark(path, fields=fields, think=True, answer_format="text").rows
+    assert "Answer with the text of the correct choice." in think[0].prompt
     assert think[0].prompt.endswith("<answer></answer>.")
-    out = score(rows, ["<answer>(B)</answer>", "<answer>pop</answer>"])  # a letter or the choice's text
-    assert out["mcq_accuracy"] == 1.0 and out["per_task"] == {"mcq/genre": 1.0, "mcq/instrument": 1.0}
+    out = score(rows, ["<answer>(A)</answer>", "<answer>pop</answer>"])  # a letter or the choice's text
+    assert out["mcq_accuracy"] == 1.0 and out["per_group"] == {
+        "kind": {"genre": {"accuracy": 1.0, "n": 1}, "instrument": {"accuracy": 1.0, "n": 1}}
+    }
 
 
 def test_eval_command_on_a_benchmark_json(tmp_path, tiny_checkpoint, capsys):
@@ -125,7 +133,7 @@ def test_evaluation_reuses_each_clips_audio_across_rows_and_calls(tmp_path, tiny
         for clip in "ab" for i in range(2)
     ]  # fmt: skip
     (tmp_path / "bench.json").write_text(json.dumps(items))
-    rows = load_benchmark_json(tmp_path / "bench.json", family)
+    rows = load_benchmark(tmp_path / "bench.json", family).rows
 
     def run(directory, stores=None):
         computed.update(windows=0, encoded=0)

@@ -1,37 +1,66 @@
-"""``grpo-audio check-data``: vet a manifest before a long run, one line per row."""
+"""``grpo-audio check-data``: vet an evaluation or training file before a long run, one line per row.
+
+Reads every layout ``grpo-audio eval`` reads (``data/benchmarks.py``), checks each row's fields, answer and audio
+against the model family, and prints one line per row, then a summary.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..models import get_family
+from .benchmarks import read_benchmark
 from .schema import audio_limit, validate_rows
 
 
-def check_manifest(
-    manifest: str | Path, family: str | None = None, long_audio: str = "truncate", max_seconds: float | None = None
+def check_data(
+    path: str | Path,
+    family: str | None = None,
+    long_audio: str = "truncate",
+    max_seconds: float | None = None,
+    bad_rows: str = "raise",
+    fields: str | None = None,
+    audio_root: str | None = None,
 ) -> int:
-    """Validate every row of ``manifest`` and print a per-row report. Returns the exit status (1 if any bad)."""
-    from .loaders import read_manifest
+    """Validate every row of ``path`` and print a per-row report.
 
+    Args:
+        path: a manifest or benchmark file (any layout of ``data/benchmarks.py``).
+        family: apply this model family's sampling rate and audio length limit.
+        long_audio: ``truncate`` (reported) or ``reject`` audio over the limit.
+        max_seconds: overrides the family's limit.
+        bad_rows: ``raise``: exit status 1 when any row is bad; ``skip``: bad rows are reported and would be
+            skipped, exit status 0 if any row is good.
+        fields: a field map for the generic layout.
+        audio_root: the folder relative audio paths start from.
+
+    Returns:
+        The exit status.
+    """
+    if bad_rows not in ("raise", "skip"):
+        raise ValueError(f"bad_rows must be 'raise' or 'skip', got {bad_rows!r}")
     fam = get_family(family) if family else None
-    rows, bad = read_manifest(manifest)
-    report = validate_rows(rows, fam, max_audio_seconds=max_seconds, long_audio=long_audio)
+    bench = read_benchmark(path, fields=fields, audio_root=audio_root)
+    report = validate_rows(bench.rows, fam, max_audio_seconds=max_seconds, long_audio=long_audio)
     problems: dict[str, list[str]] = {}
-    for b in bad + report.bad:
+    for b in bench.bad + report.bad:
         problems.setdefault(b.id, []).append(f"{b.field}: {b.reason}")
     truncated = set(report.truncated)
     limit = audio_limit(fam, max_seconds)
-    ids = [b.id for b in bad] + [r.id for r in rows]
+    ids = [b.id for b in bench.bad] + [r.id for r in bench.rows]
     for rid in dict.fromkeys(ids):
         if rid in problems:
             print(f"BAD  {rid}: " + "; ".join(problems[rid]))
         else:
             note = f"  (truncated to {limit:g} s)" if rid in truncated else ""
             print(f"ok   {rid}: {report.seconds[rid]:.1f} s{note}")
-    n_bad = len(problems)
+    n_rows, n_bad = len(dict.fromkeys(ids)), len(problems)
+    dropped = f", {bench.dropped_choices} empty trailing choices dropped" if bench.dropped_choices else ""
     print(
-        f"{len(ids)} rows: {len(ids) - n_bad} ok, {n_bad} bad, {len(truncated)} truncated"
+        f"{bench.layout} layout, {n_rows} rows: {n_rows - n_bad} ok, {n_bad} bad, {len(truncated)} truncated"
         + (f" (limit {limit:g} s)" if limit else "")
+        + dropped
     )
+    if bad_rows == "skip":
+        return 0 if n_rows > n_bad else 1
     return 1 if n_bad else 0

@@ -58,16 +58,18 @@ def rows_from_records(
     return rows, bad
 
 
-def _finish(
+def validate_and_apply(
     rows: list[Row],
     pre_bad: list[BadRow],
     source: str,
     family: str | type[ModelFamily] | None,
     bad_rows: str,
-    long_audio: str,
-    max_audio_seconds: float | None,
-    decode: bool,
+    long_audio: str = "truncate",
+    max_audio_seconds: float | None = None,
+    decode: bool = True,
 ) -> list[Row]:
+    """Validate ``rows`` (see ``validate_rows``), add the rows that failed earlier (``pre_bad``), and raise or skip
+    the bad ones per ``bad_rows``. Returns the good rows in order."""
     fam = _family(family)
     report = validate_rows(rows, fam, max_audio_seconds=max_audio_seconds, long_audio=long_audio, decode=decode)
     report.bad = pre_bad + report.bad
@@ -75,8 +77,9 @@ def _finish(
     return apply_policy(report, source, bad_rows, total, audio_limit(fam, max_audio_seconds))
 
 
-def read_manifest(path: str | Path) -> tuple[list[Row], list[BadRow]]:
-    """Parse a JSONL manifest into rows (unvalidated) and lines that are not rows (bad JSON, not an object)."""
+def read_manifest(path: str | Path, base_dir: str | Path | None = None) -> tuple[list[Row], list[BadRow]]:
+    """Parse a JSONL manifest into rows (unvalidated) and lines that are not rows (bad JSON, not an object).
+    Relative audio paths start from ``base_dir`` (default: the manifest's folder)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
@@ -89,7 +92,7 @@ def read_manifest(path: str | Path) -> tuple[list[Row], list[BadRow]]:
             records.append((f"line {lineno}", json.loads(line)))
         except json.JSONDecodeError as e:
             bad.append(BadRow(f"line {lineno}", "-", f"not valid JSON: {e.msg}"))
-    rows, more_bad = rows_from_records(records, base_dir=path.parent)
+    rows, more_bad = rows_from_records(records, base_dir=Path(base_dir) if base_dir else path.parent)
     return rows, bad + more_bad
 
 
@@ -115,7 +118,7 @@ def load_manifest(
         The good rows in file order.
     """
     rows, bad = read_manifest(path)
-    return _finish(rows, bad, str(path), family, bad_rows, long_audio, max_audio_seconds, decode)
+    return validate_and_apply(rows, bad, str(path), family, bad_rows, long_audio, max_audio_seconds, decode)
 
 
 def from_records(
@@ -131,7 +134,7 @@ def from_records(
     rows, bad = rows_from_records(
         ((f"item {i}", r) for i, r in enumerate(records)), Path(base_dir) if base_dir else None
     )
-    return _finish(rows, bad, "records", family, bad_rows, long_audio, max_audio_seconds, decode)
+    return validate_and_apply(rows, bad, "records", family, bad_rows, long_audio, max_audio_seconds, decode)
 
 
 def from_hf_dataset(
@@ -165,4 +168,4 @@ def from_hf_dataset(
             rec["audio"] = audio.get("bytes") or audio.get("path")
         records.append((f"item {i}", rec))
     rows, bad = rows_from_records(records)
-    return _finish(rows, bad, "dataset", family, bad_rows, long_audio, max_audio_seconds, decode)
+    return validate_and_apply(rows, bad, "dataset", family, bad_rows, long_audio, max_audio_seconds, decode)

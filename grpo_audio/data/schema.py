@@ -16,6 +16,7 @@ import numpy as np
 
 from ..audio import AudioClip, AudioError, load_audio
 from ..models import FAMILIES, ModelFamily
+from ..rewards.matching import Choices
 
 logger = logging.getLogger(__name__)
 
@@ -33,26 +34,30 @@ class Row:
         prompt: the user's text (the audio is placed before it) or a chat message list with exactly one
             ``{"type": "audio"}`` content item.
         sampling_rate: rate of an array ``audio``; None for files and bytes.
-        answer: the target answer (MCQ: the correct choice's text or letter; open questions: the answer).
+        answer: the target answer (MCQ: the correct choice's text, its letter or its integer index from 0, read
+            by the one answer matcher, ``grpo_audio.rewards.matching``; open questions: the answer).
         choices: the options of a multiple-choice question, in order (A, B, ...).
         metadata: ground truth for music rewards (key, tempo, chords, meter, instrument, genre, ...).
         caption: a reference caption (captioning tasks).
         thinking: a reference chain of thought (cold-start data).
         task: the question type, for per-category metrics (e.g. ``chord``, ``key``, ``caption``).
         system: an optional system message.
+        groups: the benchmark axes the row is reported under, axis -> values (MMAU: ``task``, ``category``,
+            ``sub-category``, ``difficulty``); a row may hold several values on an axis, or none.
     """
 
     id: str
     audio: Any
     prompt: str | list[dict[str, Any]]
     sampling_rate: int | None = None
-    answer: str | None = None
+    answer: str | int | None = None
     choices: list[str] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     caption: str | None = None
     thinking: str | None = None
     task: str = ""
     system: str | None = None
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     def load_audio(self, family: type[ModelFamily], max_seconds: float | None = None, long_audio: str = "truncate"):
         """Decode this row's audio for ``family`` (its rate and, unless given, its length limit)."""
@@ -153,10 +158,13 @@ def check_fields(row: Row) -> list[BadRow]:
             add("choices", "more than 26 choices cannot be lettered")
         elif row.answer is None:
             add("answer", "a multiple-choice row needs its answer")
-        else:
-            letters = [chr(ord("A") + i) for i in range(len(row.choices))]
-            if row.answer not in row.choices and row.answer.strip().upper() not in letters:
-                add("answer", f"{row.answer!r} is neither one of the choices nor a letter {letters[0]}-{letters[-1]}")
+        elif Choices(row.choices).answer_index(row.answer) is None:
+            letters = f"A-{chr(ord('A') + len(row.choices) - 1)}"
+            add(
+                "answer",
+                f"{row.answer!r} is neither one of the choices {row.choices} nor a letter {letters} nor an index "
+                f"0-{len(row.choices) - 1}",
+            )
     if not isinstance(row.metadata, dict):
         add("metadata", f"must be a mapping, got {type(row.metadata).__name__}")
     return bad

@@ -1,0 +1,521 @@
+"""Evaluation files in the field's layouts, detected by content, and predictions written back for their scorers.
+
+Layouts (``LAYOUTS``), told apart by the fields of the file's items, whatever the file's extension (a JSON list,
+a ``{"data": [...]}`` object, JSONL or CSV):
+
+- ``manifest``: grpo-audio's own rows (``data/loaders.py``).
+- ``mmau``: MMAU (Sakshi113/MMAU): ``id``, ``audio_id`` (``./test-mini-audios/<id>.wav``), ``question``,
+  ``choices``, ``answer`` (the right choice's text), ``task``, ``category`` (a string, or a list in 13 test-mini
+  items), ``sub-category``, ``difficulty``. Reported by task, category, sub-category and difficulty. Scorer:
+  ``evaluation.py`` reads ``model_output``.
+- ``mmar``: MMAR (``MMAR-meta.json`` / ``.jsonl``): ``id``, ``audio_path`` (``./audio/<id>.wav``), ``question``,
+  ``choices`` (2-6, some ending in an empty ``""``), ``answer``, ``modality``, ``category``, ``sub-category``.
+  Reported by modality, category and sub-category. Scorer reads ``answer_prediction``.
+- ``muchomusic``: MuChoMusic's CSV (``question``, ``correct_answer``, ``distractor_1_answer`` ..
+  ``distractor_3_answer``, ``dataset``, ``dataset_identifier``, ``genre``, ``music_knowledge``,
+  ``music_reasoning``). The CSV lists the right answer first, so the choices are put in an order drawn from the
+  question's text (same file, same order). Audio where MuChoMusic's preparation puts it: Song Describer tracks at
+  ``data/sdd/audio/NN/<id>.2min.mp3`` (``NN``: the id's last two digits), MusicCaps clips at
+  ``data/musiccaps/audio/[<ytid>]-[<start>-<end>].wav`` (found by ytid).
+- ``muchomusic_prompts``: the JSON ``prepare_prompts.py`` writes: ``prompt`` (few-shot text ending in the
+  question and lettered options), ``answers``, ``answer_orders`` (the right answer is
+  ``answers[answer_orders.index(0)]``), ``audio_path`` relative to the dataset root, ``id`` = the track id,
+  repeated across questions. The question is taken from the prompt's last "Question:"; the choices keep the
+  file's order, so letters mean what they mean to its scorer, which reads ``model_output``.
+  Both MuChoMusic layouts are reported by dataset, genre, knowledge and reasoning.
+- ``generic``: any of these file kinds with a field map, ``question=...,choices=...,answer=...,audio=...,
+  group=a|b,id=...`` (``choices`` a list, or a list written as text in a CSV cell).
+
+Repeated source ids get unique row ids (``<id>#2``, ``<id>#3``, ...; the source id is kept for the export).
+Relative audio paths are resolved against ``audio_root`` (default: the file's folder). Empty trailing choices
+are dropped and counted; every other problem is a bad row, named with its field, raised or skipped per
+``bad_rows`` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import glob
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..models import ModelFamily
+from ..rewards.matching import ANSWER_FORMATS, Choices
+from ..rewards.text import extract_answer
+from .loaders import read_manifest, validate_and_apply
+from .schema import BadRow, Row
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("manifest", "mmau", "mmar", "muchomusic", "muchomusic_prompts", "generic")
+FIELD_MAP_KEYS = ("question", "choices", "answer", "audio", "group", "id")
+INSTRUCTIONS = {
+    "letter": "Answer with the letter of the correct choice.",
+    "text": "Answer with the text of the correct choice.",
+}
+THINK_INSTRUCTION = " Think step by step inside <think></think>, then give the final answer inside <answer></answer>."
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one benchmark's items map to rows and back.
+
+    Attributes:
+        axes: item fields the report groups accuracy by (list values count under each element).
+        prediction_field: the field the benchmark's scorer reads a prediction from.
+        predict_letter: the scorer reads letters (MuChoMusic) rather than the choice's words (MMAU, MMAR).
+    """
+
+    axes: tuple[str, ...]
+    prediction_field: str
+    predict_letter: bool = False
+
+
+LAYOUT_SPECS: dict[str, Layout] = {
+    "manifest": Layout(axes=(), prediction_field="prediction"),
+    "mmau": Layout(axes=("task", "category", "sub-category", "difficulty"), prediction_field="model_output"),
+    "mmar": Layout(axes=("modality", "category", "sub-category"), prediction_field="answer_prediction"),
+    "muchomusic": Layout(axes=("dataset", "genre", "knowledge", "reasoning"), prediction_field="model_output"),
+    "muchomusic_prompts": Layout(
+        axes=("dataset", "genre", "knowledge", "reasoning"), prediction_field="model_output", predict_letter=True
+    ),
+    "generic": Layout(axes=(), prediction_field="prediction"),
+}
+
+
+@dataclass
+class Benchmark:
+    """An evaluation file read into rows, with what the prediction export needs.
+
+    Attributes:
+        layout: one of ``LAYOUTS``.
+        path: the file.
+        items: the source items as read (dicts; CSV cells as strings), in file order.
+        rows: one row per item that could be read (before audio validation).
+        bad: items that could not become rows (field and reason).
+        item_of: row id -> index into ``items``.
+        source_id: row id -> the item's own id (repeated ids included).
+        dropped_choices: empty trailing choices removed.
+        answer_format: what the prompts ask for, ``letter`` or ``text``.
+        axes: the report's group axes.
+        kind: the file's kind, ``json``, ``jsonl`` or ``csv`` (the export writes the same).
+        fieldnames: the CSV header (CSV files only), kept for the export.
+        wrapper: the key of a ``{"data": [...]}`` wrapper, if the JSON had one.
+    """
+
+    layout: str
+    path: Path
+    items: list[dict[str, Any]]
+    rows: list[Row]
+    bad: list[BadRow] = field(default_factory=list)
+    item_of: dict[str, int] = field(default_factory=dict)
+    source_id: dict[str, str] = field(default_factory=dict)
+    dropped_choices: int = 0
+    answer_format: str = "letter"
+    axes: tuple[str, ...] = ()
+    kind: str = "json"
+    fieldnames: list[str] | None = None
+    wrapper: str | None = None
+
+    @property
+    def spec(self) -> Layout:
+        return LAYOUT_SPECS[self.layout]
+
+
+class LayoutError(ValueError):
+    """The file matches no known layout, or a field map names fields the items lack."""
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _read_items(path: Path) -> tuple[list[Any], str, list[str] | None, str | None]:
+    """Items of a JSON list / ``{"data": [...]}`` / JSONL / CSV file: (items, kind, CSV header, wrapper key)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation file not found: {path}")
+    text = path.read_text(encoding="utf-8-sig")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        return json.loads(text), "json", None, None
+    if stripped.startswith("{"):
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            for key in ("data", "items", "questions"):
+                if isinstance(whole.get(key), list):
+                    return whole[key], "json", None, key
+            if all(isinstance(v, dict) for v in whole.values()):
+                return [{"id": k, **v} for k, v in whole.items()], "json", None, None
+        items: list[Any] = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    items.append(BadRow(f"line {lineno}", "-", f"not valid JSON: {e.msg}"))
+        return items, "jsonl", None, None
+    reader = csv.DictReader(io.StringIO(text))
+    return list(reader), "csv", list(reader.fieldnames or []), None
+
+
+def detect_layout(items: list[Any], fields: dict[str, str] | None = None) -> str:
+    """The layout of a file's items, from the fields they carry.
+
+    Raises:
+        LayoutError: no layout fits; the message lists the fields seen.
+    """
+    if fields:
+        return "generic"
+    keys: set[str] = set()
+    for item in items[:50]:
+        if isinstance(item, dict):
+            keys |= set(item)
+    if {"correct_answer", "distractor_1_answer"} <= keys:
+        return "muchomusic"
+    if {"answers", "answer_orders", "prompt"} <= keys:
+        return "muchomusic_prompts"
+    if {"question", "choices", "answer", "modality"} <= keys:
+        return "mmar"
+    if {"question", "choices", "answer"} <= keys and keys & {"audio_id", "audio_path", "audio"}:
+        return "mmau"
+    if {"prompt", "audio"} <= keys:  # fields that are not row fields are reported per row by the manifest reader
+        return "manifest"
+    raise LayoutError(
+        f"no known layout has the fields {sorted(keys)}; known layouts: {', '.join(LAYOUTS[:-1])}. Map the fields "
+        "of another layout with a field map, e.g. --fields question=q,choices=options,answer=label,audio=wav"
+    )
+
+
+def parse_field_map(text: str) -> dict[str, str]:
+    """``question=q,choices=opts,answer=label,audio=wav,group=a|b`` -> a dict.
+
+    Raises:
+        LayoutError: an entry is not ``key=field`` or the key is not one of ``FIELD_MAP_KEYS``.
+
+    >>> parse_field_map("question=q, choices=opts ,answer=label,audio=wav,group=genre|mood")
+    {'question': 'q', 'choices': 'opts', 'answer': 'label', 'audio': 'wav', 'group': 'genre|mood'}
+    """
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not value or key not in FIELD_MAP_KEYS:
+            raise LayoutError(f"field map entry {part!r}: expected KEY=FIELD with KEY one of {FIELD_MAP_KEYS}")
+        out[key] = value
+    missing = [k for k in ("question", "choices", "answer", "audio") if k not in out]
+    if missing:
+        raise LayoutError(f"field map {text!r} lacks {missing}")
+    return out
+
+
+# ---------------------------------------------------------------- item -> fields
+
+
+def _values(value: Any) -> list[str]:
+    """An axis value as a list of group names: lists (also written as text, "['melody']") count per element."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                return [text]
+        else:
+            return [text] if text else []
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [str(value)]
+
+
+def _choice_list(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            return ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                return value
+    return value
+
+
+def _prompt_question(prompt: str) -> str:
+    """The question of a MuChoMusic prompt: the text after its last "Question:", before "Options:"."""
+    last = prompt.rsplit("Question:", 1)[-1]
+    return last.split("Options:", 1)[0].strip()
+
+
+def _muchomusic_track(item: dict[str, Any]) -> str:
+    """The track id MuChoMusic's preparation gives a CSV row: Song Describer's number, or MusicCaps' YouTube id
+    (the identifier without its ``_<n>`` question suffix)."""
+    identifier = str(item.get("dataset_identifier", "")).removesuffix(".json")
+    if item.get("dataset") == "sdd" or "_" not in identifier:
+        return identifier
+    return identifier.rsplit("_", 1)[0]
+
+
+def _muchomusic_audio(item: dict[str, Any], root: Path) -> str:
+    track = _muchomusic_track(item)
+    if item.get("dataset") == "sdd" and track.isdigit():
+        return str(root / "data" / "sdd" / "audio" / f"{int(track) % 100:02d}" / f"{int(track)}.2min.mp3")
+    ytid = track
+    folder = root / "data" / "musiccaps" / "audio"
+    found = sorted(glob.glob(str(folder / glob.escape(f"[{ytid}]-[")) + "*].wav"))
+    return found[0] if found else str(folder / f"[{ytid}]-[START-END].wav")
+
+
+def _order(key: str, n: int) -> list[int]:
+    """A permutation of ``n`` choices drawn from ``key`` (the same on every machine and run)."""
+    seed = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+    return [int(i) for i in np.random.default_rng(seed).permutation(n)]
+
+
+@dataclass
+class _Fields:
+    """One item's question, choices, answer, audio and groups, before it becomes a row."""
+
+    id: str
+    question: Any
+    choices: Any
+    answer: Any
+    audio: Any
+    groups: dict[str, list[str]]
+
+
+def _fields(layout: str, item: dict[str, Any], index: int, root: Path, fmap: dict[str, str]) -> _Fields:
+    spec = LAYOUT_SPECS[layout]
+    groups = {axis: _values(item.get(axis)) for axis in spec.axes}
+    item_id = str(item.get("id", index)) if item.get("id") not in (None, "") else str(index)
+    if layout == "mmau":
+        audio = item.get("audio_id") or item.get("audio_path") or item.get("audio")
+        return _Fields(item_id, item.get("question"), item.get("choices"), item.get("answer"), audio, groups)
+    if layout == "mmar":
+        return _Fields(item_id, item.get("question"), item.get("choices"), item.get("answer"),
+                       item.get("audio_path"), groups)  # fmt: skip
+    if layout == "muchomusic":
+        groups = {
+            "dataset": _values(item.get("dataset")),
+            "genre": _values(item.get("genre")),
+            "knowledge": _values(item.get("music_knowledge")),
+            "reasoning": _values(item.get("music_reasoning")),
+        }
+        options = [item.get("correct_answer")] + [
+            item.get(f"distractor_{k}_answer") for k in (1, 2, 3) if item.get(f"distractor_{k}_answer") is not None
+        ]
+        question = str(item.get("question") or "")
+        track = _muchomusic_track(item)
+        order = _order(f"{track}\n{question}", len(options))
+        return _Fields(track or str(index), question, [options[i] for i in order], order.index(0),
+                       _muchomusic_audio(item, root), groups)  # fmt: skip
+    if layout == "muchomusic_prompts":
+        answers, orders = item.get("answers"), item.get("answer_orders")
+        answer = orders.index(0) if isinstance(orders, list) and 0 in orders else None
+        question = _prompt_question(str(item.get("prompt") or ""))
+        return _Fields(item_id, question, answers, answer, item.get("audio_path"), groups)
+    # generic
+    axes = fmap.get("group", "").split("|") if fmap.get("group") else []
+    groups = {axis: _values(item.get(axis)) for axis in axes}
+    if fmap.get("id"):
+        item_id = str(item.get(fmap["id"], index))
+    return _Fields(item_id, item.get(fmap["question"]), _choice_list(item.get(fmap["choices"])),
+                   item.get(fmap["answer"]), item.get(fmap["audio"]), groups)  # fmt: skip
+
+
+def build_prompt(question: str, choices: list[str] | None, answer_format: str = "letter", think: bool = False) -> str:
+    """The question, its lettered choices and the answer instruction (``INSTRUCTIONS[answer_format]``).
+
+    >>> print(build_prompt("Which key?", ["C major", "A minor"], "text"))
+    Which key?
+    (A) C major
+    (B) A minor
+    Answer with the text of the correct choice.
+    """
+    if not choices:
+        return question + (THINK_INSTRUCTION if think else "")
+    lettered = "\n".join(f"({chr(65 + j)}) {c}" for j, c in enumerate(choices))
+    return f"{question}\n{lettered}\n{INSTRUCTIONS[answer_format]}" + (THINK_INSTRUCTION if think else "")
+
+
+# ---------------------------------------------------------------- the public readers
+
+
+def read_benchmark(
+    path: str | Path,
+    fields: dict[str, str] | str | None = None,
+    audio_root: str | Path | None = None,
+    answer_format: str = "letter",
+    think: bool = False,
+) -> Benchmark:
+    """Read an evaluation file of any layout into rows and bad rows, without decoding audio.
+
+    Args:
+        path: the file (JSON list or object, JSONL, CSV; see the module doc for the layouts).
+        fields: a field map for the ``generic`` layout (a dict or ``"question=q,choices=c,..."``).
+        audio_root: the folder relative audio paths start from (default: the file's folder).
+        answer_format: what the prompt asks for: ``letter`` or ``text`` (the choice's words, which MMAU's and
+            MMAR's scorers credit directly).
+        think: also ask for ``<think>`` reasoning then an ``<answer>`` block.
+
+    Raises:
+        FileNotFoundError: no such file.
+        LayoutError: no layout fits, or a field map is malformed.
+        ValueError: ``answer_format`` is not one of ``ANSWER_FORMATS``.
+    """
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
+    path = Path(path)
+    fmap = parse_field_map(fields) if isinstance(fields, str) else (fields or {})
+    items, kind, header, wrapper = _read_items(path)
+    good_items = [i for i in items if isinstance(i, dict)]
+    layout = detect_layout(good_items, fmap)
+    root = Path(audio_root) if audio_root else path.parent
+    if layout == "manifest":
+        rows, bad = read_manifest(path, base_dir=root)
+        return Benchmark(layout, path, items, rows, bad, {r.id: i for i, r in enumerate(rows)},
+                         {r.id: r.id for r in rows}, answer_format=answer_format, kind=kind)  # fmt: skip
+    if layout == "generic":
+        lacking = [v for k, v in fmap.items() if k != "group" and not any(v in i for i in good_items)]
+        if lacking:
+            raise LayoutError(f"{path}: the field map names fields no item has: {lacking}")
+    axes = LAYOUT_SPECS[layout].axes if layout != "generic" else tuple(filter(None, fmap.get("group", "").split("|")))
+    bench = Benchmark(layout, path, items, [], answer_format=answer_format, axes=axes, kind=kind, fieldnames=header,
+                      wrapper=wrapper)  # fmt: skip
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, BadRow):
+            bench.bad.append(item)
+            continue
+        if not isinstance(item, dict):
+            bench.bad.append(BadRow(f"item {index}", "-", f"expected an object, got {type(item).__name__}"))
+            continue
+        f = _fields(layout, item, index, root, fmap)
+        seen[f.id] = seen.get(f.id, 0) + 1
+        row_id = f.id if seen[f.id] == 1 else f"{f.id}#{seen[f.id]}"
+        bench.item_of[row_id], bench.source_id[row_id] = index, f.id
+        problems, choices = [], f.choices
+        if not isinstance(f.question, str) or not f.question.strip():
+            problems.append(("question", "missing or empty"))
+        if isinstance(choices, list):
+            n = len(choices)
+            while choices and isinstance(choices[-1], str) and not choices[-1].strip():
+                choices = choices[:-1]
+            bench.dropped_choices += n - len(choices)
+            if not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in choices):
+                problems.append(("choices", "must be a list of strings"))
+            else:
+                choices = [str(c) for c in choices]
+        elif choices is not None:
+            problems.append(("choices", f"must be a list, got {type(choices).__name__}"))
+        if not f.audio:
+            problems.append(("audio", "missing"))
+        if problems:
+            bench.bad.extend(BadRow(row_id, k, reason) for k, reason in problems)
+            continue
+        audio = str(f.audio)
+        if not Path(audio).is_absolute():
+            audio = str(root / audio)
+        bench.rows.append(
+            Row(
+                id=row_id,
+                audio=audio,
+                prompt=build_prompt(f.question.strip(), choices or None, answer_format, think),
+                choices=choices or None,
+                answer=f.answer,
+                task=next((values[0] for values in f.groups.values() if values), ""),  # the first axis it has
+                groups=f.groups,
+            )
+        )
+    if bench.dropped_choices:
+        logger.info("%s: dropped %d empty trailing choices", path, bench.dropped_choices)
+    return bench
+
+
+def load_benchmark(
+    path: str | Path,
+    family: str | type[ModelFamily] | None = None,
+    fields: dict[str, str] | str | None = None,
+    audio_root: str | Path | None = None,
+    answer_format: str = "letter",
+    think: bool = False,
+    bad_rows: str = "raise",
+    decode: bool = True,
+) -> Benchmark:
+    """``read_benchmark`` then validate every row (fields, answer, audio) with ``bad_rows`` = ``raise`` or
+    ``skip``; the returned benchmark's ``rows`` are the good ones.
+
+    Raises:
+        DataError: bad rows under ``bad_rows="raise"``, every one listed with its field.
+    """
+    bench = read_benchmark(path, fields, audio_root, answer_format, think)
+    bench.rows = validate_and_apply(bench.rows, bench.bad, str(path), family, bad_rows, decode=decode)
+    return bench
+
+
+# ---------------------------------------------------------------- predictions back into the source file
+
+
+def prediction_text(row: Row, completion: str, letter: bool = False, prefer: str = "text") -> str:
+    """What the benchmark's scorer should read for one completion: the named choice's own text (or its letter
+    for a scorer of letters) when the completion names exactly one choice, else the extracted answer as given.
+
+    >>> row = Row(id="q", audio="a.wav", prompt="?", choices=["C", "Gm", "Cm7b5"], answer="Cm7b5")
+    >>> prediction_text(row, "<answer>(C)</answer>"), prediction_text(row, "<answer>(C)</answer>", letter=True)
+    ('Cm7b5', 'C')
+    """
+    said = extract_answer(completion) or ""
+    if not row.choices:
+        return said
+    named = Choices(row.choices, prefer).named(said)
+    if len(named) != 1:
+        return said
+    (index,) = named
+    return chr(65 + index) if letter else row.choices[index]
+
+
+def write_predictions(bench: Benchmark, completions: dict[str, str], out: str | Path, prefer: str = "text") -> Path:
+    """The source items, unchanged, with the scorer's prediction field filled (``Layout.prediction_field``);
+    items that were skipped get an empty prediction. Written in the source's own kind (JSON, JSONL or CSV).
+
+    Args:
+        bench: the benchmark the completions answer.
+        completions: row id -> completion text.
+        out: the file to write.
+        prefer: how the completions' bare letters were asked for (see ``Choices``).
+    """
+    spec = bench.spec
+    by_item = {bench.item_of[r.id]: r for r in bench.rows}
+    items = []
+    for index, item in enumerate(bench.items):
+        if not isinstance(item, dict):
+            continue
+        row = by_item.get(index)
+        text = completions.get(row.id, "") if row is not None else ""
+        prediction = prediction_text(row, text, spec.predict_letter, prefer) if row is not None else ""
+        items.append({**item, spec.prediction_field: prediction})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if bench.kind == "csv":
+        header = bench.fieldnames or []
+        names = [*header, *([spec.prediction_field] if spec.prediction_field not in header else [])]
+        with out.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=names)
+            writer.writeheader()
+            writer.writerows(items)
+    elif bench.kind == "jsonl":
+        out.write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
+    else:
+        payload: Any = {bench.wrapper: items} if bench.wrapper else items
+        out.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
