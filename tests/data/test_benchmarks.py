@@ -1,0 +1,326 @@
+"""Benchmark layouts read from the real files (``../shared/benchmarks/``), checked item by item against the source;
+predictions written back and scored by the official scorers' rules.
+
+Audio is not part of the benchmark files: each test writes a short clip at every path the items name.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from grpo_audio.cli import main
+from grpo_audio.data.benchmarks import LayoutError, load_benchmark, read_benchmark, write_predictions
+from grpo_audio.data.schema import DataError
+from grpo_audio.rewards.matching import Choices
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
+CLIP = (0.1 * np.sin(np.arange(1600) / 5)).astype(np.float32)  # 0.1 s at 16 kHz
+LETTER = "Answer with the letter of the correct choice."
+
+
+def _clip(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, CLIP, 16000, format="MP3" if path.suffix == ".mp3" else "WAV")
+
+
+# ---------------------------------------------------------------- the official scorers' rules, as documented
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\b\w+\b", text.lower()))
+
+
+def mmau_credits(item: dict, prediction: str) -> bool:
+    """MMAU's and MMAR's rule: every word of the right choice is in the prediction, and no word that only a wrong
+    choice has (words shared with the right choice do not count against it)."""
+    said, right = _words(prediction), _words(item["answer"])
+    wrong = set().union(*(_words(c) - right for c in item["choices"] if _words(c) != right))
+    return bool(said) and right <= said and said.isdisjoint(wrong)
+
+
+def muchomusic_response(prediction: str, answers: list[str]) -> int:
+    """MuChoMusic's rule: after "The correct answer is:", exactly one of the characters A-D names that option;
+    otherwise the first option whose lower-cased text is in the lower-cased output; -1 for none."""
+    output = prediction.split("The correct answer is:")[-1].strip()
+    letters = sorted(set("ABCD") & set(output))
+    if len(letters) == 1:
+        return "ABCD".index(letters[0])
+    return next((i for i, a in enumerate(answers) if a.lower().strip() in output.lower()), -1)
+
+
+# ---------------------------------------------------------------- MMAU
+
+
+@pytest.fixture(scope="module")
+def mmau(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mmau")
+    shutil.copy(SHARED / "mmau-test-mini.json", d / "mmau-test-mini.json")
+    items = json.loads((d / "mmau-test-mini.json").read_text())
+    for item in items:
+        _clip(d / item["audio_id"])
+    return d / "mmau-test-mini.json", items
+
+
+def test_mmau_rows_item_by_item(mmau):
+    path, items = mmau
+    bench = load_benchmark(path, family="music_flamingo")
+    assert bench.layout == "mmau" and len(bench.rows) == len(items) == 1000
+    assert bench.spec.prediction_field == "model_output"
+    for item, row in zip(items, bench.rows, strict=True):
+        lettered = "\n".join(f"({'ABCDEFGH'[j]}) {c}" for j, c in enumerate(item["choices"]))
+        assert row.id == item["id"]
+        assert row.prompt == f"{item['question'].strip()}\n{lettered}\n{LETTER}"
+        assert row.choices == item["choices"]
+        assert row.choices[Choices(row.choices).answer_index(row.answer)] == item["answer"]
+        assert Path(row.audio) == (path.parent / item["audio_id"])
+        category = item["category"] if isinstance(item["category"], list) else [item["category"]]
+        assert row.groups == {
+            "task": [item["task"]],
+            "category": category,
+            "sub-category": [item["sub-category"]],
+            "difficulty": [item["difficulty"]],
+        }
+        assert row.task == item["task"]
+    assert sum(isinstance(i["category"], list) for i in items) == 13  # the premise: list-valued categories
+
+
+def test_mmau_report_axes_and_list_values(mmau):
+    from grpo_audio.evaluate import score
+
+    path, items = mmau
+    rows = load_benchmark(path, decode=False).rows
+    out = score(rows, [f"<answer>{r.answer}</answer>" for r in rows])
+    assert out["mcq_accuracy"] == 1.0 and out["choice_rate"] == 1.0
+    assert set(out["per_group"]) == {"task", "category", "sub-category", "difficulty"}
+    assert {k: v["n"] for k, v in out["per_group"]["task"].items()} == {"music": 334, "sound": 333, "speech": 333}
+    assert set(out["per_group"]["category"]) == {i["category"] for i in items if isinstance(i["category"], str)}
+    assert out["per_group"]["category"]["Reasoning"]["n"] == sum(
+        (i["category"] if isinstance(i["category"], list) else [i["category"]]) == ["Reasoning"] for i in items
+    )
+    assert {k: v["n"] for k, v in out["per_group"]["difficulty"].items()} == {"easy": 224, "hard": 236, "medium": 540}
+
+
+def test_mmau_predictions_score_under_the_official_rule(mmau, tmp_path):
+    """A run that answers every item's right letter exports the right choice's words: 1.0 under MMAU's rule
+    (a bare letter would score nothing there). A wrong letter exports the wrong choice's words: 0 for the item,
+    except where the wrong choice has exactly the right choice's words in another order, which the rule cannot
+    tell apart (12 choices of 9 items in the source)."""
+    path, items = mmau
+    bench = load_benchmark(path, decode=False)
+    bare = sum(mmau_credits(i, "ABCDEFGH"[i["choices"].index(i["answer"])]) for i in items)
+    assert bare <= 10  # the premise: a bare letter, what the prompt asks for, scores (almost) nothing there
+    right = {r.id: f"<answer>({chr(65 + Choices(r.choices).answer_index(r.answer))})</answer>" for r in bench.rows}
+    out = write_predictions(bench, right, tmp_path / "right.json")
+    exported = json.loads(out.read_text())
+    assert [{k: v for k, v in e.items() if k != "model_output"} for e in exported] == items  # items unchanged
+    assert sum(mmau_credits(e, e["model_output"]) for e in exported) == 1000
+
+    wrong, indistinct = {}, 0
+    for r in bench.rows:
+        answer = Choices(r.choices).answer_index(r.answer)
+        j = next(j for j in range(len(r.choices)) if Choices(r.choices).canonical[j] != answer)
+        wrong[r.id] = f"<think>listening</think><answer>({chr(65 + j)})</answer>"
+        indistinct += _words(r.choices[j]) == _words(r.choices[answer])
+    exported = json.loads(write_predictions(bench, wrong, tmp_path / "wrong.json").read_text())
+    assert sum(mmau_credits(e, e["model_output"]) for e in exported) == indistinct <= 9
+
+
+def test_check_data_on_mmau(mmau, capsys):
+    path, _ = mmau
+    assert main(["check-data", str(path), "--family", "music_flamingo"]) == 0
+    assert "mmau layout, 1000 rows: 1000 ok, 0 bad" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- MMAR
+
+
+MMAR_ITEMS = [
+    {"id": "mmar-1", "audio_path": "./audio/mmar-1.wav", "question": "How many beats per bar?",
+     "choices": ["2", "3", "4", ""], "answer": "3", "modality": "music", "category": "Perception",
+     "sub-category": "Meter", "language": "en", "source": "x", "url": "u", "timestamp": "0"},
+    {"id": "mmar-2", "audio_path": "./audio/mmar-2.wav", "question": "Who speaks first?",
+     "choices": ["the man", "the woman"], "answer": "the woman", "modality": "speech", "category": "Semantic",
+     "sub-category": "Turn", "language": "en", "source": "x", "url": "u", "timestamp": "0"},
+    {"id": "mmar-3", "audio_path": "./audio/mmar-3.wav", "question": "Which sound comes last?",
+     "choices": ["a dog", "a bell", "rain", "a car", "a door", "thunder"], "answer": "thunder",
+     "modality": "sound-music", "category": "Perception", "sub-category": "Order", "language": "en",
+     "source": "x", "url": "u", "timestamp": "0"},
+    {"id": "mmar-4", "audio_path": "./audio/mmar-4.wav", "question": "Which chord ends the piece?",
+     "choices": ["A minor", "C major", "", ""], "answer": "A minor", "modality": "music", "category": "Semantic",
+     "sub-category": "Harmony", "language": "en", "source": "x", "url": "u", "timestamp": "0"},
+]  # fmt: skip
+
+
+@pytest.fixture
+def mmar(tmp_path):
+    path = tmp_path / "MMAR-meta.jsonl"
+    path.write_text("".join(json.dumps(i) + "\n" for i in MMAR_ITEMS))
+    for item in MMAR_ITEMS:
+        _clip(tmp_path / item["audio_path"])
+    return path
+
+
+def test_mmar_jsonl(mmar, capsys, tmp_path):
+    bench = load_benchmark(mmar)
+    assert bench.layout == "mmar" and bench.dropped_choices == 3 and bench.kind == "jsonl"
+    for item, row in zip(MMAR_ITEMS, bench.rows, strict=True):
+        kept = [c for c in item["choices"] if c]
+        assert row.id == item["id"] and row.choices == kept
+        assert row.choices[Choices(row.choices).answer_index(row.answer)] == item["answer"]
+        assert row.prompt.startswith(item["question"] + "\n(A) " + kept[0])
+        assert row.groups == {k: [item[k]] for k in ("modality", "category", "sub-category")}
+    assert main(["check-data", str(mmar)]) == 0
+    assert "mmar layout, 4 rows: 4 ok, 0 bad, 0 truncated, 3 empty trailing choices dropped" in capsys.readouterr().out
+
+    exported = write_predictions(bench, {r.id: "<answer>(A)</answer>" for r in bench.rows}, tmp_path / "p.jsonl")
+    lines = [json.loads(x) for x in exported.read_text().splitlines()]
+    assert [{k: v for k, v in e.items() if k != "answer_prediction"} for e in lines] == MMAR_ITEMS
+    assert [e["answer_prediction"] for e in lines] == ["2", "the man", "a dog", "A minor"]
+    assert [mmau_credits(e, e["answer_prediction"]) for e in lines] == [False, False, False, True]
+
+
+def test_bad_rows_are_named_and_skippable(mmar, capsys):
+    items = [json.loads(x) for x in mmar.read_text().splitlines()]
+    items[1]["choices"] = ["the man", "", "the woman"]  # an empty choice that is not trailing shifts the letters
+    items[2]["answer"] = "a cat"
+    items[3]["audio_path"] = "./audio/missing.wav"
+    mmar.write_text("".join(json.dumps(i) + "\n" for i in items))
+    with pytest.raises(DataError) as e:
+        load_benchmark(mmar)
+    message = str(e.value)
+    assert "3 of 4 rows are bad" in message
+    assert "row 'mmar-2': field 'choices'" in message and "row 'mmar-3': field 'answer'" in message
+    assert "row 'mmar-4': field 'audio': file not found" in message
+    assert [r.id for r in load_benchmark(mmar, bad_rows="skip").rows] == ["mmar-1"]
+    assert main(["check-data", str(mmar)]) == 1
+    assert main(["check-data", str(mmar), "--bad-rows", "skip"]) == 0
+    assert "4 rows: 1 ok, 3 bad" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- MuChoMusic
+
+
+def _muchomusic_audio(root: Path) -> None:
+    for name in ("sdd/audio/01/1001.2min.mp3", "sdd/audio/02/1002.2min.mp3", "sdd/audio/00/415600.2min.mp3"):
+        _clip(root / "data" / name)
+    for name in ("[abcDEF12345]-[30-40].wav", "[xyz_987654]-[0-10].wav"):
+        _clip(root / "data" / "musiccaps" / "audio" / name)
+
+
+@pytest.fixture
+def muchomusic(tmp_path):
+    for name in ("layout_stub_muchomusic.csv", "layout_stub_prepare_prompts_output.json", "readme_example_item.json"):
+        shutil.copy(SHARED / "muchomusic" / name, tmp_path / name)
+    _muchomusic_audio(tmp_path)
+    return tmp_path
+
+
+def test_muchomusic_csv(muchomusic):
+    path = muchomusic / "layout_stub_muchomusic.csv"
+    source = list(csv.DictReader(path.open()))
+    bench = load_benchmark(path)
+    assert bench.layout == "muchomusic" and len(bench.rows) == len(source) == 6
+    # ids: the track id, as MuChoMusic's own preparation gives it, made unique where a track has two questions
+    assert [r.id for r in bench.rows] == ["1001", "1001#2", "1002", "abcDEF12345", "abcDEF12345#2", "xyz_987654"]
+    assert [bench.source_id[r.id] for r in bench.rows] == ["1001", "1001", "1002", "abcDEF12345", "abcDEF12345",
+                                                            "xyz_987654"]  # fmt: skip
+    for item, row in zip(source, bench.rows, strict=True):
+        options = [item["correct_answer"], *(item[f"distractor_{k}_answer"] for k in (1, 2, 3))]
+        assert sorted(row.choices) == sorted(options)
+        assert row.choices[Choices(row.choices).answer_index(row.answer)] == item["correct_answer"]
+        assert row.prompt.startswith(item["question"] + "\n(A) ") and row.prompt.endswith(LETTER)
+        assert row.groups["dataset"] == [item["dataset"]]
+        assert row.groups["knowledge"] == ast.literal_eval(item["music_knowledge"])  # "['melody']" written as text
+        assert row.groups["reasoning"] == ast.literal_eval(item["music_reasoning"])
+        assert row.groups["genre"] == ([item["genre"]] if item["genre"] else [])
+    # the right answer is not always first (the CSV lists it first)
+    assert {Choices(r.choices).answer_index(r.answer) for r in bench.rows} != {0}
+    assert [r.choices for r in load_benchmark(path).rows] == [r.choices for r in bench.rows]  # same order each time
+    assert Path(bench.rows[3].audio).name == "[abcDEF12345]-[30-40].wav"
+
+
+def test_muchomusic_prepared_prompts_and_their_scorer(muchomusic, tmp_path, capsys):
+    path = muchomusic / "layout_stub_prepare_prompts_output.json"
+    source = json.loads(path.read_text())
+    bench = load_benchmark(path)
+    assert bench.layout == "muchomusic_prompts"
+    assert [r.id for r in bench.rows] == ["1001", "1001#2", "1002", "abcDEF12345", "abcDEF12345#2", "xyz_987654"]
+    csv_rows = {r["question"]: r for r in csv.DictReader((muchomusic / "layout_stub_muchomusic.csv").open())}
+    for item, row in zip(source, bench.rows, strict=True):
+        right = item["answers"][item["answer_orders"].index(0)]
+        question = item["prompt"].rsplit("Question:", 1)[-1].split("Options:")[0].strip()
+        assert row.choices == item["answers"]  # the file's order: letters mean what they mean to its scorer
+        assert row.choices[Choices(row.choices).answer_index(row.answer)] == right
+        assert row.prompt.startswith(question + "\n(A) ") and "Four on the floor" not in row.prompt
+        assert right == csv_rows[question]["correct_answer"]  # the prompt file was prepared from the CSV
+        assert row.groups == {"dataset": [item["dataset"]], "genre": [item["genre"]] if item["genre"] else [],
+                              "knowledge": item["knowledge"], "reasoning": item["reasoning"]}  # fmt: skip
+        assert Path(row.audio) == muchomusic / item["audio_path"]
+
+    # a run answering each right choice by its text exports letters, which MuChoMusic's scorer reads first
+    right = {r.id: f"<answer>{r.choices[r.answer]}</answer>" for r in bench.rows}
+    exported = json.loads(write_predictions(bench, right, tmp_path / "right.json").read_text())
+    assert [{k: v for k, v in e.items() if k != "model_output"} for e in exported] == [
+        {k: v for k, v in i.items() if k != "model_output"} for i in source
+    ]
+    picked = [muchomusic_response(e["model_output"], e["answers"]) for e in exported]
+    assert picked == [e["answer_orders"].index(0) for e in exported]
+    # the choice's text itself would not do: "drums" is the text, but "Drums"/"Calm" carry a capital letter
+    wrong = {r.id: f"<answer>{r.choices[(r.answer + 1) % 4]}</answer>" for r in bench.rows}
+    exported = json.loads(write_predictions(bench, wrong, tmp_path / "wrong.json").read_text())
+    assert all(muchomusic_response(e["model_output"], e["answers"]) != e["answer_orders"].index(0) for e in exported)
+
+    assert main(["check-data", str(path)]) == 0
+    assert main(["check-data", str(muchomusic / "readme_example_item.json")]) == 0
+    assert "muchomusic_prompts layout, 1 rows: 1 ok" in capsys.readouterr().out
+
+
+def test_audio_root_and_unknown_layouts(muchomusic, tmp_path):
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.copy(muchomusic / "layout_stub_prepare_prompts_output.json", moved / "prompts.json")
+    with pytest.raises(DataError, match="file not found"):
+        load_benchmark(moved / "prompts.json")
+    assert len(load_benchmark(moved / "prompts.json", audio_root=muchomusic).rows) == 6
+
+    odd = tmp_path / "odd.csv"
+    odd.write_text("q,opts,gold,wav\nWhich?,\"['x', 'y']\",y,a.wav\n")
+    with pytest.raises(LayoutError, match="no known layout has the fields"):
+        read_benchmark(odd)
+    bench = read_benchmark(odd, fields="question=q,choices=opts,answer=gold,audio=wav")
+    assert bench.rows[0].choices == ["x", "y"] and bench.rows[0].answer == "y"
+    with pytest.raises(LayoutError, match="names fields no item has"):
+        read_benchmark(odd, fields="question=q,choices=options,answer=gold,audio=wav")
+    with pytest.raises(LayoutError, match="expected KEY=FIELD"):
+        read_benchmark(odd, fields="question=q,choices=opts,answer=gold,audio=wav,colour=red")
+
+
+def test_eval_command_end_to_end_with_predictions(mmar, tiny_checkpoint, tmp_path, capsys):
+    """``grpo-audio eval`` on an MMAR JSONL with a bad row skipped: report by the benchmark's axes, and the source
+    items written back with ``answer_prediction`` (empty for the skipped row)."""
+    items = [json.loads(x) for x in mmar.read_text().splitlines()]
+    items[2]["audio_path"] = "./audio/missing.wav"
+    mmar.write_text("".join(json.dumps(i) + "\n" for i in items))
+    model = str(tiny_checkpoint("music_flamingo"))
+    out, predictions = tmp_path / "report.json", tmp_path / "pred.jsonl"
+    args = ["eval", model, str(mmar), "--engine", "hf", "--max-new-tokens", "3", "--bad-rows", "skip"]
+    assert main([*args, "--out", str(out), "--predictions-out", str(predictions), "--answer-format", "text"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert "mmar layout: 3 rows" in printed and "by modality:" in printed
+    assert [r["id"] for r in report["results"]] == ["mmar-1", "mmar-2", "mmar-4"]
+    assert set(report["per_group"]) == {"modality", "category", "sub-category"}
+    assert sum(g["n"] for g in report["per_group"]["modality"].values()) == 3
+    lines = [json.loads(x) for x in predictions.read_text().splitlines()]
+    assert [{k: v for k, v in e.items() if k != "answer_prediction"} for e in lines] == items
+    assert lines[2]["answer_prediction"] == ""
+    assert all(isinstance(e["answer_prediction"], str) for e in lines)
