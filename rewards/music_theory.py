@@ -6,8 +6,14 @@ Comparisons use mir_eval, the MIR community's reference metrics: keys with the M
 matches within a relative tolerance (4% by default), optionally with partial credit for half or double tempo.
 Meter matches exactly.
 
-The parsers read the usual spellings: "F# minor", "f#m", "Gb major", "B♭ major", "C maj7", "120 BPM",
+The prose parsers read the usual spellings: "F# minor", "f#m", "Gb major", "B♭ major", "C maj7", "120 BPM",
 "3/4 time". A lone lower-case "a" before "minor"/"major" is read as the article, not the note A.
+
+Labels (a metadata field, or a completion's whole answer) are read by meaning whatever their case and usual
+spelling: ``key_label`` ("a minor", "Am", "F#:min", "B♭ MAJOR"), ``chord_label`` ("a:min", "am7", "C major
+seventh", "C"), ``tempo_label`` (120, "120 BPM") and ``meter_label`` ("3 / 4", "common time"). Loaders check every
+row's metadata with ``metadata_problems`` (the same functions), so a label that cannot be read is reported at
+load, naming the row and field, never mid-run.
 """
 
 from __future__ import annotations
@@ -69,6 +75,108 @@ _KEY_ENHARMONICS = {"B#": "C", "E#": "F", "Cb": "B", "Fb": "E"}
 def _root_name(root: str) -> str:
     root = root.replace(" ", "").lower().replace("sharp", "#").replace("flat", "b")
     return root[0].upper() + root[1:]
+
+
+_KEY_LABEL = re.compile(
+    r"^(?:the\s+)?(?:key\s+(?:of\s+)?)?(?P<root>[A-Ga-g])\s?(?P<acc>#|b|-?sharp|-?flat)?\s*[:\s]?\s*"
+    r"(?P<mode>major|minor|maj|min|m|M)(?:\s+key)?$",
+    re.IGNORECASE,
+)
+
+
+def key_label(value: Any) -> str:
+    """A key label read by meaning, as a mir_eval key string; raises ``ValueError`` if it is not one.
+
+    >>> [key_label(v) for v in ("a minor", "Am", "F#:min", "B♭ MAJOR", "ebm", "the key of C major", "B# major")]
+    ['A minor', 'A minor', 'F# minor', 'Bb major', 'Eb minor', 'C major', 'C major']
+    """
+    m = _KEY_LABEL.match(fold_accidentals(str(value)).strip().rstrip("."))
+    if not m:
+        raise ValueError(f"cannot read {value!r} as a key (e.g. 'A minor', 'F# major', 'Bbm')")
+    root = _root_name(m["root"] + (m["acc"] or "").replace("-", ""))
+    mode = m["mode"]
+    minor = mode == "m" or mode.lower() in ("minor", "min")
+    return f"{_KEY_ENHARMONICS.get(root, root)} {'minor' if minor else 'major'}"
+
+
+def chord_label(value: Any, bare_note: bool = True) -> str:
+    """A chord label read by meaning (mir_eval syntax ``A:min`` or the usual spellings), as a mir_eval label;
+    raises ``ValueError`` if it is not one. A bare note name is its major chord unless ``bare_note`` is False.
+
+    >>> [chord_label(v) for v in ("a:min", "am7", "C major seventh", "C", "Db", "f# dim", "Bb:maj7")]
+    ['A:min', 'A:min7', 'C:maj7', 'C:maj', 'Db:maj', 'F#:dim', 'Bb:maj7']
+    """
+    text = fold_accidentals(str(value)).strip().rstrip(".")
+    if not text or text[0].upper() not in "ABCDEFG":
+        raise ValueError(f"cannot read {value!r} as a chord (e.g. 'A:min', 'C major', 'F#m7')")
+    text = text[0].upper() + text[1:]
+    if ":" in text:
+        try:
+            mir_eval.chord.split(text)
+            return text
+        except mir_eval.chord.InvalidChordException as e:
+            raise ValueError(f"cannot read {value!r} as a chord: {e}") from None
+    m = _CHORD_RE.fullmatch(text)
+    if not m or (m["quality"] is None and not bare_note):
+        raise ValueError(f"cannot read {value!r} as a chord (e.g. 'A:min', 'C major', 'F#m7')")
+    quality = dict(_QUALITIES).get(m["quality"] or "maj", dict(_QUALITIES).get((m["quality"] or "").lower(), "maj"))
+    return f"{_root_name(m['root'])}:{quality}"
+
+
+def tempo_label(value: Any) -> float:
+    """A tempo in BPM from a number or "120 BPM"; raises ``ValueError`` unless it is a positive finite number.
+
+    >>> tempo_label(120), tempo_label("96.5 bpm"), tempo_label(" 72 ")
+    (120.0, 96.5, 72.0)
+    """
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(?:bpm|beats per minute)?", text, re.IGNORECASE)
+    if isinstance(value, bool) or not m or not 0 < float(m[1]) < 1e4:
+        raise ValueError(f"cannot read {value!r} as a tempo in BPM (e.g. 120 or '120 BPM')")
+    return float(m[1])
+
+
+def meter_label(value: Any) -> str:
+    """A time signature from "3/4", "3 / 4" or "common time"; raises ``ValueError`` otherwise.
+
+    >>> meter_label("3 / 4"), meter_label("Common time"), meter_label("6/8 time")
+    ('3/4', '4/4', '6/8')
+    """
+    text = str(value).strip().lower()
+    found = parse_meters(text)
+    if len(found) != 1 or not re.fullmatch(r"[\d\s/]+(?:time)?|common time|cut time|alla breve", text):
+        raise ValueError(f"cannot read {value!r} as a time signature (e.g. '3/4', '6/8')")
+    return found[0]
+
+
+LABELS = {"key": key_label, "chord": chord_label, "tempo": tempo_label, "meter": meter_label}
+
+
+def metadata_problems(metadata: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(field, reason)`` for every music label in ``metadata`` that cannot be read (``key``, ``chord``,
+    ``chords``, ``tempo``, ``meter``); empty when all can.
+
+    >>> [field for field, _ in metadata_problems({"key": "a minor", "chords": ["Am", "H7"], "tempo": "fast"})]
+    ['metadata.tempo', 'metadata.chords[1]']
+    """
+    problems = []
+    for name, parse in LABELS.items():
+        if metadata.get(name) not in (None, ""):
+            try:
+                parse(metadata[name])
+            except ValueError as e:
+                problems.append((f"metadata.{name}", str(e)))
+    chords = metadata.get("chords")
+    if chords not in (None, "", []):
+        if not isinstance(chords, list):
+            problems.append(("metadata.chords", f"must be a list of chords, got {type(chords).__name__}"))
+        else:
+            for i, chord in enumerate(chords):
+                try:
+                    chord_label(chord)
+                except ValueError as e:
+                    problems.append((f"metadata.chords[{i}]", str(e)))
+    return problems
 
 
 def parse_keys(text: str) -> list[str]:
@@ -144,10 +252,13 @@ def key_score(reference: str, estimate: str) -> float:
 
 
 def _mir_key(key: str) -> str:
-    parsed = parse_keys(key)
-    if not parsed:
-        raise ValueError(f"not a key: {key!r}")
-    return parsed[0]
+    try:
+        return key_label(key)
+    except ValueError:
+        parsed = parse_keys(key)
+        if not parsed:
+            raise
+        return parsed[0]
 
 
 def chord_score(reference: str, estimate: str) -> float:
@@ -161,12 +272,13 @@ def chord_score(reference: str, estimate: str) -> float:
 
 
 def _mir_chord(chord: str) -> str:
-    if ":" in chord:
-        return chord
-    parsed = parse_chords(chord if re.search(r"[a-zA-Z]", chord[1:]) else chord + " chord")
-    if not parsed:
-        raise ValueError(f"not a chord: {chord!r}")
-    return parsed[0]
+    try:
+        return chord_label(chord)
+    except ValueError:
+        parsed = parse_chords(chord)
+        if not parsed:
+            raise
+        return parsed[0]
 
 
 def tempo_score(reference: float, estimate: float, tolerance: float = 0.04, half_double: float = 0.0) -> float:
@@ -220,25 +332,26 @@ class MusicTheory:
         return [self.score(completion_text(c), m) for c, m in zip(completions, metadata, strict=True)]
 
     def field_scores(self, answer: str, metadata: dict[str, Any]) -> dict[str, float]:
-        """Per-field scores for the fields present in ``metadata``."""
+        """Per-field scores for the fields present in ``metadata``. An answer that is a label as a whole ("a minor",
+        "am7") is read by meaning whatever its case; otherwise the first claim of the field in its prose counts."""
         scores: dict[str, float] = {}
         if metadata.get("key"):
-            keys = parse_keys(answer)
+            keys = _whole(answer, key_label) or parse_keys(answer)
             scores["key"] = key_score(metadata["key"], keys[0]) if keys else 0.0
         if metadata.get("chord"):
-            chords = parse_chords(answer)
+            chords = _whole(answer, lambda v: chord_label(v, bare_note=False)) or parse_chords(answer)
             scores["chord"] = chord_score(metadata["chord"], chords[0]) if chords else 0.0
         if metadata.get("chords"):
             named = parse_chords(answer)
             refs = list(metadata["chords"])
             scores["chords"] = sum(any(chord_score(r, c) for c in named) for r in refs) / len(refs)
         if metadata.get("tempo"):
-            tempi = parse_tempi(answer)
-            ref = float(metadata["tempo"])
+            tempi = parse_tempi(answer) or _whole(answer, tempo_label)
+            ref = tempo_label(metadata["tempo"])
             scores["tempo"] = tempo_score(ref, tempi[0], self.tempo_tolerance, self.half_double) if tempi else 0.0
         if metadata.get("meter"):
             meters = parse_meters(answer)
-            scores["meter"] = float(bool(meters) and meters[0] == str(metadata["meter"]))
+            scores["meter"] = float(bool(meters) and meters[0] == meter_label(metadata["meter"]))
         return scores
 
     def score(self, text: str, metadata: dict[str, Any] | None) -> float | None:
@@ -247,6 +360,14 @@ class MusicTheory:
         answer = extract_answer(text, self.answer_tag, self.fallback) or ""
         scores = self.field_scores(answer, metadata)
         return sum(scores.values()) / len(scores)
+
+
+def _whole(answer: str, parse: Any) -> list[Any]:
+    """``[parse(answer)]`` when the whole answer is a label, else ``[]``."""
+    try:
+        return [parse(answer)]
+    except ValueError:
+        return []
 
 
 music_theory = MusicTheory()

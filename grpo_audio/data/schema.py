@@ -17,6 +17,7 @@ import numpy as np
 from ..audio import AudioClip, AudioError, load_audio
 from ..models import FAMILIES, ModelFamily
 from ..rewards.matching import Choices
+from ..rewards.music_theory import metadata_problems
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,8 @@ class DataError(ValueError):
         self.bad = bad
         lines = "\n".join(f"  {b}" for b in bad[:50])
         more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
-        super().__init__(f"{source}: {len(bad)} of {total} rows are bad:\n{lines}{more}")
+        n_rows = len({b.id for b in bad})  # a row can fail on several fields
+        super().__init__(f"{source}: {n_rows} of {total} rows are bad:\n{lines}{more}")
 
 
 def _audio_slots(prompt: str | list[dict[str, Any]]) -> int:
@@ -126,7 +128,8 @@ def _audio_slots(prompt: str | list[dict[str, Any]]) -> int:
 
 
 def check_fields(row: Row) -> list[BadRow]:
-    """Structural checks (no audio decoding): prompt, audio placeholders, MCQ consistency."""
+    """Structural checks (no audio decoding): prompt, audio placeholders, MCQ consistency, music labels in the
+    metadata (read by meaning, as the rewards read them)."""
     bad: list[BadRow] = []
     rid = row.id
 
@@ -167,6 +170,9 @@ def check_fields(row: Row) -> list[BadRow]:
             )
     if not isinstance(row.metadata, dict):
         add("metadata", f"must be a mapping, got {type(row.metadata).__name__}")
+    else:
+        for field_name, reason in metadata_problems(row.metadata):
+            add(field_name, reason)
     return bad
 
 

@@ -196,3 +196,46 @@ def test_structured_caption_not_applicable_and_categories():
     assert structured_caption(None, ["x", "y"], metadata=[None, {"style": "drums"}]) == [None, None]
     only_key = load_reward("structured_caption", categories=["key"])
     assert only_key(None, ["in Eb major, rock"], metadata=[META]) == [1.0]
+
+
+LABEL_CASES = [
+    # metadata and whole answers read by meaning, whatever their case and usual spelling
+    ("<answer>a minor</answer>", {"key": "A minor"}, 1.0),
+    ("<answer>A minor</answer>", {"key": "a minor"}, 1.0),
+    ("<answer>am</answer>", {"key": "A:minor"}, 1.0),
+    ("<answer>F# MINOR</answer>", {"key": "gb minor"}, 1.0),
+    ("<answer>c major</answer>", {"key": "Am"}, 0.3),
+    ("<answer>am7</answer>", {"chord": "a:min7"}, 1.0),
+    ("<answer>C major seventh</answer>", {"chord": "cmaj7"}, 1.0),
+    ("<answer>db</answer>", {"chord": "C#"}, 0.0),  # a bare note name is still no chord claim
+    ("<answer>120</answer>", {"tempo": "120 BPM"}, 1.0),
+    ("<answer>in 3/4</answer>", {"meter": "3 / 4"}, 1.0),
+    ("<answer>common time</answer>", {"meter": "4/4"}, 1.0),
+]
+
+
+@pytest.mark.parametrize("text,meta,expected", LABEL_CASES)
+def test_music_labels_by_meaning(text, meta, expected):
+    assert music_theory(None, [text], metadata=[meta]) == [pytest.approx(expected)]
+
+
+def test_unreadable_music_labels_are_reported_at_load_naming_row_and_field():
+    from grpo_audio.data.loaders import from_records
+    from grpo_audio.data.schema import DataError
+
+    tone = [0.0, 0.1] * 800
+    good = {"id": "ok", "audio": tone, "sampling_rate": 16000, "prompt": "Key?", "metadata": {"key": "a minor"}}
+    rows = [
+        good,
+        {**good, "id": "k", "metadata": {"key": "H major"}},
+        {**good, "id": "c", "metadata": {"chords": ["Am", "X7"]}},
+        {**good, "id": "t", "metadata": {"tempo": "fast", "meter": "waltz"}},
+    ]
+    with pytest.raises(DataError) as e:
+        from_records(rows)
+    message = str(e.value)
+    assert "3 of 4 rows are bad" in message
+    assert "row 'k': field 'metadata.key': cannot read 'H major' as a key" in message
+    assert "row 'c': field 'metadata.chords[1]': cannot read 'X7' as a chord" in message
+    assert "row 't': field 'metadata.tempo'" in message and "row 't': field 'metadata.meter'" in message
+    assert [r.id for r in from_records(rows, bad_rows="skip")] == ["ok"]
