@@ -81,19 +81,27 @@ def _eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .data.benchmarks import load_benchmark, write_predictions
+    from .data.benchmarks import LayoutError, load_benchmark, write_predictions
+    from .data.schema import DataError
     from .evaluate import evaluate_model
     from .models import family_of_checkpoint
 
-    bench = load_benchmark(
-        args.data,
-        family=family_of_checkpoint(args.model_dir),
-        fields=args.fields,
-        audio_root=args.audio_root,
-        answer_format=args.answer_format,
-        think=args.think,
-        bad_rows=args.bad_rows,
-    )
+    try:
+        bench = load_benchmark(
+            args.data,
+            family=family_of_checkpoint(args.model_dir),
+            fields=args.fields,
+            audio_root=args.audio_root,
+            answer_format=args.answer_format,
+            think=args.think,
+            bad_rows=args.bad_rows,
+        )
+    except (DataError, LayoutError, FileNotFoundError) as e:
+        print(f"grpo-audio eval: {e}", file=sys.stderr)
+        return 1
+    if not bench.rows:
+        print(f"grpo-audio eval: {args.data}: no row passed validation; nothing to evaluate", file=sys.stderr)
+        return 1
     rows = bench.rows[: args.max_rows] if args.max_rows else bench.rows
     print(
         f"{bench.layout} layout: {len(rows)} rows" + (f" of {len(bench.rows)}" if len(rows) < len(bench.rows) else "")
@@ -154,17 +162,22 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
+    from .data.benchmarks import LayoutError
     from .data.check import check_data
 
-    return check_data(
-        args.data,
-        family=args.family,
-        long_audio=args.long_audio,
-        max_seconds=args.max_seconds,
-        bad_rows=args.bad_rows,
-        fields=args.fields,
-        audio_root=args.audio_root,
-    )
+    try:
+        return check_data(
+            args.data,
+            family=args.family,
+            long_audio=args.long_audio,
+            max_seconds=args.max_seconds,
+            bad_rows=args.bad_rows,
+            fields=args.fields,
+            audio_root=args.audio_root,
+        )
+    except (LayoutError, FileNotFoundError) as e:
+        print(f"grpo-audio check-data: {e}", file=sys.stderr)
+        return 1
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -47,6 +47,8 @@ _LEADING_PHRASE = re.compile(
     r"(?:\s+is)?\s*[:\-]?\s*",
     re.IGNORECASE,
 )
+# Markdown bold / italics ("**Answer:** B", "__violin__"); underscores inside words ("light_switch") stay.
+_EMPHASIS = re.compile(r"\*+|(?<!\w)_{1,2}|_{1,2}(?!\w)")
 _WRAPPERS = re.compile(r"^[\s\"'`*\[]+|[\s\"'`*\].!]+$")
 _EXPLICIT_LETTER = re.compile(r"^(?:\(\s*([A-Za-z])\s*\)|([A-Za-z])\))$")
 _LONE_LETTER = re.compile(r"^([A-Za-z])\.?$")
@@ -81,14 +83,19 @@ def choice_key(text: str) -> tuple[str, ...]:
 
     >>> choice_key("The F♯ Minor chord!"), choice_key("A minor"), choice_key("a"), choice_key("1.63 seconds.")
     (('f#', 'minor', 'chord'), ('a', 'minor'), ('a',), ('1.63', 'seconds'))
+    >>> choice_key(" 🙂 "), choice_key("-")  # no word at all: the text itself
+    (('🙂',), ('-',))
     """
-    return tuple(t for t, _, _ in _without_articles(_tokens(fold_accidentals(str(text)))))
+    folded = fold_accidentals(str(text))
+    key = tuple(t for t, _, _ in _without_articles(_tokens(folded)))
+    return key or ((" ".join(folded.split()).casefold(),) if folded.strip() else ())
 
 
 def _core(answer: str) -> str:
-    """The answer without a leading answer phrase, trailing full stops and wrapping quotes or bold."""
-    core = _LEADING_PHRASE.sub("", fold_accidentals(answer).strip(), count=1)
-    return _WRAPPERS.sub("", core)
+    """The answer without markdown emphasis, a leading answer phrase, trailing full stops and wrapping quotes."""
+    plain = _EMPHASIS.sub("", fold_accidentals(answer)).strip()
+    core = _LEADING_PHRASE.sub("", plain, count=1)
+    return _WRAPPERS.sub("", core) or plain.strip()
 
 
 def _letter_index(letter: str, n_choices: int) -> int | None:
@@ -132,39 +139,39 @@ class Choices:
         return set() if idx is None else {idx}
 
     def whole(self, answer: str, prefer: str | None = None) -> set[int] | None:
-        """Steps 1-5 (the answer as a whole); None when the answer is not a whole-answer form. ``prefer``
-        overrides the instance's reading of a bare token that is both a letter and a choice's text."""
+        """Steps 1-5 (the answer as a whole): the indices named, every one of a repeated text; None when the
+        answer is not a whole-answer form. ``prefer`` overrides the instance's reading of a bare token that is both
+        a letter and a choice's text."""
         prefer = prefer or self.prefer
         core = _core(answer)
         if not core:
             return None
         if m := _EXPLICIT_LETTER.match(core):
             found = self._by_letter(m.group(1) or m.group(2))
-            return self._canon(found) if found else None
+            return found or None
         text, letter = self._by_text(core), None
         if m := _LONE_LETTER.match(core):
             letter = self._by_letter(m.group(1))
         first, second = (letter, text) if prefer == "letter" else (text, letter)
-        if first:
-            return self._canon(first)
-        if second:
-            return self._canon(second)
+        if first or second:
+            return first or second
         if m := _LETTERED_START.match(core):
             found = self._by_letter(m.group(1) or m.group(2))
             if found:
                 rest = m.group(3)
-                return self._canon(found | (self.whole(rest, prefer) or self.mentioned(rest)))
+                return found | (self.whole(rest, prefer) or self.mentioned(rest))
         return None
 
     def mentioned(self, answer: str) -> set[int]:
-        """Step 6: choices whose texts are mentioned, plus letters in explicit forms outside those mentions."""
+        """Step 6: choices whose texts are mentioned (every one of a repeated text), plus letters in explicit forms
+        outside those mentions."""
         text = fold_accidentals(answer)
         full = _tokens(text)
         stripped = _without_articles(full)
         spans: list[tuple[int, int, int]] = []
         for i, key in enumerate(self.keys):
-            if not key or all(t in _ARTICLES for t in key) and len(key[0]) > 1:
-                continue
+            if not key or (all(t in _ARTICLES for t in key) and len(key[0]) > 1):
+                continue  # a choice made of articles ("the") is matched only as the whole answer
             single_letter = len(key) == 1 and len(key[0]) == 1 and key[0].isalpha()
             tokens = full if single_letter or any(t in _ARTICLES for t in key) else stripped
             words = [t for t, _, _ in tokens]
@@ -180,14 +187,16 @@ class Choices:
             for m in pattern.finditer(text):
                 if not any(s <= m.start(1) < e for s, e, _ in spans):
                     found |= self._by_letter(m.group(1))
-        return self._canon(found)
+        return found
 
-    def named(self, answer: str | None) -> set[int]:
-        """Indices (first of each repeated text) of the choices an extracted answer names; see the module doc."""
+    def named(self, answer: str | None, canonical: bool = True) -> set[int]:
+        """Indices of the choices an extracted answer names (see the module doc): each repeated text counted once,
+        as its first index, unless ``canonical`` is False (then the letters named are kept as named)."""
         if not answer or not answer.strip():
             return set()
-        whole = self.whole(answer)
-        return whole if whole is not None else self.mentioned(answer)
+        found = self.whole(answer)
+        found = found if found is not None else self.mentioned(answer)
+        return self._canon(found) if canonical else found
 
     def answer_index(self, answer: Any) -> int | None:
         """The choice an answer *field* designates: an integer index (0 is valid), a letter, or a choice's text
@@ -205,8 +214,8 @@ class Choices:
             return self.canonical[answer] if 0 <= answer < len(self) else None
         if not isinstance(answer, str):
             return None
-        found = self.whole(answer, prefer="text")
-        return next(iter(found)) if found and len(found) == 1 else None
+        found = self._canon(self.whole(answer, prefer="text") or set())
+        return next(iter(found)) if len(found) == 1 else None
 
 
 def named_choices(

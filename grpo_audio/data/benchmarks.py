@@ -50,7 +50,7 @@ import numpy as np
 from ..models import ModelFamily
 from ..rewards.matching import ANSWER_FORMATS, Choices
 from ..rewards.text import extract_answer
-from .loaders import read_manifest, validate_and_apply
+from .loaders import rows_from_records, validate_and_apply
 from .schema import BadRow, Row
 
 logger = logging.getLogger(__name__)
@@ -137,35 +137,59 @@ class LayoutError(ValueError):
 # ---------------------------------------------------------------- reading files
 
 
-def _read_items(path: Path) -> tuple[list[Any], str, list[str] | None, str | None]:
-    """Items of a JSON list / ``{"data": [...]}`` / JSONL / CSV file: (items, kind, CSV header, wrapper key)."""
+@dataclass
+class _Source:
+    """A file's items as read. ``items`` holds a ``BadRow`` where a JSONL line is not JSON; ``labels`` names each
+    item in messages (``line N`` in JSONL, ``item N`` in JSON, ``row N`` in CSV, counting the header as row 0)."""
+
+    items: list[Any]
+    labels: list[str]
+    kind: str
+    header: list[str] | None = None
+    wrapper: str | None = None
+
+
+def _read_items(path: Path) -> _Source:
+    """Items of a JSON list / object / ``{"data": [...]}`` / JSONL / CSV file (a UTF-8 byte-order mark is fine).
+
+    Raises:
+        FileNotFoundError: no such file.
+        LayoutError: the file holds no items, or is JSON that does not parse.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"evaluation file not found: {path}")
     text = path.read_text(encoding="utf-8-sig")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        return json.loads(text), "json", None, None
-    if stripped.startswith("{"):
+    stripped = text.strip()
+    if not stripped:
+        raise LayoutError(f"{path}: the file is empty")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    whole: Any = None
+    if stripped[0] in "[{" and (stripped[0] == "[" or len(lines) > 1):
         try:
             whole = json.loads(text)
-        except json.JSONDecodeError:
-            whole = None
-        if isinstance(whole, dict):
-            for key in ("data", "items", "questions"):
-                if isinstance(whole.get(key), list):
-                    return whole[key], "json", None, key
-            if all(isinstance(v, dict) for v in whole.values()):
-                return [{"id": k, **v} for k, v in whole.items()], "json", None, None
+        except json.JSONDecodeError as e:
+            if stripped[0] == "[":
+                raise LayoutError(f"{path}: not valid JSON: {e}") from None
+    if isinstance(whole, list):
+        return _Source(whole, [f"item {i}" for i in range(len(whole))], "json")
+    if isinstance(whole, dict):
+        for key in ("data", "items", "questions"):
+            if isinstance(whole.get(key), list):
+                return _Source(whole[key], [f"item {i}" for i in range(len(whole[key]))], "json", wrapper=key)
+        if whole and all(isinstance(v, dict) for v in whole.values()):  # {id: item, ...}
+            return _Source([{"id": k, **v} for k, v in whole.items()], [f"item {k}" for k in whole], "json")
+        return _Source([whole], ["item 0"], "json")  # one item, pretty-printed
+    if stripped[0] == "{":
         items: list[Any] = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    items.append(BadRow(f"line {lineno}", "-", f"not valid JSON: {e.msg}"))
-        return items, "jsonl", None, None
+        for lineno, line in lines:
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                items.append(BadRow(f"line {lineno}", "-", f"not valid JSON: {e.msg}"))
+        return _Source(items, [f"line {n}" for n, _ in lines], "jsonl")
     reader = csv.DictReader(io.StringIO(text))
-    return list(reader), "csv", list(reader.fieldnames or []), None
+    rows = list(reader)
+    return _Source(rows, [f"row {i + 1}" for i in range(len(rows))], "csv", header=list(reader.fieldnames or []))
 
 
 def detect_layout(items: list[Any], fields: dict[str, str] | None = None) -> str:
@@ -176,6 +200,8 @@ def detect_layout(items: list[Any], fields: dict[str, str] | None = None) -> str
     """
     if fields:
         return "generic"
+    if not items:
+        raise LayoutError("the file holds no items")
     keys: set[str] = set()
     for item in items[:50]:
         if isinstance(item, dict):
@@ -267,13 +293,13 @@ def _muchomusic_track(item: dict[str, Any]) -> str:
 
 
 def _muchomusic_audio(item: dict[str, Any], root: Path) -> str:
+    """The clip's path relative to the dataset root, where MuChoMusic's preparation puts it."""
     track = _muchomusic_track(item)
     if item.get("dataset") == "sdd" and track.isdigit():
-        return str(root / "data" / "sdd" / "audio" / f"{int(track) % 100:02d}" / f"{int(track)}.2min.mp3")
-    ytid = track
+        return f"data/sdd/audio/{int(track) % 100:02d}/{int(track)}.2min.mp3"
     folder = root / "data" / "musiccaps" / "audio"
-    found = sorted(glob.glob(str(folder / glob.escape(f"[{ytid}]-[")) + "*].wav"))
-    return found[0] if found else str(folder / f"[{ytid}]-[START-END].wav")
+    found = sorted(glob.glob(str(folder / glob.escape(f"[{track}]-[")) + "*].wav"))
+    return str(Path(found[0]).relative_to(root)) if found else f"data/musiccaps/audio/[{track}]-[START-END].wav"
 
 
 def _order(key: str, n: int) -> list[int]:
@@ -294,10 +320,15 @@ class _Fields:
     groups: dict[str, list[str]]
 
 
+def _id(value: Any, index: int) -> str:
+    """An item's own id, or its position when it has none (absent, null or empty)."""
+    return str(index) if value is None or str(value).strip() == "" else str(value).strip()
+
+
 def _fields(layout: str, item: dict[str, Any], index: int, root: Path, fmap: dict[str, str]) -> _Fields:
     spec = LAYOUT_SPECS[layout]
     groups = {axis: _values(item.get(axis)) for axis in spec.axes}
-    item_id = str(item.get("id", index)) if item.get("id") not in (None, "") else str(index)
+    item_id = _id(item.get("id"), index)
     if layout == "mmau":
         audio = item.get("audio_id") or item.get("audio_path") or item.get("audio")
         return _Fields(item_id, item.get("question"), item.get("choices"), item.get("answer"), audio, groups)
@@ -311,9 +342,9 @@ def _fields(layout: str, item: dict[str, Any], index: int, root: Path, fmap: dic
             "knowledge": _values(item.get("music_knowledge")),
             "reasoning": _values(item.get("music_reasoning")),
         }
-        options = [item.get("correct_answer")] + [
-            item.get(f"distractor_{k}_answer") for k in (1, 2, 3) if item.get(f"distractor_{k}_answer") is not None
-        ]
+        # a distractor cell left empty is no option (the CSV has no fixed letters, so nothing shifts)
+        distractors = [item.get(f"distractor_{k}_answer") for k in (1, 2, 3)]
+        options = [item.get("correct_answer")] + [d for d in distractors if d is not None and str(d).strip()]
         question = str(item.get("question") or "")
         track = _muchomusic_track(item)
         order = _order(f"{track}\n{question}", len(options))
@@ -328,7 +359,7 @@ def _fields(layout: str, item: dict[str, Any], index: int, root: Path, fmap: dic
     axes = fmap.get("group", "").split("|") if fmap.get("group") else []
     groups = {axis: _values(item.get(axis)) for axis in axes}
     if fmap.get("id"):
-        item_id = str(item.get(fmap["id"], index))
+        item_id = _id(item.get(fmap["id"]), index)
     return _Fields(item_id, item.get(fmap["question"]), _choice_list(item.get(fmap["choices"])),
                    item.get(fmap["answer"]), item.get(fmap["audio"]), groups)  # fmt: skip
 
@@ -377,32 +408,33 @@ def read_benchmark(
         raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
     path = Path(path)
     fmap = parse_field_map(fields) if isinstance(fields, str) else (fields or {})
-    items, kind, header, wrapper = _read_items(path)
-    good_items = [i for i in items if isinstance(i, dict)]
+    src = _read_items(path)
+    good_items = [i for i in src.items if isinstance(i, dict)]
     layout = detect_layout(good_items, fmap)
     root = Path(audio_root) if audio_root else path.parent
+    bench = Benchmark(layout, path, src.items, [], answer_format=answer_format, kind=src.kind,
+                      fieldnames=src.header, wrapper=src.wrapper)  # fmt: skip
     if layout == "manifest":
-        rows, bad = read_manifest(path, base_dir=root)
-        return Benchmark(layout, path, items, rows, bad, {r.id: i for i, r in enumerate(rows)},
-                         {r.id: r.id for r in rows}, answer_format=answer_format, kind=kind)  # fmt: skip
+        return _read_manifest_items(bench, src, root)
     if layout == "generic":
         lacking = [v for k, v in fmap.items() if k != "group" and not any(v in i for i in good_items)]
         if lacking:
             raise LayoutError(f"{path}: the field map names fields no item has: {lacking}")
-    axes = LAYOUT_SPECS[layout].axes if layout != "generic" else tuple(filter(None, fmap.get("group", "").split("|")))
-    bench = Benchmark(layout, path, items, [], answer_format=answer_format, axes=axes, kind=kind, fieldnames=header,
-                      wrapper=wrapper)  # fmt: skip
-    seen: dict[str, int] = {}
-    for index, item in enumerate(items):
+    bench.axes = (
+        LAYOUT_SPECS[layout].axes if layout != "generic" else tuple(filter(None, fmap.get("group", "").split("|")))
+    )
+    parsed: list[tuple[int, _Fields]] = []
+    for index, item in enumerate(src.items):
         if isinstance(item, BadRow):
             bench.bad.append(item)
-            continue
-        if not isinstance(item, dict):
-            bench.bad.append(BadRow(f"item {index}", "-", f"expected an object, got {type(item).__name__}"))
-            continue
-        f = _fields(layout, item, index, root, fmap)
-        seen[f.id] = seen.get(f.id, 0) + 1
-        row_id = f.id if seen[f.id] == 1 else f"{f.id}#{seen[f.id]}"
+        elif not isinstance(item, dict):
+            bench.bad.append(BadRow(src.labels[index], "-", f"expected an object, got {type(item).__name__}"))
+        elif None in item:  # csv.DictReader files cells beyond the header under None
+            bench.bad.append(BadRow(src.labels[index], "-", f"{len(item[None])} more cells than the header"))
+        else:
+            parsed.append((index, _fields(layout, item, index, root, fmap)))
+    row_ids = _unique_ids([f.id for _, f in parsed])
+    for (index, f), row_id in zip(parsed, row_ids, strict=True):
         bench.item_of[row_id], bench.source_id[row_id] = index, f.id
         problems, choices = [], f.choices
         if not isinstance(f.question, str) or not f.question.strip():
@@ -418,11 +450,18 @@ def read_benchmark(
                 choices = [str(c) for c in choices]
         elif choices is not None:
             problems.append(("choices", f"must be a list, got {type(choices).__name__}"))
+        if not choices:
+            problems.append(("choices", "missing or empty (a multiple-choice benchmark item)"))
         if not f.audio:
             problems.append(("audio", "missing"))
         if problems:
             bench.bad.extend(BadRow(row_id, k, reason) for k, reason in problems)
             continue
+        answer = f.answer
+        if isinstance(answer, bool) or (
+            isinstance(answer, (int, float)) and not all(isinstance(c, str) for c in f.choices)
+        ):
+            answer = str(answer)  # choices that are numbers or booleans: the answer is a value, not an index
         audio = str(f.audio)
         if not Path(audio).is_absolute():
             audio = str(root / audio)
@@ -432,13 +471,49 @@ def read_benchmark(
                 audio=audio,
                 prompt=build_prompt(f.question.strip(), choices or None, answer_format, think),
                 choices=choices or None,
-                answer=f.answer,
+                answer=answer,
                 task=next((values[0] for values in f.groups.values() if values), ""),  # the first axis it has
                 groups=f.groups,
             )
         )
     if bench.dropped_choices:
         logger.info("%s: dropped %d empty trailing choices", path, bench.dropped_choices)
+    return bench
+
+
+def _unique_ids(ids: list[str]) -> list[str]:
+    """Repeated ids made unique: the first keeps its id, later ones get ``#2``, ``#3``, ... (skipping any that
+    another item already has).
+
+    >>> _unique_ids(["a", "a", "a#2", "b", "a"])
+    ['a', 'a#3', 'a#2', 'b', 'a#4']
+    """
+    used, out, count = set(ids), [], {}
+    for source in ids:
+        if source not in count:
+            count[source] = 1
+            out.append(source)
+            continue
+        while f"{source}#{count[source] + 1}" in used:
+            count[source] += 1
+        count[source] += 1
+        out.append(f"{source}#{count[source]}")
+        used.add(out[-1])
+    return out
+
+
+def _read_manifest_items(bench: Benchmark, src: _Source, root: Path) -> Benchmark:
+    """grpo-audio rows, one per item, remembering which item each row came from."""
+    for index, item in enumerate(src.items):
+        if isinstance(item, BadRow):
+            bench.bad.append(item)
+            continue
+        rows, bad = rows_from_records([(src.labels[index], item)], base_dir=root)
+        bench.bad.extend(bad)
+        for row in rows:
+            bench.rows.append(row)
+            bench.item_of.setdefault(row.id, index)
+            bench.source_id.setdefault(row.id, row.id)
     return bench
 
 
@@ -477,10 +552,11 @@ def prediction_text(row: Row, completion: str, letter: bool = False, prefer: str
     said = extract_answer(completion) or ""
     if not row.choices:
         return said
-    named = Choices(row.choices, prefer).named(said)
-    if len(named) != 1:
+    options = Choices(row.choices, prefer)
+    named = options.named(said, canonical=False)
+    if len({options.canonical[i] for i in named}) != 1:
         return said
-    (index,) = named
+    index = min(named)  # a repeated text named by its letter keeps that letter
     return chr(65 + index) if letter else row.choices[index]
 
 
@@ -510,7 +586,7 @@ def write_predictions(bench: Benchmark, completions: dict[str, str], out: str | 
         header = bench.fieldnames or []
         names = [*header, *([spec.prediction_field] if spec.prediction_field not in header else [])]
         with out.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=names)
+            writer = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(items)
     elif bench.kind == "jsonl":

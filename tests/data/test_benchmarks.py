@@ -324,3 +324,119 @@ def test_eval_command_end_to_end_with_predictions(mmar, tiny_checkpoint, tmp_pat
     assert [{k: v for k, v in e.items() if k != "answer_prediction"} for e in lines] == items
     assert lines[2]["answer_prediction"] == ""
     assert all(isinstance(e["answer_prediction"], str) for e in lines)
+
+
+# ---------------------------------------------------------------- files as users have them
+
+
+def test_relative_paths_from_another_folder(muchomusic, monkeypatch):
+    """A MuChoMusic CSV named by a relative path, from its parent folder, with and without --audio-root."""
+    monkeypatch.chdir(muchomusic.parent)
+    rel = Path(muchomusic.name)
+    assert len(load_benchmark(rel / "layout_stub_muchomusic.csv").rows) == 6
+    assert len(load_benchmark(rel / "layout_stub_muchomusic.csv", audio_root=rel).rows) == 6
+    assert main(["check-data", str(rel / "layout_stub_prepare_prompts_output.json")]) == 0
+
+
+def test_manifest_kinds_and_predictions_on_the_right_items(tmp_path):
+    """A manifest as JSONL (with a bad JSON line and a row with an unknown field, skipped), as a pretty-printed JSON
+    list, and with a byte-order mark: every row read, and each prediction written on its own item."""
+    _clip(tmp_path / "a.wav")
+    rows = [
+        {"id": "m1", "audio": "a.wav", "prompt": "Q1", "choices": ["x", "y"], "answer": "x"},
+        {"id": "m2", "audio": "a.wav", "prompt": "Q2", "choices": ["x", "y"], "answer": "x", "colour": "red"},
+        {"id": "m3", "audio": "a.wav", "prompt": "Q3", "choices": ["x", "y"], "answer": "y"},
+    ]
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n{oops\n" + json.dumps(rows[2]) + "\n")
+    bench = load_benchmark(jsonl, bad_rows="skip")
+    assert [r.id for r in bench.rows] == ["m1", "m3"]
+    out = write_predictions(bench, {"m1": "(B)", "m3": "(B)"}, tmp_path / "p.jsonl")
+    lines = out.read_text().splitlines()
+    assert [json.loads(x)["prediction"] for x in (lines[0], lines[1], lines[2])] == ["y", "", "y"]
+    assert len(lines) == 3  # the line that is not JSON has no item to write back
+
+    listed = tmp_path / "m.json"
+    listed.write_text(json.dumps([rows[0], rows[2]], indent=2))
+    assert [r.id for r in load_benchmark(listed).rows] == ["m1", "m3"]
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + (json.dumps(rows[0]) + "\n" + json.dumps(rows[2]) + "\n").encode())
+    assert [r.id for r in load_benchmark(bom).rows] == ["m1", "m3"]
+
+
+def test_ids_extra_cells_empty_cells_and_values(tmp_path, capsys):
+    _clip(tmp_path / "a.wav")
+    base = {"audio_id": "a.wav", "question": "Q?", "choices": ["x", "y"], "answer": "x", "task": "music"}
+    items = [{**base, "id": "ok"}, {**base, "id": "ok"}, {**base, "id": "ok#2"}, {**base, "id": ""},
+             {**base, "id": None}, {**base, "id": 7, "choices": [1, 2.5, 3], "answer": 2.5},
+             {**base, "id": "b", "choices": ["True", "False"], "answer": False},
+             {**base, "id": "none", "choices": []}]  # fmt: skip
+    path = tmp_path / "mmau.json"
+    path.write_text(json.dumps(items))
+    bench = load_benchmark(path, bad_rows="skip")
+    assert [r.id for r in bench.rows] == ["ok", "ok#3", "ok#2", "3", "4", "7", "b"]
+    assert [bench.source_id[r.id] for r in bench.rows] == ["ok", "ok", "ok#2", "3", "4", "7", "b"]
+    assert [r.choices[Choices(r.choices).answer_index(r.answer)] for r in bench.rows[5:]] == ["2.5", "False"]
+    assert main(["check-data", str(path)]) == 1
+    assert "BAD  none: choices: missing or empty" in capsys.readouterr().out
+
+    csv_path = tmp_path / "g.csv"
+    csv_path.write_text("q,opts,gold,wav\nQ1?,\"['x','y']\",x,a.wav,EXTRA\nQ2?,\"['x','y']\",y,a.wav\n")
+    fields = "question=q,choices=opts,answer=gold,audio=wav"
+    bench = load_benchmark(csv_path, fields=fields, bad_rows="skip")
+    assert [b.id for b in bench.bad] == ["row 1"] and "1 more cells than the header" in bench.bad[0].reason
+    out = write_predictions(bench, {r.id: "(B)" for r in bench.rows}, tmp_path / "p.csv")
+    assert [r["prediction"] for r in csv.DictReader(out.open())] == ["", "y"]
+
+    stub = list(csv.DictReader((SHARED / "muchomusic" / "layout_stub_muchomusic.csv").open()))
+    for row in stub:
+        row["distractor_3_answer"] = ""
+    short = tmp_path / "short.csv"
+    with short.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(stub[0]))
+        writer.writeheader()
+        writer.writerows(stub)
+    _muchomusic_audio(tmp_path)
+    assert {len(r.choices) for r in load_benchmark(short).rows} == {3}  # every row alike, wherever "" would fall
+
+
+def test_empty_and_single_object_files(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("\n")
+    with pytest.raises(LayoutError, match="the file is empty"):
+        read_benchmark(empty)
+    (tmp_path / "none.json").write_text("[]")
+    with pytest.raises(LayoutError, match="holds no items"):
+        read_benchmark(tmp_path / "none.json")
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"id": "q", "audio_id": "a.wav", "question": "Q?", "choices": ["x", "y"], "answer": "y"},
+                              indent=2))  # fmt: skip
+    assert [r.id for r in read_benchmark(one).rows] == ["q"]
+    assert main(["check-data", str(tmp_path / "none.json")]) == 1
+
+
+def test_letter_export_keeps_the_letter_of_a_repeated_text(tmp_path):
+    item = {"id": 1, "prompt": "Question: Which?\n Options: (A) piano (B) violin (C) piano (D) drums \n The correct "
+            "answer is: ", "answers": ["piano", "violin", "piano", "drums"], "answer_orders": [1, 2, 0, 3],
+            "dataset": "sdd", "genre": "", "reasoning": [], "knowledge": [], "audio_path": "a.wav"}  # fmt: skip
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([item]))
+    bench = read_benchmark(path)
+    exported = json.loads(write_predictions(bench, {"1": "<answer>C</answer>"}, tmp_path / "o.json").read_text())
+    assert exported[0]["model_output"] == "C"
+    assert muchomusic_response("C", item["answers"]) == item["answer_orders"].index(0)
+
+
+def test_eval_with_no_good_row_stops_before_the_model(tmp_path, capsys):
+    path = tmp_path / "allbad.json"
+    path.write_text(json.dumps([{"id": "q", "audio_id": "gone.wav", "question": "Q?", "choices": ["x", "y"],
+                                 "answer": "x"}]))  # fmt: skip
+    model = tmp_path / "model"
+    model.mkdir()
+    config = {"architectures": ["MusicFlamingoForConditionalGeneration"]}
+    (model / "config.json").write_text(json.dumps(config))  # no weights: loading the model would fail
+    assert main(["eval", str(model), str(path), "--bad-rows", "skip"]) == 1
+    assert "no row passed validation" in capsys.readouterr().err
+    assert main(["eval", str(model), str(path)]) == 1
+    assert "field 'audio': file not found" in capsys.readouterr().err
+    assert main(["eval", str(model), str(tmp_path / "nope.json")]) == 1

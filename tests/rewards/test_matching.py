@@ -171,3 +171,11 @@ def test_answers_by_index_letter_or_text_and_loader_agrees_with_scorer():
 def test_prefer_is_checked():
     with pytest.raises(ValueError, match="prefer must be one of"):
         Choices(["x", "y"], prefer="number")
+
+
+def test_markdown_and_symbol_choices():
+    assert named_choices("**Answer:** B", ["piano", "violin"]) == {1}
+    assert named_choices("__violin__", ["piano", "violin"]) == {1}
+    assert named_choices("light_switch_clicking", ["light_switch_clicking", "doorbell"]) == {0}
+    assert Choices(["🙂", "🙁"]).answer_index("🙂") == 0 and named_choices("<answer>🙁</answer>", ["🙂", "🙁"]) == {1}
+    assert Choices(["-", "+"]).answer_index("+") == 1
