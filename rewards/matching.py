@@ -18,8 +18,10 @@ Precedence, for the answer text (the last ``<answer>`` block, else the text outs
 6. Otherwise every choice text mentioned as a phrase names its choice (a mention inside a longer mentioned
    choice, "F# major" in "F# major seventh", does not count), and so does every letter given in an explicit
    form ("(B)", "answer is B", "option B") that is not part of a mentioned text (the "A" of "answer is A
-   minor"). A single-letter choice is mentioned only by an upper-case letter ("a" in prose is the article), and
-   a choice made of articles only ("a") only as the whole answer.
+   minor"). In prose, a choice that is or begins with a note letter is mentioned only with that letter upper-case
+   ("a" in "it is in a minor key" is the article), and a choice made of articles ("a") only as the whole answer.
+7. Where nothing is named so far, an answer that is as a whole a key or a chord ("Am", "gb major", "a:min7")
+   names the choices that mean the same key or chord, however they are spelled (``rewards.music_theory``).
 
 Repeated choice texts count as one answer: indices are reported as the first choice with the same normalised
 text, so "1.63 seconds" names choice 0 of ``["1.63 seconds", "2.74 seconds", "1.53 seconds", "1.63 seconds"]``
@@ -29,8 +31,10 @@ and so does letter D. A clear answer names exactly one index.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
+from .music_theory import chord_label, chord_score, key_label, key_score
 from .text import extract_answer, fold_accidentals
 
 # What a prompt asks for, and so how a bare token that is both a letter and a choice's text is read.
@@ -96,6 +100,13 @@ def _core(answer: str) -> str:
     plain = _EMPHASIS.sub("", fold_accidentals(answer)).strip()
     core = _LEADING_PHRASE.sub("", plain, count=1)
     return _WRAPPERS.sub("", core) or plain.strip()
+
+
+def _label(parse: Any, text: str) -> str | None:
+    try:
+        return parse(text)
+    except ValueError:
+        return None
 
 
 def _letter_index(letter: str, n_choices: int) -> int | None:
@@ -179,8 +190,8 @@ class Choices:
                 if tuple(words[s : s + len(key)]) != key:
                     continue
                 start, end = tokens[s][1], tokens[s + len(key) - 1][2]
-                if single_letter and not text[start:end].isupper():
-                    continue  # "a" in prose is the article; a note name is written upper-case
+                if (single_letter or key[0] == "a") and not text[start].isupper():
+                    continue  # "a" in prose is the article ("a minor key"); a note name is written upper-case
                 spans.append((start, end, i))
         found = {i for s, e, i in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for s2, e2, _ in spans)}
         for pattern in _LETTER_MENTIONS:
@@ -196,7 +207,27 @@ class Choices:
             return set()
         found = self.whole(answer)
         found = found if found is not None else self.mentioned(answer)
+        found = found or self.by_meaning(answer)
         return self._canon(found) if canonical else found
+
+    def by_meaning(self, answer: str) -> set[int]:
+        """Step 7: an answer that is, as a whole, a key or a chord names the choices that mean the same key or
+        chord, however each is spelled ("Am" names "A minor"; "Gb major" names "F# major"; "a:min7" names "Am7").
+
+        >>> Choices(["C major", "A minor"]).by_meaning("am"), Choices(["C:maj", "F#:min"]).by_meaning("Gbm")
+        ({1}, {1})
+        """
+        core = _core(answer)
+        for parse in (key_label, partial(chord_label, bare_note=False)):
+            try:
+                meant = parse(core)
+            except ValueError:
+                continue
+            same = key_score if parse is key_label else chord_score
+            return {
+                i for i, text in enumerate(self.texts) if (label := _label(parse, text)) and same(meant, label) == 1
+            }
+        return set()
 
     def answer_index(self, answer: Any) -> int | None:
         """The choice an answer *field* designates: an integer index (0 is valid), a letter, or a choice's text

@@ -237,6 +237,8 @@ def parse_field_map(text: str) -> dict[str, str]:
         key, value = key.strip(), value.strip()
         if not sep or not value or key not in FIELD_MAP_KEYS:
             raise LayoutError(f"field map entry {part!r}: expected KEY=FIELD with KEY one of {FIELD_MAP_KEYS}")
+        if key in out:
+            raise LayoutError(f"field map {text!r} gives {key!r} twice")
         out[key] = value
     missing = [k for k in ("question", "choices", "answer", "audio") if k not in out]
     if missing:
@@ -417,7 +419,8 @@ def read_benchmark(
     if layout == "manifest":
         return _read_manifest_items(bench, src, root)
     if layout == "generic":
-        lacking = [v for k, v in fmap.items() if k != "group" and not any(v in i for i in good_items)]
+        named = [v for k, v in fmap.items() if k != "group"] + fmap.get("group", "").split("|")
+        lacking = [v for v in named if v and not any(v in i for i in good_items)]
         if lacking:
             raise LayoutError(f"{path}: the field map names fields no item has: {lacking}")
     bench.axes = (

@@ -300,6 +300,10 @@ def test_audio_root_and_unknown_layouts(muchomusic, tmp_path):
     assert bench.rows[0].choices == ["x", "y"] and bench.rows[0].answer == "y"
     with pytest.raises(LayoutError, match="names fields no item has"):
         read_benchmark(odd, fields="question=q,choices=options,answer=gold,audio=wav")
+    with pytest.raises(LayoutError, match="names fields no item has: \\['mood'\\]"):
+        read_benchmark(odd, fields="question=q,choices=opts,answer=gold,audio=wav,group=mood")
+    with pytest.raises(LayoutError, match="gives 'audio' twice"):
+        read_benchmark(odd, fields="question=q,choices=opts,answer=gold,audio=wav,audio=x")
     with pytest.raises(LayoutError, match="expected KEY=FIELD"):
         read_benchmark(odd, fields="question=q,choices=opts,answer=gold,audio=wav,colour=red")
 
@@ -440,3 +444,35 @@ def test_eval_with_no_good_row_stops_before_the_model(tmp_path, capsys):
     assert main(["eval", str(model), str(path)]) == 1
     assert "field 'audio': file not found" in capsys.readouterr().err
     assert main(["eval", str(model), str(tmp_path / "nope.json")]) == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mmau-test-mini.json",
+        "MMAR-meta.jsonl",
+        "layout_stub_muchomusic.csv",
+        "layout_stub_prepare_prompts_output.json",
+    ],
+)
+def test_every_layout_through_check_data_and_eval(name, mmau, muchomusic, tmp_path, tiny_checkpoint, capsys):
+    """``check-data`` then ``eval`` (the first rows, a tiny model) on each benchmark layout: the rows evaluated are
+    the file's first items, reported on the benchmark's own axes."""
+    path = {"mmau-test-mini.json": mmau[0], "MMAR-meta.jsonl": tmp_path / name}.get(name, muchomusic / name)
+    if name == "MMAR-meta.jsonl":
+        path.write_text("".join(json.dumps(i) + "\n" for i in MMAR_ITEMS))
+        for item in MMAR_ITEMS:
+            _clip(tmp_path / item["audio_path"])
+    bench = read_benchmark(path)
+    assert main(["check-data", str(path)]) == 0
+    assert f"{bench.layout} layout, {len(bench.rows)} rows: {len(bench.rows)} ok, 0 bad" in capsys.readouterr().out
+    model = str(tiny_checkpoint("music_flamingo"))
+    out = tmp_path / "report.json"
+    args = ["eval", model, str(path), "--engine", "hf", "--max-new-tokens", "3", "--max-rows", "2", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert f"{bench.layout} layout: 2 rows of {len(bench.rows)}" in capsys.readouterr().out
+    assert [r["id"] for r in report["results"]] == [r.id for r in bench.rows[:2]]
+    assert [r["answer"] for r in report["results"]] == [r.answer for r in bench.rows[:2]]
+    axes = {a for r in bench.rows[:2] for a, v in r.groups.items() if v}
+    assert set(report["per_group"]) == axes and axes

@@ -179,3 +179,21 @@ def test_markdown_and_symbol_choices():
     assert named_choices("light_switch_clicking", ["light_switch_clicking", "doorbell"]) == {0}
     assert Choices(["🙂", "🙁"]).answer_index("🙂") == 0 and named_choices("<answer>🙁</answer>", ["🙂", "🙁"]) == {1}
     assert Choices(["-", "+"]).answer_index("+") == 1
+
+
+@pytest.mark.parametrize(
+    "completion,choices,expected",
+    [
+        ("<answer>Am</answer>", ["C major", "A minor", "G major", "E minor"], {1}),
+        ("<answer>a minor key</answer>", ["C major", "A minor", "G major", "E minor"], {1}),
+        ("<answer>gb major</answer>", ["F# major", "C major"], {0}),  # enharmonic: the same key
+        ("<answer>am7</answer>", ["A:min7", "C:maj", "A:min"], {0}),  # mir_eval chord labels as choices
+        ("<answer>C#m</answer>", ["Db:min", "C#:maj"], {0}),
+        ("<answer>Cm</answer>", ["C major", "A minor"], set()),  # a key that is no choice names nothing
+        ("<answer>Db</answer>", ["C#:maj", "D:maj"], set()),  # a bare note name is no chord claim
+        ("I hear it in a minor key, sad", ["C major", "A minor"], set()),  # in prose, "a" is the article
+        ("I hear it in A minor, sad", ["C major", "A minor"], {1}),
+    ],
+)
+def test_music_labels_by_meaning(completion, choices, expected):
+    assert named_choices(completion, choices) == expected
