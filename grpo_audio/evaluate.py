@@ -106,6 +106,9 @@ def evaluate_model(
     recipe evaluates the same clips after every stage, with an encoder that stays frozen. Keys carry the feature
     extractor's settings and the encoder's weights, so an encoder that changed is run again; the completions are
     the uncached ones (a test compares them).
+
+    ``prefer`` is what the prompts asked for (``letter`` or ``text``): how a completion's bare token that is both a
+    letter and a choice's text is read (see ``score``).
     """
     from .rollout.base import SamplingConfig
 
