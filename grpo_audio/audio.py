@@ -80,6 +80,21 @@ def _check_rate(sr: Any, sample_id: str, field: str) -> int:
     return int(sr)
 
 
+def _as_float(samples: np.ndarray, sample_id: str, field: str) -> np.ndarray:
+    """Float32 samples: integer PCM scaled to [-1, 1) by its full scale (int16 / 32768, int32 / 2**31, unsigned
+    8-bit centred on 128), as soundfile decodes files; floats as they are; anything else rejected."""
+    if np.issubdtype(samples.dtype, np.floating):
+        return samples.astype(np.float32, copy=False)
+    if np.issubdtype(samples.dtype, np.signedinteger):
+        full_scale = float(2 ** (8 * samples.dtype.itemsize - 1))
+        return (samples.astype(np.float64) / full_scale).astype(np.float32)
+    if samples.dtype == np.uint8:  # 8-bit PCM (WAV's) is unsigned, silence at 128
+        return ((samples.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    raise AudioError(
+        sample_id, field, f"audio samples of dtype {samples.dtype} (expected float, or signed / 8-bit unsigned PCM)"
+    )
+
+
 def load_audio(
     source: str | Path | bytes | np.ndarray,
     *,
@@ -94,7 +109,9 @@ def load_audio(
 
     Args:
         source: a path (wav, flac, ogg, mp3: what libsndfile reads), encoded bytes, or a sample array
-            ([T] or [T, channels]; needs ``sampling_rate``).
+            ([T] or [T, channels]; needs ``sampling_rate``): float samples in [-1, 1], or integer PCM (int8-int64,
+            8-bit unsigned), scaled to [-1, 1) as soundfile scales decoded files. A file cut short is either
+            rejected or decoded to the samples actually present, whatever its container.
         sample_id: the row id, for messages.
         field: the field the audio came from, for messages.
         sampling_rate: rate of an array ``source``; ignored for files and bytes (the header says).
@@ -119,7 +136,7 @@ def load_audio(
             raise AudioError(
                 sample_id, field, f"expected a numeric array of shape [T] or [T, C], got {source.dtype} {source.shape}"
             )
-        data = source.astype(np.float32, copy=False)
+        data = _as_float(source, sample_id, field)
         data = data[:, None] if data.ndim == 1 else data
         original = data.shape[0] / sr
         if max_seconds is not None and original > max_seconds:

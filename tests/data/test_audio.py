@@ -100,3 +100,57 @@ def test_truncated_or_corrupt_flac(tmp_path, damage):
     (tmp_path / "b.flac").write_bytes(bytes(data))
     with pytest.raises(AudioError, match="row 'f': field 'audio': (not a readable audio file|truncated or corrupt)"):
         load_audio(tmp_path / "b.flac", sample_id="f")
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8])
+def test_integer_pcm_arrays_are_scaled_like_decoded_files(tmp_path, dtype):
+    """A 0.5-amplitude sine given as integer PCM reaches the model at peak 0.5, the value soundfile gives for the
+    same samples written to a file (where the subtype exists)."""
+    x = 0.5 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR)
+    info = np.iinfo(dtype)
+    middle = 0 if info.min < 0 else 128
+    pcm = np.round(x * (info.max - middle) + middle).astype(dtype)
+    clip = load_audio(pcm, sample_id="r", sampling_rate=SR)
+    assert clip.wave.dtype == np.float32 and abs(float(np.abs(clip.wave).max()) - 0.5) < 2e-2
+    subtype = {np.int16: "PCM_16", np.int32: "PCM_32"}.get(dtype)  # soundfile writes these arrays as they are
+    if subtype:
+        sf.write(tmp_path / "a.wav", pcm, SR, subtype=subtype)
+        assert np.abs(load_audio(tmp_path / "a.wav", sample_id="r").wave - clip.wave).max() < 1e-6
+
+
+def test_arrays_that_are_not_samples_are_rejected_naming_the_dtype():
+    with pytest.raises(AudioError, match="row 'r': field 'audio': expected a numeric array .* got bool"):
+        load_audio(np.ones(SR, dtype=bool), sample_id="r", sampling_rate=SR)
+
+
+def _round_trips(fmt: str) -> bool:
+    """libsndfile here writes this container and reads the whole file back (SD2 and RAW do not)."""
+    buf = io.BytesIO()
+    try:
+        sf.write(buf, tone(440.0, 0.1), SR, format=fmt)
+        sf.info(io.BytesIO(buf.getvalue()))
+    except (sf.LibsndfileError, TypeError, ValueError):
+        return False
+    return True
+
+
+WRITABLE = [f for f in sf.available_formats() if _round_trips(f)]
+
+
+@pytest.mark.parametrize("fmt", WRITABLE)
+def test_a_file_cut_short_is_rejected_or_decoded_to_what_is_present(tmp_path, fmt):
+    """Every container libsndfile writes and reads here (20-odd: WAV, FLAC, OGG, MP3, AIFF, CAF, W64, ...), cut to
+    half its bytes: an AudioError naming the row, or the clip
+    actually present (no more than the written half, finite samples), never another exception."""
+    buf = io.BytesIO()
+    sf.write(buf, tone(440.0, 1.0), SR, format=fmt)
+    whole = buf.getvalue()
+    written = sf.info(io.BytesIO(whole)).duration
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(whole[: len(whole) // 2])
+    try:
+        clip = load_audio(path, sample_id="r")
+    except AudioError as e:
+        assert e.sample_id == "r" and e.field == "audio"
+        return
+    assert clip.original_seconds <= written / 2 + 0.02 and np.isfinite(clip.wave).all()
