@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+SCALE_REWARDS = ("group", "batch", "none")
+
 EPS = 1e-4
 
 
@@ -51,7 +53,7 @@ def group_advantages(
     >>> [round(a, 3) for a in adv.tolist()], zero.tolist()
     ([0.707, -0.707, 0.0, 0.0], [False, True])
     """
-    if scale_rewards not in ("group", "batch", "none"):
+    if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be group, batch or none, got {scale_rewards!r}")
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")

@@ -25,7 +25,11 @@ from typing import Any, TypeVar
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
+from .advantages import SCALE_REWARDS
+from .loss import IS_MODES, LOSS_TYPES
+from .models import FAMILIES
 from .rewards.matching import ANSWER_FORMATS
+from .rewards.registry import ON_ERROR, check_reward_spec
 
 T = TypeVar("T")
 
@@ -44,15 +48,12 @@ def _f(default: Any = MISSING, help: str = "", choices: tuple[str, ...] | None =
     return field(default=default, metadata=meta)
 
 
-FAMILY_CHOICES = ("music_flamingo", "audio_flamingo3", "qwen2_audio")
-
-
 @dataclass
 class ModelConfig:
     """Which checkpoint to train and how to load it."""
 
     path: str = _f(help="Model directory (save_pretrained layout) or hub id; required.")
-    family: str = _f(help="Model family adapter; required.", choices=FAMILY_CHOICES)
+    family: str = _f(help="Model family adapter; required.", choices=tuple(FAMILIES))
     dtype: str = _f("float32", help="Parameter dtype for training.", choices=("float32", "bfloat16", "float16"))
     attn_implementation: str = _f(
         "sdpa", help="transformers attention kernel.", choices=("sdpa", "eager", "flash_attention_2")
@@ -94,9 +95,6 @@ class DataConfig:
         choices=("truncate", "reject"),
     )
     max_audio_seconds: float = _f(0.0, help="Override the family's audio length limit; 0 uses the family's.")
-    max_prompt_tokens: int = _f(
-        0, help="Reject prompts longer than this many tokens after audio expansion; 0 = no limit."
-    )
 
 
 @dataclass
@@ -124,11 +122,11 @@ class GRPOConfig:
     beta: float = _f(0.0, help="KL coefficient to the reference policy (k3 estimator); 0 loads no reference model.")
     epsilon: float = _f(0.2, help="Lower clip range of the importance ratio.")
     epsilon_high: float = _f(0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28).")
-    loss_type: str = _f("dapo", help="Loss aggregation.", choices=("grpo", "dr_grpo", "dapo", "bnpo", "gspo"))
+    loss_type: str = _f("dapo", help="Loss aggregation.", choices=LOSS_TYPES)
     scale_rewards: str = _f(
         "group",
         help="Advantage normalisation: group std (GRPO), batch std, or none (Dr. GRPO).",
-        choices=("group", "batch", "none"),
+        choices=SCALE_REWARDS,
     )
     num_iterations: int = _f(1, help="mu: optimisation passes over each batch of rollouts.")
     shared_prefix: bool = _f(
@@ -140,13 +138,18 @@ class GRPOConfig:
     is_mode: str = _f(
         "token_truncate",
         help="Rollout/trainer importance-sampling correction.",
-        choices=("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+        choices=IS_MODES,
     )
     is_cap: float = _f(2.0, help="Upper bound of the importance-sampling ratio.")
+    is_ratio_band: list[float] = _f(
+        help="[low, high]: warn when a step's mean importance-sampling ratio (trainer vs rollout engine, before "
+        "truncation) leaves this band: the two no longer compute the same distribution.",
+        factory=lambda: [0.8, 1.25],
+    )
     reward_on_error: str = _f(
         "raise",
         help="A reward that raises or returns bad values: stop, or count and use 0 / drop it.",
-        choices=("raise", "zero", "skip"),
+        choices=ON_ERROR,
     )
 
 
@@ -188,6 +191,11 @@ class TrainConfig:
     save_every: int = _f(0, help="Checkpoint every N steps; 0 saves only at the end.")
     keep_last: int = _f(2, help="Number of checkpoints kept.")
     resume: str = _f("auto", help="Resume from the newest complete checkpoint ('auto'), a path, or 'never'.")
+    max_skipped_steps: int = _f(
+        3,
+        help="A step whose loss or gradient norm is NaN/Inf is skipped (no update, no sync, no checkpoint); this "
+        "many in a row stop the run with an error naming the step.",
+    )
 
 
 @dataclass
@@ -313,8 +321,9 @@ def load_config(
         An instance of ``schema``.
 
     Raises:
-        ConfigError: unknown key (with the valid keys), wrong type, missing required field, or a value outside
-            a field's choices; the message names the key.
+        ConfigError: unknown key (with the valid keys), wrong type, missing required field, a value outside
+            a field's choices, or a reward that does not exist or does not take its ``kwargs``; the message names
+            the key.
     """
     cfg: DictConfig = OmegaConf.structured(schema)
     if path is not None:
@@ -327,7 +336,18 @@ def load_config(
         if bad:
             raise ConfigError(f"overrides must be key=value, got: {', '.join(bad)}")
         cfg = _merge(schema, cfg, OmegaConf.from_dotlist(overrides), "command line")
-    return to_object(cfg, schema)
+    obj = to_object(cfg, schema)
+    _check_rewards(obj)
+    return obj
+
+
+def _check_rewards(cfg: Any) -> None:
+    """Each reward spec's name and settings, checked against the reward's factory now rather than in the run."""
+    for i, spec in enumerate(getattr(cfg, "rewards", None) or []):
+        try:
+            check_reward_spec(spec.name, dict(spec.kwargs))
+        except ValueError as e:
+            raise ConfigError(f"rewards[{i}]: {e}") from None
 
 
 def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:

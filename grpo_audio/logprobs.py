@@ -22,9 +22,12 @@ the cache off under it) and distributed wrappers (DDP/FSDP hooks run only throug
 shared path calls the language model and head directly).
 
 Sequences for the per-sample path are right-aligned: ``[pad ... pad | prompt | completion (right-padded to C)]``,
-so the completion occupies the last C positions. Logits are divided by the sampling temperature, and token ids
-the engines never sample (audio placeholders) are excluded, so the logprobs are those of the distribution the
-rollout engine sampled from (vLLM's ``processed_logprobs`` with top-p = 1, top-k off).
+so the completion occupies the last C positions. Logits are divided by the sampling temperature, top-k and top-p
+keep the tokens the sampler kept (top-k first, then top-p on what is left, as vLLM and transformers order them;
+the sampled token is always kept), and token ids the engines never sample (audio placeholders) are excluded, so
+the logprobs are those of the distribution the rollout engine sampled from (vLLM's ``processed_logprobs``).
+Without this, under top-k or top-p the trainer's logprobs would be the full vocabulary's while the engine's are
+renormalised over the kept tokens, and the importance-sampling ratio would be the kept probability mass.
 """
 
 from __future__ import annotations
@@ -85,8 +88,11 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     banned_ids: list[int] | None = None,
+    top_k: int = -1,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token logprobs [N, C] of the completions (and entropies [N, C] if asked), differentiable.
+    """Per-token logprobs [N, C] of the completions (and entropies [N, C] if asked), differentiable, under the
+    sampling distribution: ``temperature``, ``top_k`` (-1 or 0: off) and ``top_p`` (1: off) as the engine used.
 
     ``banned_ids`` are excluded from the distribution, as the rollout engines exclude them when sampling
     (``rollout.base.banned_token_ids``). Call under ``torch.no_grad()`` for old-policy and reference passes.
@@ -96,7 +102,7 @@ def completion_logprobs(
     c = completion_ids.shape[1]
     out = model(**inputs, use_cache=False, logits_to_keep=c + 1)
     return _token_logprobs(
-        out.logits[:, -c - 1 : -1], completion_ids.to(device), temperature, banned_ids, with_entropy
+        out.logits[:, -c - 1 : -1], completion_ids.to(device), temperature, banned_ids, with_entropy, top_k, top_p
     )
 
 
@@ -108,15 +114,53 @@ def _to_model(model: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Te
     }
 
 
+def sampling_filter(logits: torch.Tensor, ids: torch.Tensor, top_k: int = -1, top_p: float = 1.0) -> torch.Tensor:
+    """``logits`` [..., V] with the tokens top-k / top-p would not sample set to -inf; the tokens ``ids`` [...]
+    (the ones sampled) are always kept. Top-k keeps the k largest logits (ties included), then top-p keeps the
+    smallest set of the remaining tokens whose probability reaches ``top_p`` (vLLM's ``apply_top_k_top_p`` and
+    transformers' ``TopKLogitsWarper`` / ``TopPLogitsWarper`` do the same, in that order).
+
+    >>> x = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    >>> sampling_filter(x, torch.tensor([0]), top_k=2).tolist()
+    [[1.0, 3.0, 2.0, -inf]]
+    >>> sampling_filter(x, torch.tensor([2]), top_p=0.5).tolist()
+    [[-inf, 3.0, 2.0, -inf]]
+    """
+    vocab = logits.shape[-1]
+    use_k, use_p = 0 < top_k < vocab, top_p < 1.0
+    if not use_k and not use_p:
+        return logits
+    with torch.no_grad():
+        ascending, order = logits.detach().sort(dim=-1)
+        remove = torch.zeros_like(ascending, dtype=torch.bool)
+        if use_k:
+            remove |= ascending < ascending[..., vocab - top_k : vocab - top_k + 1]
+        if use_p:
+            cumulative = ascending.masked_fill(remove, float("-inf")).softmax(-1).cumsum(-1)
+            remove |= cumulative <= 1 - top_p
+            remove[..., -1] = False  # the most likely token always stays
+        mask = torch.zeros_like(remove).scatter(-1, order, remove)
+        mask.scatter_(-1, ids.unsqueeze(-1), False)
+    return logits.masked_fill(mask, float("-inf"))
+
+
 def _token_logprobs(
-    logits: torch.Tensor, ids: torch.Tensor, temperature: float, banned_ids: list[int] | None, with_entropy: bool
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    temperature: float,
+    banned_ids: list[int] | None,
+    with_entropy: bool,
+    top_k: int = -1,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """logprobs [N, C] of ``ids`` [N, C] under ``logits`` [N, C, V] (temperature, banned ids), entropies."""
+    """logprobs [N, C] of ``ids`` [N, C] under ``logits`` [N, C, V] (temperature, banned ids, top-k / top-p),
+    entropies of that distribution."""
     logits = logits.float()
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     if banned_ids:
         logits = logits.index_fill(-1, torch.tensor(banned_ids, device=logits.device), float("-inf"))
+    logits = sampling_filter(logits, ids, top_k, top_p)
     logp_all = torch.log_softmax(logits, dim=-1)  # [N, C, V]
     logps = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
@@ -144,6 +188,8 @@ def shared_prefix_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     banned_ids: list[int] | None = None,
+    top_k: int = -1,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token logprobs [B*G, C] of G completions per prompt, each prompt (and its audio) computed once.
 
@@ -154,7 +200,7 @@ def shared_prefix_logprobs(
         group_size: G.
         completion_ids: [B*G, C] right-padded completion ids.
         completion_mask: [B*G, C] 1 on completion tokens.
-        pad_id, temperature, with_entropy, banned_ids: as in :func:`completion_logprobs`.
+        pad_id, temperature, with_entropy, banned_ids, top_k, top_p: as in :func:`completion_logprobs`.
     """
     device = next(model.parameters()).device
     b, g = len(rows), group_size
@@ -193,4 +239,4 @@ def shared_prefix_logprobs(
         logits = torch.cat([first_logits[:, None], lm_head(hidden)], dim=1)  # [B*G, C, V]
     else:
         logits = first_logits[:, None]
-    return _token_logprobs(logits, completion_ids, temperature, banned_ids, with_entropy)
+    return _token_logprobs(logits, completion_ids, temperature, banned_ids, with_entropy, top_k, top_p)

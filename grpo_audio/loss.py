@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "gspo")
 IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 

@@ -133,6 +133,7 @@ class GRPOTrainer:
             is_cap=config.grpo.is_cap,
         )
         self.step = 0
+        self.skipped_steps, self.skipped_in_a_row = 0, 0
         self.epoch, self.cursor = 0, 0
         self.order = self._permutation(0)
         resumed = self._maybe_resume()
@@ -355,7 +356,13 @@ class GRPOTrainer:
 
         def score(model, idx, grad: bool, entropy: bool = False):
             ctx = contextlib.nullcontext() if grad else torch.no_grad()
-            kwargs = {"temperature": temp, "with_entropy": entropy, "banned_ids": self.banned_ids}
+            kwargs = {
+                "temperature": temp,
+                "with_entropy": entropy,
+                "banned_ids": self.banned_ids,
+                "top_k": cfg.rollout.top_k,
+                "top_p": cfg.rollout.top_p,
+            }
             with ctx:
                 if shared:
                     groups = [batch.row_index[i] for i in idx[::g]]
@@ -378,8 +385,11 @@ class GRPOTrainer:
         world = self.accelerator.num_processes
         num_tokens = self.accelerator.reduce(comp_mask.sum().float(), reduction="sum").clamp(min=1) / world
         grad_norm = 0.0
+        batch_losses = []  # one per iteration: micro-batch losses are normalised to the batch, so they sum to it
+        non_finite = ""
         for _ in range(cfg.grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
+            batch_losses.append(0.0)
             for idx in chunks:
                 lps, ent = score(self.model, idx, grad=True, entropy=True)
                 old = old_lps[idx].to(lps.device) if old_lps is not None else lps.detach()
@@ -396,20 +406,30 @@ class GRPOTrainer:
                     num_tokens=num_tokens,
                 )
                 self.accelerator.backward(loss)
+                batch_losses[-1] += st.policy_loss
                 for k, v in asdict(st).items():
-                    stats_acc.setdefault(k, []).append(v * len(idx) / n if k == "policy_loss" else v)
+                    stats_acc.setdefault(k, []).append(v)
             grad_norm = float(
                 self.accelerator.clip_grad_norm_(
                     [p for p in self.model.parameters() if p.requires_grad], cfg.train.max_grad_norm
                 )
             )
+            non_finite = _non_finite(batch_losses[-1], grad_norm)
+            if non_finite:  # no update from this batch: weights and optimiser state stay as they are
+                self.optimizer.zero_grad(set_to_none=True)
+                break
             self.optimizer.step()
             self.scheduler.step()
         update_s = time.perf_counter() - t_update
         t_sync = time.perf_counter()
-        self.engine.sync_weights(self.policy)
+        if not non_finite:
+            self.engine.sync_weights(self.policy)
         sync_s = time.perf_counter() - t_sync
         self.step += 1
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if non_finite else 0
+        self.skipped_steps += bool(non_finite)
+        if non_finite:
+            logger.warning("step %d skipped: %s", self.step, non_finite)
 
         lengths = [len(c) for c in batch.completion_ids]
         all_rewards = self.accelerator.gather(torch.tensor(rewards.total, device=self.accelerator.device)).cpu()
@@ -423,13 +443,15 @@ class GRPOTrainer:
             "advantages/abs_mean": adv_stats.advantage_abs_mean,
             "frac_zero_std_groups": extra["frac_zero_std_groups"],
             "resample_rounds": extra["resample_rounds"],
-            "loss": sum(stats_acc["policy_loss"]),
-            **{k: float(np.mean(v)) for k, v in stats_acc.items() if k != "policy_loss"},
+            "loss": float(np.mean(batch_losses)),  # the batch loss, averaged over the iterations
+            **{k: _aggregate(k, v) for k, v in stats_acc.items() if k != "policy_loss"},
             "completions/mean_length": float(np.mean(lengths)),
             "completions/min_length": float(min(lengths)),
             "completions/max_length": float(max(lengths)),
             "completions/truncation_rate": batch.finish_reason.count("length") / len(batch.finish_reason),
             "grad_norm": grad_norm,
+            "skipped": float(bool(non_finite)),
+            "skipped_steps": float(self.skipped_steps),
             "lr": self.scheduler.get_last_lr()[0],
             "tokens_per_s/rollout": sum(lengths) / max(extra["rollout_s"], 1e-9),
             "tokens_per_s/update": sum(lengths) * cfg.grpo.num_iterations / max(update_s, 1e-9),
@@ -438,6 +460,23 @@ class GRPOTrainer:
             "time/sync_s": sync_s,
             "time/step_s": total_s,
         }
+        low, high = cfg.grpo.is_ratio_band
+        if not non_finite and not low <= metrics["is_ratio_mean"] <= high:
+            logger.warning(
+                "step %d: mean importance-sampling ratio %.3f (min %.3f, max %.3f) is outside [%g, %g]: the trainer's "
+                "and the rollout engine's distributions differ (sampling settings, weight sync, dtype)",
+                self.step,
+                metrics["is_ratio_mean"],
+                metrics["is_ratio_min"],
+                metrics["is_ratio_max"],
+                low,
+                high,
+            )
+        if self.skipped_in_a_row >= cfg.train.max_skipped_steps:
+            raise FloatingPointError(
+                f"step {self.step}: {non_finite}; {self.skipped_in_a_row} steps in a row skipped "
+                f"(train.max_skipped_steps = {cfg.train.max_skipped_steps}); nothing of them was applied or saved"
+            )
         return metrics
 
     # ---- evaluation, checkpoints, loop ----------------------------------------------------------------------
@@ -514,7 +553,8 @@ class GRPOTrainer:
                     last.update(self.evaluate())
             if main:
                 self.metrics.log(self.step, last)
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
+            due = (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps
+            if due and not last["skipped"]:  # a skipped step changed nothing: the last checkpoint holds it
                 self.save()
             bar.update(1)
             bar.set_postfix(reward=f"{last['reward/mean']:.3f}", loss=f"{last['loss']:.4f}")
@@ -528,6 +568,24 @@ class GRPOTrainer:
     def close(self) -> None:
         if hasattr(self.engine, "close"):
             self.engine.close()
+
+
+def _non_finite(loss: float, grad_norm: float) -> str:
+    """What was not finite in an update ("" if nothing): the batch loss, the gradient norm, or both."""
+    bad = [
+        f"{name} {value}" for name, value in (("loss", loss), ("gradient norm", grad_norm)) if not math.isfinite(value)
+    ]
+    return " and ".join(bad) + (" not finite" if bad else "")
+
+
+def _aggregate(name: str, values: list[float]) -> float:
+    """One step's value of a loss statistic from its micro-batch values: the extreme of ``*_min`` / ``*_max``
+    statistics, the mean of the others."""
+    if name.endswith("_min"):
+        return float(np.min(values))
+    if name.endswith("_max"):
+        return float(np.max(values))
+    return float(np.mean(values))
 
 
 def score_completions(rewards: Any, rows: list[Row], texts: list[str], row_index: list[int]) -> Any:

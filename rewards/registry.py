@@ -9,6 +9,7 @@ combines them with weights into a total plus one component per reward for loggin
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -62,6 +63,51 @@ def load_reward(name: str, **kwargs: Any) -> RewardFn:
             raise ValueError(f"cannot load reward '{name}': {e}") from None
         return obj(**kwargs) if kwargs else obj
     raise ValueError(f"unknown reward '{name}'; registered: {', '.join(REWARDS)}; or give 'package.module:function'")
+
+
+def check_reward_spec(name: str, kwargs: dict[str, Any]) -> None:
+    """Check, without running anything, that a reward exists and that its factory takes ``kwargs``; a registered
+    reward is also built, so that a bad value fails too.
+
+    Raises:
+        ValueError: unknown reward, a module or function that does not import, or settings the factory does not
+            take (the message lists the ones it does) or rejects.
+
+    >>> check_reward_spec("mcq_accuracy", {"strict": True})
+    Traceback (most recent call last):
+    ...
+    ValueError: reward 'mcq_accuracy' takes no setting 'strict'; its settings: answer_tag, fallback, prefer
+    """
+    if name in REWARDS:
+        factory: Any = type(REWARDS[name])
+    elif ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"cannot load reward '{name}': {e}") from None
+        if not kwargs:
+            return
+    else:
+        raise ValueError(
+            f"unknown reward '{name}'; registered: {', '.join(REWARDS)}; or give 'package.module:function'"
+        )
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or extension type: nothing to check without calling it
+        return
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
+    unknown = [k for k in kwargs if k not in named]
+    if unknown and not takes_any:
+        raise ValueError(
+            f"reward '{name}' takes no setting {unknown[0]!r}; its settings: {', '.join(named) or 'none'}"
+        )
+    if name in REWARDS:
+        try:
+            load_reward(name, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"reward '{name}': {e}") from None
 
 
 @dataclass

@@ -21,7 +21,7 @@ rewards:
   - name: format
     weight: 0.5
   - name: mcq_accuracy
-    kwargs: {strict: true}
+    kwargs: {fallback: false}
 """
 
 
@@ -37,7 +37,7 @@ def test_good_yaml_and_overrides(tmp_path):
     assert cfg.model.family == "music_flamingo" and cfg.grpo.num_generations == 4
     assert cfg.grpo.beta == 0.04 and cfg.train.lr == 2e-6 and cfg.rollout.engine == "hf"
     assert [r.name for r in cfg.rewards] == ["format", "mcq_accuracy"]
-    assert cfg.rewards[0].weight == 0.5 and cfg.rewards[1].kwargs == {"strict": True}
+    assert cfg.rewards[0].weight == 0.5 and cfg.rewards[1].kwargs == {"fallback": False}
 
 
 def test_typo_key_names_key_and_valid_choices(tmp_path):
@@ -118,3 +118,44 @@ def test_every_example_yaml_loads_against_the_schema():
         schema = RecipeConfig if "stages" in OmegaConf.load(path) else RunConfig
         cfg = load_config(path, schema=schema)
         assert cfg.rewards and cfg.model.family
+
+
+def test_reward_settings_are_checked_at_load(tmp_path):
+    """A reward's ``kwargs`` are checked against its factory when the config loads, not inside the trainer."""
+    with pytest.raises(ConfigError, match=r"rewards\[1\]: reward 'mcq_accuracy' takes no setting 'strict'; its "
+                       "settings: answer_tag, fallback, prefer"):  # fmt: skip
+        load_config(write(tmp_path, GOOD.replace("fallback: false", "strict: true")))
+    with pytest.raises(ConfigError, match=r"rewards\[1\]: reward 'mcq_accuracy': prefer must be one of"):
+        load_config(write(tmp_path, GOOD.replace("fallback: false", "prefer: number")))
+    with pytest.raises(ConfigError, match=r"rewards\[0\]: unknown reward 'fromat'"):
+        load_config(write(tmp_path, GOOD.replace("name: format", "name: fromat")))
+    with pytest.raises(ConfigError, match=r"rewards\[0\]: cannot load reward 'no_such_module:f'"):
+        load_config(write(tmp_path, GOOD.replace("name: format", "name: no_such_module:f")))
+    custom = GOOD.replace("name: format", "name: grpo_audio.rewards.music_theory:MusicTheory")
+    good = custom.replace("    weight: 0.5\n", "    weight: 0.5\n    kwargs: {tempo_tolerance: 0.1}\n", 1)
+    assert load_config(write(tmp_path, good)).rewards[0].kwargs == {"tempo_tolerance": 0.1}
+    bad = custom.replace("    weight: 0.5\n", "    weight: 0.5\n    kwargs: {tolerance: 0.1}\n", 1)
+    with pytest.raises(ConfigError, match=r"rewards\[0\]: reward '.*:MusicTheory' takes no setting 'tolerance'"):
+        load_config(write(tmp_path, bad))
+
+
+def _fields(schema, prefix=""):
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f.name
+
+
+def test_every_config_field_is_read_somewhere():
+    """A field nothing reads is a setting that silently does nothing: each one's name must be read as an attribute
+    (``.name``) somewhere in the package outside config.py."""
+    from grpo_audio.config import RecipeConfig
+
+    package = Path(__file__).resolve().parents[1] / "grpo_audio"
+    source = "\n".join(p.read_text() for p in package.rglob("*.py") if p.name != "config.py")
+    unread = sorted(
+        {key for schema in (RunConfig, RecipeConfig) for key, name in _fields(schema) if f".{name}" not in source}
+    )
+    assert unread == []

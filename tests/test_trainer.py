@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from grpo_audio.checkpoint import latest_checkpoint, save_checkpoint
 from grpo_audio.config import load_config
 from grpo_audio.data.schema import Row
+from grpo_audio.loss import policy_loss
 from grpo_audio.rewards import RewardSet
 from grpo_audio.trainer import GRPOTrainer
 
@@ -378,3 +379,127 @@ def test_two_processes_with_ddp(tmp_path, tiny_checkpoint):
     from grpo_audio.models import get_family
 
     get_family("audio_flamingo3").model_class().from_pretrained(ckpt / "model")
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "gspo"])
+def test_logged_loss_and_gradients_do_not_depend_on_the_micro_batch(tmp_path, tiny_checkpoint, loss_type):
+    """The same step (same rollouts) at micro-batch n and n/4: equal logged loss and equal gradients, with one and
+    two iterations per batch. The logged loss is the batch loss, checked by hand: the sum of the micro-batch losses
+    (each normalised to the whole batch), averaged over the iterations."""
+    for iterations in (1, 2):
+        losses, grads, by_hand = [], [], []
+        for mb in (8, 2):
+            cfg = config(
+                tmp_path / f"{iterations}-{mb}",
+                tiny_checkpoint("audio_flamingo3"),
+                **{"grpo.loss_type": loss_type, "grpo.num_generations": 4, "train.prompts_per_step": 2,
+                   "train.micro_batch_size": mb, "grpo.num_iterations": iterations, "train.lr": 1e-7,
+                   "grpo.shared_prefix": False},
+            )  # fmt: skip
+            trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+            seen: list[float] = []
+
+            def recording(*args, _seen=seen, **kwargs):
+                out = policy_loss(*args, **kwargs)
+                _seen.append(out[0].item())
+                return out
+
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr("grpo_audio.trainer.policy_loss", recording)
+                m = trainer.train_step()
+            assert len(seen) == iterations * (8 // mb)
+            per_iteration = [sum(seen[i * (8 // mb) : (i + 1) * (8 // mb)]) for i in range(iterations)]
+            by_hand.append(sum(per_iteration) / iterations)
+            losses.append(m["loss"])
+            grads.append({n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None})
+        assert losses[0] == pytest.approx(by_hand[0], abs=1e-7) and losses[1] == pytest.approx(by_hand[1], abs=1e-7)
+        assert abs(losses[0] - losses[1]) <= 1e-6 * max(1.0, abs(losses[0])), (iterations, losses)
+        assert abs(losses[0]) > 1e-4  # the premise: a loss the old scaling (x len(idx) / n) would have changed
+        a, b = grads
+        assert a.keys() == b.keys() and len(a) > 10
+        for name in a:
+            assert (a[name] - b[name]).abs().max() <= 1e-6 * max(1.0, b[name].abs().max().item()), (iterations, name)
+
+
+@pytest.mark.parametrize("sampling", [{}, {"rollout.top_k": 5}, {"rollout.top_p": 0.5}, {"rollout.top_k": 20,
+                                      "rollout.top_p": 0.9, "rollout.temperature": 0.7}])  # fmt: skip
+def test_importance_ratio_is_one_under_top_k_and_top_p(tmp_path, tiny_checkpoint, sampling, caplog):
+    """The transformers engine reports the logprobs of the distribution it sampled from (after temperature,
+    top-k, top-p); the trainer scores the same weights under the same filtering, so the IS ratio is 1 (float
+    noise) whatever the settings. Scoring the full vocabulary would make it the kept mass (0.01-0.5 here)."""
+    cfg = config(
+        tmp_path,
+        tiny_checkpoint("audio_flamingo3"),
+        **{"grpo.num_generations": 4, "train.prompts_per_step": 2, "train.lr": 1e-7, **sampling},
+    )
+    trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    with caplog.at_level("WARNING", logger="grpo_audio.trainer"):
+        m = trainer.train_step()
+    assert abs(m["is_ratio_mean"] - 1) < 1e-3 and m["is_ratio_min"] > 0.99 and m["is_ratio_max"] < 1.01, m
+    assert "importance-sampling ratio" not in caplog.text
+
+    trainer.cfg.grpo.is_ratio_band = [1.5, 2.0]  # a band the ratio is outside of: the step warns
+    with caplog.at_level("WARNING", logger="grpo_audio.trainer"):
+        trainer.train_step()
+    assert "step 2: mean importance-sampling ratio 1.000" in caplog.text
+
+
+def test_sampling_filter_matches_transformers_warpers():
+    """The trainer's top-k / top-p keep exactly the tokens transformers' sampler keeps (an independent
+    implementation), on random logits."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from grpo_audio.logprobs import sampling_filter
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 3
+    for top_k, top_p in ((5, 1.0), (-1, 0.5), (10, 0.8), (50, 0.95)):
+        expected = logits.clone()
+        if 0 < top_k < 50:
+            expected = TopKLogitsWarper(top_k)(None, expected)
+        if top_p < 1:
+            expected = TopPLogitsWarper(top_p)(None, expected)
+        kept = torch.isfinite(expected)
+        ids = kept.float().argmax(-1)  # a kept token as the "sampled" one
+        assert torch.equal(torch.isfinite(sampling_filter(logits, ids, top_k, top_p)), kept), (top_k, top_p)
+    outside = (~kept).float().argmax(-1)  # a token the filter would drop is kept when it was the one sampled
+    assert torch.isfinite(sampling_filter(logits, outside, 10, 0.8).gather(-1, outside[:, None])).all()
+
+
+def test_non_finite_update_is_skipped_then_stops_the_run(tmp_path, tiny_checkpoint):
+    """NaN logits in the update (a forward hook active only with gradients on, so rollouts are untouched): the
+    step is skipped: weights and optimiser state unchanged, the engine not synced, no checkpoint, counted in the
+    metrics; train.max_skipped_steps in a row stop the run with an error naming the step and the cause."""
+    cfg = config(
+        tmp_path,
+        tiny_checkpoint("audio_flamingo3"),
+        **{"grpo.num_generations": 4, "train.prompts_per_step": 2, "train.max_steps": 5, "train.save_every": 1,
+           "train.max_skipped_steps": 3},
+    )  # fmt: skip
+    trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    synced = []
+    sync = trainer.engine.sync_weights
+    trainer.engine.sync_weights = lambda policy: (synced.append(trainer.step), sync(policy))
+    trainer.train_step()  # a normal step first, so that the optimiser has state to keep
+    assert synced == [0] and trainer.optimizer.state
+    weights = {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}
+    state = {k: v.clone() for s in trainer.optimizer.state.values() for k, v in s.items() if torch.is_tensor(v)}
+
+    def nan_when_training(module, args, output):
+        return output * float("nan") if torch.is_grad_enabled() else output
+
+    hook = trainer.policy.lm_head.register_forward_hook(nan_when_training)
+    m = trainer.train_step()
+    assert m["skipped"] == 1.0 and m["skipped_steps"] == 1.0 and synced == [0]
+    assert all(torch.equal(p, weights[n]) for n, p in trainer.policy.named_parameters())
+    after = {k: v for s in trainer.optimizer.state.values() for k, v in s.items() if torch.is_tensor(v)}
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+
+    with pytest.raises(FloatingPointError, match=r"step 4: loss nan .*not finite; 3 steps in a row skipped"):
+        trainer.train()  # step 3 skipped and not saved, step 4 the third in a row: stop
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())  # save_every=1, yet no step was saved
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("skipped")] == [3]
+    hook.remove()
+    assert trainer.train_step()["skipped"] == 0.0 and synced == [0, 4]

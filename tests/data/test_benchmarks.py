@@ -1,5 +1,5 @@
-"""Benchmark layouts read from the real files (``../shared/benchmarks/``), checked item by item against the source;
-predictions written back and scored by the official scorers' rules.
+"""Benchmark layouts read from the real files (``tests/fixtures/benchmarks/``), checked item by item against the
+source; predictions written back and scored by the official scorers' rules.
 
 Audio is not part of the benchmark files: each test writes a short clip at every path the items name.
 """
@@ -22,7 +22,7 @@ from grpo_audio.data.benchmarks import LayoutError, load_benchmark, read_benchma
 from grpo_audio.data.schema import DataError
 from grpo_audio.rewards.matching import Choices
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
 CLIP = (0.1 * np.sin(np.arange(1600) / 5)).astype(np.float32)  # 0.1 s at 16 kHz
 LETTER = "Answer with the letter of the correct choice."
 
@@ -63,7 +63,7 @@ def muchomusic_response(prediction: str, answers: list[str]) -> int:
 @pytest.fixture(scope="module")
 def mmau(tmp_path_factory):
     d = tmp_path_factory.mktemp("mmau")
-    shutil.copy(SHARED / "mmau-test-mini.json", d / "mmau-test-mini.json")
+    shutil.copy(BENCHMARKS / "mmau-test-mini.json", d / "mmau-test-mini.json")
     items = json.loads((d / "mmau-test-mini.json").read_text())
     for item in items:
         _clip(d / item["audio_id"])
@@ -219,7 +219,7 @@ def _muchomusic_audio(root: Path) -> None:
 @pytest.fixture
 def muchomusic(tmp_path):
     for name in ("layout_stub_muchomusic.csv", "layout_stub_prepare_prompts_output.json", "readme_example_item.json"):
-        shutil.copy(SHARED / "muchomusic" / name, tmp_path / name)
+        shutil.copy(BENCHMARKS / "muchomusic" / name, tmp_path / name)
     _muchomusic_audio(tmp_path)
     return tmp_path
 
@@ -392,7 +392,7 @@ def test_ids_extra_cells_empty_cells_and_values(tmp_path, capsys):
     out = write_predictions(bench, {r.id: "(B)" for r in bench.rows}, tmp_path / "p.csv")
     assert [r["prediction"] for r in csv.DictReader(out.open())] == ["", "y"]
 
-    stub = list(csv.DictReader((SHARED / "muchomusic" / "layout_stub_muchomusic.csv").open()))
+    stub = list(csv.DictReader((BENCHMARKS / "muchomusic" / "layout_stub_muchomusic.csv").open()))
     for row in stub:
         row["distractor_3_answer"] = ""
     short = tmp_path / "short.csv"

@@ -1,7 +1,7 @@
 """The one answer matcher on every item of the real MMAU test-mini file, and the small inputs of public bug reports.
 
-The file is ``../shared/benchmarks/mmau-test-mini.json``, unchanged: note-name choices ("G", "A#", "D"), choices
-that are letters, a choice that is the article "a", repeated choice texts, choices starting with "A ".
+The file is ``tests/fixtures/benchmarks/mmau-test-mini.json``, MMAU's own, unchanged: note-name choices ("G", "A#",
+"D"), choices that are letters, a choice that is the article "a", repeated choice texts, choices starting with "A ".
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from grpo_audio.rewards import mcq_accuracy
 from grpo_audio.rewards.accuracy import MCQAccuracy
 from grpo_audio.rewards.matching import Choices, named_choices
 
-MMAU = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks" / "mmau-test-mini.json"
+MMAU = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks" / "mmau-test-mini.json"
 
 
 def _items() -> list[dict]:
