@@ -385,7 +385,9 @@ def test_two_processes_with_ddp(tmp_path, tiny_checkpoint):
 def test_logged_loss_and_gradients_do_not_depend_on_the_micro_batch(tmp_path, tiny_checkpoint, loss_type):
     """The same step (same rollouts) at micro-batch n and n/4: equal logged loss and equal gradients, with one and
     two iterations per batch. The logged loss is the batch loss, checked by hand: the sum of the micro-batch losses
-    (each normalised to the whole batch), averaged over the iterations."""
+    (each normalised to the whole batch), averaged over the iterations. (The policy term of a batch loss is ~0 at
+    its first iteration, advantages being centred per group, so a KL term to a reference moved off the policy
+    makes the loss large enough to tell a rescaled one from it.)"""
     for iterations in (1, 2):
         losses, grads, by_hand = [], [], []
         for mb in (8, 2):
@@ -394,9 +396,13 @@ def test_logged_loss_and_gradients_do_not_depend_on_the_micro_batch(tmp_path, ti
                 tiny_checkpoint("audio_flamingo3"),
                 **{"grpo.loss_type": loss_type, "grpo.num_generations": 4, "train.prompts_per_step": 2,
                    "train.micro_batch_size": mb, "grpo.num_iterations": iterations, "train.lr": 1e-7,
-                   "grpo.shared_prefix": False},
+                   "grpo.shared_prefix": False, "grpo.beta": 0.5},
             )  # fmt: skip
             trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+            with torch.no_grad():
+                generator = torch.Generator().manual_seed(0)
+                for p in trainer.ref_model.parameters():
+                    p.add_(0.05 * torch.randn(p.shape, generator=generator))
             seen: list[float] = []
 
             def recording(*args, _seen=seen, **kwargs):
