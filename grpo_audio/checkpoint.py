@@ -6,7 +6,12 @@ A checkpoint is a folder ``checkpoints/step-000010/`` holding
 - ``policy.safetensors``: the trainable model's exact in-memory state (LoRA adapters included) for resuming;
 - ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` (python, numpy, torch generator states);
 - ``trainer_state.json``: step, data position, seed;
+- ``lineage.json``: the run it belongs to (:class:`Lineage`: run id, the base model's fingerprint, config hash);
 - ``COMPLETE``: written last.
+
+A run's output directory holds ``run.json``, the lineage of the run that writes there. Rotation (``keep_last``) and
+``resume: auto`` see only that run's checkpoints; a new run (another base model or config, or ``resume: never``)
+in a directory holding other checkpoints is refused, naming them, unless ``train.overwrite`` replaces them.
 
 Everything is written into ``.tmp-step-000010-<pid>`` and renamed into place, so a crash while saving leaves a
 ``.tmp-*`` folder that is ignored (and removed on the next save), never a half checkpoint. Only the newest
@@ -15,11 +20,14 @@ Everything is written into ``.tmp-step-000010-<pid>`` and renamed into place, so
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +37,156 @@ from safetensors.torch import load_file, save_file
 
 STEP_RE = re.compile(r"^step-(\d{6,})$")
 MARKER = "COMPLETE"
+LINEAGE = "lineage.json"
+RUN_FILE = "run.json"
+# Settings that do not change what a run computes up to a given step: a run resumed with other values of these
+# is the same run (max_steps: a run may be extended; its schedule state comes from the checkpoint).
+BOOKKEEPING_KEYS = (
+    "output_dir",
+    "data.eval",
+    "train.max_steps",
+    "train.resume",
+    "train.overwrite",
+    "train.save_every",
+    "train.keep_last",
+    "train.eval_every",
+    "train.eval_rows",
+    "train.eval_temperature",
+    "train.eval_generations",
+    "train.samples_per_eval",
+    "train.max_skipped_steps",
+)
 
 
-def checkpoint_dirs(root: str | Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first."""
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or an output directory belongs to another run."""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Which run a checkpoint belongs to.
+
+    Attributes:
+        run_id: drawn when the run starts fresh; kept across resumes.
+        base_model: ``model_fingerprint`` of the model the run started from.
+        config: ``config_hash`` of the run's settings.
+    """
+
+    run_id: str
+    base_model: str
+    config: str
+
+    @classmethod
+    def read(cls, path: Path) -> Lineage | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def same_run(self, base_model: str, config: str) -> bool:
+        return (self.base_model, self.config) == (base_model, config)
+
+
+def new_lineage(base_model: str, config: str) -> Lineage:
+    return Lineage(uuid.uuid4().hex[:12], base_model, config)
+
+
+def model_fingerprint(model_dir: str | Path, sample_bytes: int = 1 << 20) -> str:
+    """A digest of a model directory: ``config.json`` whole, and each weight file's name, size and bytes at its
+    start, middle and end (``sample_bytes`` each): a retrained or other model differs there, and an 8 B
+    checkpoint is fingerprinted without reading 16 GB.
+
+    Raises:
+        FileNotFoundError: ``model_dir`` has no ``config.json``.
+    """
+    folder = Path(model_dir)
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as f:
+            for offset in sorted({0, max(0, size // 2 - sample_bytes // 2), max(0, size - sample_bytes)}):
+                f.seek(offset)
+                digest.update(f.read(sample_bytes))
+    return digest.hexdigest()[:16]
+
+
+def config_hash(config: Any) -> str:
+    """A digest of a config dataclass's settings, ``BOOKKEEPING_KEYS`` left out."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = value
+
+    walk(asdict(config), "")
+    kept = {k: v for k, v in sorted(flat.items()) if k not in BOOKKEEPING_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def checkpoint_dirs(root: str | Path, run_id: str | None = None) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first; only run ``run_id``'s when given."""
     root = Path(root)
     if not root.is_dir():
         return []
     found = [(int(m[1]), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and (p / MARKER).is_file()]
-    return [p for _, p in sorted(found)]
+    dirs = [p for _, p in sorted(found)]
+    if run_id is not None:
+        dirs = [p for p in dirs if (lin := Lineage.read(p / LINEAGE)) is not None and lin.run_id == run_id]
+    return dirs
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
-    dirs = checkpoint_dirs(root)
+def latest_checkpoint(root: str | Path, run_id: str | None = None) -> Path | None:
+    dirs = checkpoint_dirs(root, run_id)
     return dirs[-1] if dirs else None
+
+
+def start_run(out: str | Path, base_model: str, config: str, resume: str, overwrite: bool) -> tuple[Lineage, bool]:
+    """The lineage of the run about to write into ``out``, and whether it continues the run recorded there.
+
+    The run recorded in ``out/run.json`` is continued when ``resume`` is not ``never`` and its base model and
+    config are these. Otherwise a new run starts: refused while ``out/checkpoints`` holds checkpoints (of any
+    other run), unless ``overwrite``, which removes them.
+
+    Raises:
+        CheckpointError: a new run in a directory with another run's checkpoints, without ``overwrite``.
+    """
+    out = Path(out)
+    prior = Lineage.read(out / RUN_FILE)
+    if resume != "never" and prior is not None and prior.same_run(base_model, config):
+        return prior, True
+    others = (
+        sorted(p for p in (out / "checkpoints").glob("step-*") if p.is_dir()) if (out / "checkpoints").is_dir() else []
+    )
+    if others and not overwrite:
+        why = (
+            "resume is 'never'"
+            if resume == "never"
+            else "no run is recorded there"
+            if prior is None
+            else "its base model differs"
+            if prior.base_model != base_model
+            else "its config differs"
+        )
+        raise CheckpointError(
+            f"{out} holds checkpoints of another run ({', '.join(p.name for p in others)}; {why}): a new run there "
+            "would mix with them. Choose another output_dir, or set train.overwrite=true to remove them."
+        )
+    for p in others:
+        shutil.rmtree(p)
+    lineage = new_lineage(base_model, config)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / RUN_FILE, json.dumps(asdict(lineage), indent=2) + "\n")
+    return lineage, False
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,8 +208,9 @@ def save_checkpoint(
     scheduler: Any,
     trainer_state: dict[str, Any],
     keep_last: int = 2,
+    lineage: Lineage | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and prune old ones.
+    """Write checkpoint ``step`` atomically and prune the same run's old ones.
 
     Args:
         root: the checkpoints folder.
@@ -74,7 +219,12 @@ def save_checkpoint(
         policy_state: the trainable model's state dict (exact, for resuming).
         optimizer, scheduler: objects with ``state_dict()``.
         trainer_state: JSON-serialisable loop state (step, data position, ...).
-        keep_last: complete checkpoints to keep (>= 1).
+        keep_last: complete checkpoints of the run to keep (>= 1).
+        lineage: the run the checkpoint belongs to; pruning sees only its checkpoints.
+
+    Raises:
+        CheckpointError: the checkpoint could not be written (unwritable or full disk); the half-written folder
+            is removed, and the previous checkpoints are untouched.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -82,21 +232,48 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    tmp.mkdir()
-    write_model(tmp / "model")
-    save_file({k: v.detach().cpu().contiguous() for k, v in policy_state.items()}, str(tmp / "policy.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
-    (tmp / MARKER).write_text(f"step {step}\n")
-    _fsync_tree(tmp)
-    if final.exists():  # an older run's checkpoint of the same step
+    try:
+        tmp.mkdir()
+        write_model(tmp / "model")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in policy_state.items()}
+        save_file(tensors, str(tmp / "policy.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
+        if lineage is not None:
+            (tmp / LINEAGE).write_text(json.dumps(asdict(lineage), indent=2) + "\n")
+        (tmp / MARKER).write_text(f"step {step}\n")
+        _fsync_tree(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_checkpoint(root, lineage.run_id if lineage else None)
+        raise CheckpointError(
+            f"cannot write checkpoint step {step} under {root}: {e.strerror or e}"
+            + (f"; the previous checkpoint {kept.name} is intact" if kept else "")
+        ) from e
+    _pause_for_tests(tmp)
+    if final.exists():  # a checkpoint of the same step left by a run that was replaced
         shutil.rmtree(final)
     os.rename(tmp, final)
-    for old in checkpoint_dirs(root)[: -max(1, keep_last)]:
+    for old in checkpoint_dirs(root, lineage.run_id if lineage else None)[: -max(1, keep_last)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+PAUSE_ENV = "GRPO_AUDIO_TEST_PAUSE_BEFORE_RENAME"
+
+
+def _pause_for_tests(tmp: Path) -> None:
+    """Test-only switch: with ``GRPO_AUDIO_TEST_PAUSE_BEFORE_RENAME`` naming a file, a save that has written every
+    file but not yet renamed the folder into place creates that file and sleeps, so that a test can kill the
+    process at exactly that point and prove it did."""
+    flag = os.environ.get(PAUSE_ENV)
+    if flag:
+        import time
+
+        Path(flag).write_text(str(tmp))
+        time.sleep(3600)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

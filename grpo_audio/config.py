@@ -190,7 +190,15 @@ class TrainConfig:
     samples_per_eval: int = _f(8, help="Sample completions written to samples.jsonl per evaluation.")
     save_every: int = _f(0, help="Checkpoint every N steps; 0 saves only at the end.")
     keep_last: int = _f(2, help="Number of checkpoints kept.")
-    resume: str = _f("auto", help="Resume from the newest complete checkpoint ('auto'), a path, or 'never'.")
+    resume: str = _f(
+        "auto",
+        help="Resume from this run's newest complete checkpoint ('auto'), a checkpoint path, or 'never' (a new run).",
+    )
+    overwrite: bool = _f(
+        False,
+        help="Let a new run start in an output_dir holding another run's checkpoints, removing them (otherwise it "
+        "is refused, naming them).",
+    )
     max_skipped_steps: int = _f(
         3,
         help="A step whose loss or gradient norm is NaN/Inf is skipped (no update, no sync, no checkpoint); this "

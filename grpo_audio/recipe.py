@@ -9,6 +9,12 @@ question type, format rate), and at the end a report folder holds ``report.json`
 
 Run: ``grpo-audio recipe examples/music_flamingo/tiny.yaml [key=value ...]``.
 
+Re-running a recipe skips every stage already completed with the same settings from the same input model: each
+finished stage leaves ``<stage>/STAGE_COMPLETE.json`` with its settings' hash, its input model's fingerprint, its
+output model and its report entry. A GRPO stage that was interrupted resumes from its last checkpoint, and only
+from a checkpoint made from its current input model (``checkpoint.Lineage``); anything else in its folder is
+replaced. Supervised stages write no checkpoints: an interrupted one runs again.
+
 Departure from the paper: the embedded default trains a tiny model from random weights on synthetic music in
 minutes; the paper starts from Audio Flamingo 3 and trains on MF-Skills / MF-Think for days on GPUs.
 """
@@ -24,12 +30,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from .checkpoint import model_fingerprint
 from .config import RecipeConfig, RunConfig, StageConfig, to_object
 from .models import get_family
 
 # Supervised stage kinds that train on audio, and all supervised kinds (run by ``Recipe.sft``).
 AUDIO_SFT_KINDS = ("sft", "cold_start")
 SFT_KINDS = ("text_pretrain", *AUDIO_SFT_KINDS)
+STAGE_MARKER = "STAGE_COMPLETE.json"
 
 
 class Recipe:
@@ -91,6 +99,13 @@ class Recipe:
         self.report["stages"].append({"name": "base", "kind": "base", **self.evaluate(current, "base")})
         for stage in self.cfg.stages:
             t = time.perf_counter()
+            key = self.stage_key(stage, current)
+            done = self.completed(stage, key)
+            if done is not None:
+                print(f"[recipe] stage '{stage.name}' already completed from this input with these settings: skipped")
+                current = Path(done["entry"]["model_dir"])
+                self.report["stages"].append(done["entry"])
+                continue
             print(f"[recipe] stage '{stage.name}' ({stage.kind}) from {current}")
             entry: dict[str, Any] = {"name": stage.name, "kind": stage.kind}
             if stage.kind in SFT_KINDS:
@@ -107,10 +122,36 @@ class Recipe:
             entry.update(self.evaluate(current, stage.name, data=stage.data if stage.kind == "eval" else None))
             entry["wall_s"] = round(time.perf_counter() - t, 1)
             self.report["stages"].append(entry)
+            self.mark_completed(stage, key, entry)
             self._write_report(time.perf_counter() - start)
         self._write_report(time.perf_counter() - start)
         print(f"[recipe] report in {self.out / 'report.md'} ({time.perf_counter() - start:.0f} s)")
         return self.report
+
+    def stage_key(self, stage: StageConfig, input_model: Path) -> dict[str, str]:
+        """What a stage's result depends on: its settings and the recipe's (other stages and the output folder
+        aside), and its input model's fingerprint."""
+        shared = OmegaConf.to_container(OmegaConf.structured(self.cfg))
+        shared.pop("stages"), shared.pop("output_dir")
+        settings = {"stage": OmegaConf.to_container(OmegaConf.structured(stage)), "recipe": shared}
+        return {"settings": _digest(settings), "input_model": model_fingerprint(input_model)}
+
+    def completed(self, stage: StageConfig, key: dict[str, str]) -> dict[str, Any] | None:
+        """The stage's completion record if it was completed with ``key`` and its output model is still there."""
+        try:
+            done = json.loads((self.out / stage.name / STAGE_MARKER).read_text())
+        except (OSError, ValueError):
+            return None
+        if done.get("key") != key or not Path(done["entry"]["model_dir"], "config.json").is_file():
+            return None
+        return done
+
+    def mark_completed(self, stage: StageConfig, key: dict[str, str], entry: dict[str, Any]) -> None:
+        folder = self.out / stage.name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{STAGE_MARKER}.tmp"
+        tmp.write_text(json.dumps({"key": key, "entry": entry}, indent=2) + "\n")
+        tmp.replace(folder / STAGE_MARKER)
 
     def _paths(self, specs: str) -> list[Path]:
         """The manifests a stage's comma-separated data specs name."""
@@ -176,6 +217,8 @@ class Recipe:
             "rewards": [OmegaConf.to_container(OmegaConf.structured(r)) for r in self.cfg.rewards],
             "data": {"train": str(self.data_path(stage.data)), "eval": str(self.data_path(self.cfg.eval.data))},
         }
+        # The stage folder belongs to the recipe: a run of another input model or settings replaces what is there.
+        values["train"]["overwrite"] = True
         merged = OmegaConf.merge(
             base, values, OmegaConf.from_dotlist([f"{k}={v}" for k, v in stage.grpo_overrides.items()])
         )
@@ -185,7 +228,7 @@ class Recipe:
             trainer.train()
         finally:
             trainer.close()
-        ckpt = latest_checkpoint(Path(run_cfg.output_dir) / "checkpoints")
+        ckpt = latest_checkpoint(Path(run_cfg.output_dir) / "checkpoints", trainer.lineage.run_id)
         records = [json.loads(x) for x in (Path(run_cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
         evals = [r for r in records if any(k.startswith("eval/") for k in r)]
         train = [r for r in records if "reward/mean" in r]
@@ -326,6 +369,12 @@ class Recipe:
         fig.tight_layout()
         fig.savefig(self.out / "stages.png", dpi=110)
         plt.close(fig)
+
+
+def _digest(value: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _fmt(v: Any) -> str:

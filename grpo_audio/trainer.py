@@ -28,7 +28,18 @@ import numpy as np
 import torch
 
 from .advantages import group_advantages
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import (
+    LINEAGE,
+    CheckpointError,
+    Lineage,
+    config_hash,
+    latest_checkpoint,
+    load_checkpoint,
+    model_fingerprint,
+    save_checkpoint,
+    set_rng_state,
+    start_run,
+)
 from .config import RunConfig
 from .data.schema import Row
 from .logprobs import completion_logprobs, shared_prefix_logprobs
@@ -136,7 +147,11 @@ class GRPOTrainer:
         self.skipped_steps, self.skipped_in_a_row = 0, 0
         self.epoch, self.cursor = 0, 0
         self.order = self._permutation(0)
-        resumed = self._maybe_resume()
+        self.base_fingerprint = model_fingerprint(config.model.path)
+        self.lineage, continuing = start_run(
+            self.out, self.base_fingerprint, config_hash(config), config.train.resume, config.train.overwrite
+        )
+        resumed = self._maybe_resume(continuing)
         self.engine = (
             engine
             if engine is not None
@@ -208,11 +223,22 @@ class GRPOTrainer:
     def _permutation(self, epoch: int) -> list[int]:
         return np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_rows)).tolist()
 
-    def _maybe_resume(self) -> bool:
+    def _maybe_resume(self, continuing: bool) -> bool:
+        """Load this run's newest checkpoint (``resume: auto`` when the run recorded in the output directory is
+        this one) or the named checkpoint, which must have been made from the same base model."""
         resume = self.cfg.train.resume
         if resume == "never":
             return False
-        path = latest_checkpoint(self.out / "checkpoints") if resume == "auto" else Path(resume)
+        if resume == "auto":
+            path = latest_checkpoint(self.out / "checkpoints", self.lineage.run_id) if continuing else None
+        else:
+            path = Path(resume)
+            made_from = Lineage.read(path / LINEAGE)
+            if made_from is None or made_from.base_model != self.base_fingerprint:
+                raise CheckpointError(
+                    f"train.resume={path}: that checkpoint was made from another base model than model.path "
+                    f"{self.cfg.model.path}" + ("" if made_from else " (or records no lineage)")
+                )
         if path is None:
             return False
         state = load_checkpoint(path)
@@ -532,6 +558,7 @@ class GRPOTrainer:
             self.scheduler,
             {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "seed": self.cfg.seed},
             keep_last=self.cfg.train.keep_last,
+            lineage=self.lineage,
         )
         self.accelerator.wait_for_everyone()
         return path

@@ -24,22 +24,20 @@ def test_short_recipe_runs_every_stage(tmp_path):
         ' {name: grpo, kind: grpo, data: "synthetic:rl", grpo_overrides: {train.max_steps: 2, train.eval_every: 1,'
         " train.eval_rows: 3}}, {name: final, kind: eval}]"
     )
+    overrides = [
+        f"output_dir={tmp_path / 'out'}",
+        "tiny_model=test",
+        "synthetic.n=10",
+        "synthetic.n_eval=5",
+        "rollout.engine=hf",
+        "rollout.max_new_tokens=8",
+        "eval.max_new_tokens=8",
+        "eval.max_rows=6",
+        "train.prompts_per_step=2",
+        "grpo.num_generations=4",
+    ]
     cfg = load_config(
-        REPO / "examples/music_flamingo/tiny.yaml",
-        [
-            f"output_dir={tmp_path / 'out'}",
-            "tiny_model=test",
-            "synthetic.n=10",
-            "synthetic.n_eval=5",
-            f"stages={stages}",
-            "rollout.engine=hf",
-            "rollout.max_new_tokens=8",
-            "eval.max_new_tokens=8",
-            "eval.max_rows=6",
-            "train.prompts_per_step=2",
-            "grpo.num_generations=4",
-        ],
-        schema=RecipeConfig,
+        REPO / "examples/music_flamingo/tiny.yaml", [*overrides, f"stages={stages}"], schema=RecipeConfig
     )
     report = Recipe(cfg).run()
     out = tmp_path / "out"
@@ -106,6 +104,38 @@ def test_short_recipe_runs_every_stage(tmp_path):
     )
     assert llm.llm_engine.model_config.architecture == family.vllm_architecture
     del llm
+
+    # Run again: every stage is skipped (same settings, same input models), the report entries are the same.
+    def trained():  # the stages' models (the base model is rebuilt, same bytes, by every run)
+        return {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors") if out / "base" not in p.parents}
+
+    stamps = trained()
+    assert len(stamps) >= 4
+    again = Recipe(cfg).run()
+    assert [s for s in again["stages"][1:]] == report["stages"][1:]
+    assert trained() == stamps  # nothing retrained
+
+    # An interrupted GRPO stage (its completion record gone, its checkpoints there) resumes from its checkpoint.
+    (out / "grpo" / "STAGE_COMPLETE.json").unlink()
+    run_id = json.loads((out / "grpo" / "run.json").read_text())["run_id"]
+    resumed = Recipe(cfg).run()
+    assert json.loads((out / "grpo" / "run.json").read_text())["run_id"] == run_id
+    assert resumed["stages"][4]["model_dir"] == report["stages"][4]["model_dir"]
+    assert trained() == stamps  # the checkpoint is of step 2 of 2: no new step
+
+    # Another cold start: the GRPO stage starts over from the new model, never from the old run's checkpoints.
+    changed = load_config(
+        REPO / "examples/music_flamingo/tiny.yaml",
+        [*overrides, f"stages={stages.replace('max_steps: 2, lr: 1e-3', 'max_steps: 3, lr: 1e-3')}"],
+        schema=RecipeConfig,
+    )
+    Recipe(changed).run()
+    lineage = json.loads((out / "grpo" / "run.json").read_text())
+    assert lineage["run_id"] != run_id
+    for checkpoint in (out / "grpo" / "checkpoints").glob("step-*"):
+        assert json.loads((checkpoint / "lineage.json").read_text())["run_id"] == lineage["run_id"]
+    steps = [json.loads(x)["step"] for x in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]  # a fresh run's metrics, not appended to the old ones
 
 
 def test_replay_mixes_rows_into_a_stage_and_keeps_its_own_check(tmp_path, capsys):
