@@ -252,7 +252,7 @@ def save_checkpoint(
             f"cannot write checkpoint step {step} under {root}: {e.strerror or e}"
             + (f"; the previous checkpoint {kept.name} is intact" if kept else "")
         ) from e
-    _pause_for_tests(tmp)
+    _pause_for_tests(step, tmp)
     if final.exists():  # a checkpoint of the same step left by a run that was replaced
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -264,12 +264,12 @@ def save_checkpoint(
 PAUSE_ENV = "GRPO_AUDIO_TEST_PAUSE_BEFORE_RENAME"
 
 
-def _pause_for_tests(tmp: Path) -> None:
-    """Test-only switch: with ``GRPO_AUDIO_TEST_PAUSE_BEFORE_RENAME`` naming a file, a save that has written every
-    file but not yet renamed the folder into place creates that file and sleeps, so that a test can kill the
-    process at exactly that point and prove it did."""
-    flag = os.environ.get(PAUSE_ENV)
-    if flag:
+def _pause_for_tests(step: int, tmp: Path) -> None:
+    """Test-only switch: with ``GRPO_AUDIO_TEST_PAUSE_BEFORE_RENAME=STEP:FILE``, the save of step ``STEP``, once it
+    has written every file but before it renames the folder into place, writes its folder's path to ``FILE`` and
+    sleeps, so that a test can kill the process at exactly that point and prove it did."""
+    at, _, flag = os.environ.get(PAUSE_ENV, "").partition(":")
+    if flag and at.isdigit() and int(at) == step:
         import time
 
         Path(flag).write_text(str(tmp))

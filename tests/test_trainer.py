@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,7 +16,14 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from grpo_audio.checkpoint import latest_checkpoint, save_checkpoint
+from grpo_audio.checkpoint import (
+    PAUSE_ENV,
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    new_lineage,
+    save_checkpoint,
+)
 from grpo_audio.config import load_config
 from grpo_audio.data.schema import Row
 from grpo_audio.loss import policy_loss
@@ -288,16 +294,22 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_checkpoin
 
     subprocess.run(cmd("straight"), check=True, env=env, cwd=REPO, capture_output=True)
 
-    proc = subprocess.Popen(cmd("killed"), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "killed/checkpoints/step-000002/COMPLETE"
+    # The save of step 4 pauses once every file is written, before the rename: the kill lands exactly there.
+    paused = tmp_path / "paused"
+    pause = {**env, PAUSE_ENV: f"4:{paused}"}
+    proc = subprocess.Popen(cmd("killed"), env=pause, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
+    while not paused.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert first.exists(), "the run never wrote its first checkpoint"
-    time.sleep(random.Random(0).uniform(0.0, 2.0))  # somewhere after the first checkpoint
+    assert paused.exists(), "the run never reached the save of step 4"
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL  # killed, not finished
+    half = Path(paused.read_text())
+    assert half.name.startswith(".tmp-step-000004-") and (half / "COMPLETE").exists()  # all written, not renamed
+    checkpoints = tmp_path / "killed/checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-000002"]
     subprocess.run(cmd("killed"), check=True, env=env, cwd=REPO, capture_output=True)
+    assert not half.exists()  # the next save cleared the half-written folder
 
     a = load_file(str(tmp_path / "straight/checkpoints/step-000006/policy.safetensors"))
     b = load_file(str(tmp_path / "killed/checkpoints/step-000006/policy.safetensors"))
@@ -509,3 +521,74 @@ def test_non_finite_update_is_skipped_then_stops_the_run(tmp_path, tiny_checkpoi
     assert [r["step"] for r in records if r.get("skipped")] == [3]
     hook.remove()
     assert trainer.train_step()["skipped"] == 0.0 and synced == [0, 4]
+
+
+def test_rotation_and_resume_see_only_the_runs_own_checkpoints(tmp_path):
+    """An older run left step-2 and step-3: a new run's step-1 is kept (not pruned as the oldest), and the newest
+    checkpoint of each run is its own."""
+    root = tmp_path / "checkpoints"
+
+    class Opt:
+        def state_dict(self):
+            return {"x": 1}
+
+    def write_model(folder):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+
+    old, new = new_lineage("base-a", "cfg"), new_lineage("base-b", "cfg")
+    for step in (2, 3):
+        save_checkpoint(root, step, write_model, {"w": torch.ones(2)}, Opt(), Opt(), {"step": step}, 2, lineage=old)
+    save_checkpoint(root, 1, write_model, {"w": torch.zeros(2)}, Opt(), Opt(), {"step": 1}, 2, lineage=new)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000001", "step-000002", "step-000003"]
+    assert latest_checkpoint(root, new.run_id).name == "step-000001"
+    assert latest_checkpoint(root, old.run_id).name == "step-000003"
+
+
+def test_a_new_run_in_another_runs_folder_is_refused_unless_overwrite(tmp_path, tiny_checkpoint):
+    model = tiny_checkpoint("audio_flamingo3")
+    first = config(tmp_path, model, **{"train.max_steps": 1, "train.resume": "auto", "grpo.num_generations": 4})
+    trainer = GRPOTrainer(first, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    trainer.train()
+    run_id = trainer.lineage.run_id
+    # The same run again continues (nothing left to do: step 1 of 1).
+    again = GRPOTrainer(first, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    assert again.step == 1 and again.lineage.run_id == run_id
+    # Another config, or resume: never, is another run: refused, naming the checkpoints and why.
+    other = config(tmp_path, model, **{"train.max_steps": 1, "train.resume": "auto", "train.lr": 1e-4,
+                                       "grpo.num_generations": 4})  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"holds checkpoints of another run \(step-000001; its config differs\)"):
+        GRPOTrainer(other, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    fresh = config(tmp_path, model, **{"train.max_steps": 1, "grpo.num_generations": 4})  # resume: never
+    with pytest.raises(CheckpointError, match="resume is 'never'"):
+        GRPOTrainer(fresh, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    other.train.overwrite = True
+    replaced = GRPOTrainer(other, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    assert replaced.step == 0 and replaced.lineage.run_id != run_id
+    assert not (tmp_path / "run" / "checkpoints" / "step-000001").exists()
+
+
+def test_a_failed_checkpoint_write_is_clear_and_keeps_what_was_written(tmp_path, tiny_checkpoint, monkeypatch):
+    """A full disk at the second save: a clear error naming the cause and the checkpoint kept; the first checkpoint
+    and every metrics line stay intact, and no half-written folder is left."""
+    import errno
+
+    cfg = config(tmp_path, tiny_checkpoint("audio_flamingo3"),
+                 **{"train.max_steps": 2, "train.save_every": 1, "grpo.num_generations": 4})  # fmt: skip
+    trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if "step-000002" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr("grpo_audio.checkpoint.torch.save", full_disk)
+    with pytest.raises(CheckpointError, match=r"step 2 .*No space left on device; the previous checkpoint "
+                                              r"step-000001 is intact"):  # fmt: skip
+        trainer.train()
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in root.iterdir()] == ["step-000001"] and (root / "step-000001" / "COMPLETE").exists()
+    assert load_checkpoint(root / "step-000001")["trainer_state"]["step"] == 1
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
