@@ -412,7 +412,7 @@ class GRPOTrainer:
         num_tokens = self.accelerator.reduce(comp_mask.sum().float(), reduction="sum").clamp(min=1) / world
         grad_norm = 0.0
         batch_losses = []  # one per iteration: micro-batch losses are normalised to the batch, so they sum to it
-        non_finite = ""
+        non_finite, applied = "", 0  # applied: iterations whose optimiser step ran
         for _ in range(cfg.grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             batch_losses.append(0.0)
@@ -441,21 +441,25 @@ class GRPOTrainer:
                 )
             )
             non_finite = _non_finite(batch_losses[-1], grad_norm)
-            if non_finite:  # no update from this batch: weights and optimiser state stay as they are
+            if non_finite:  # no update from this iteration on: weights and optimiser state stay as they are
                 self.optimizer.zero_grad(set_to_none=True)
                 break
             self.optimizer.step()
             self.scheduler.step()
+            applied += 1
         update_s = time.perf_counter() - t_update
         t_sync = time.perf_counter()
-        if not non_finite:
+        if applied:  # the engine samples from the weights the policy has
             self.engine.sync_weights(self.policy)
         sync_s = time.perf_counter() - t_sync
         self.step += 1
-        self.skipped_in_a_row = self.skipped_in_a_row + 1 if non_finite else 0
-        self.skipped_steps += bool(non_finite)
+        skipped = applied == 0
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        self.skipped_steps += skipped
         if non_finite:
-            logger.warning("step %d skipped: %s", self.step, non_finite)
+            logger.warning(
+                "step %d: %s; %d of %d iterations applied", self.step, non_finite, applied, cfg.grpo.num_iterations
+            )
 
         lengths = [len(c) for c in batch.completion_ids]
         all_rewards = self.accelerator.gather(torch.tensor(rewards.total, device=self.accelerator.device)).cpu()
@@ -476,7 +480,7 @@ class GRPOTrainer:
             "completions/max_length": float(max(lengths)),
             "completions/truncation_rate": batch.finish_reason.count("length") / len(batch.finish_reason),
             "grad_norm": grad_norm,
-            "skipped": float(bool(non_finite)),
+            "skipped": float(skipped),
             "skipped_steps": float(self.skipped_steps),
             "lr": self.scheduler.get_last_lr()[0],
             "tokens_per_s/rollout": sum(lengths) / max(extra["rollout_s"], 1e-9),
@@ -487,7 +491,7 @@ class GRPOTrainer:
             "time/step_s": total_s,
         }
         low, high = cfg.grpo.is_ratio_band
-        if not non_finite and not low <= metrics["is_ratio_mean"] <= high:
+        if not skipped and not low <= metrics["is_ratio_mean"] <= high:
             logger.warning(
                 "step %d: mean importance-sampling ratio %.3f (min %.3f, max %.3f) is outside [%g, %g]: the trainer's "
                 "and the rollout engine's distributions differ (sampling settings, weight sync, dtype)",
