@@ -25,6 +25,8 @@ MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384_000
 # Audio shorter than one 10 ms mel frame gives no features.
 MIN_SECONDS = 0.01
+# What to do with audio over the length limit.
+LONG_AUDIO = ("truncate", "reject")
 
 
 class AudioError(ValueError):
@@ -126,8 +128,8 @@ def load_audio(
         AudioError: missing/empty/unreadable file, not audio, empty audio, NaN/Inf samples, implausible rate,
             or too long under ``reject``.
     """
-    if long_audio not in ("truncate", "reject"):
-        raise ValueError(f"long_audio must be 'truncate' or 'reject', got {long_audio!r}")
+    if long_audio not in LONG_AUDIO:
+        raise ValueError(f"long_audio must be one of {LONG_AUDIO}, got {long_audio!r}")
     if isinstance(source, np.ndarray):
         if sampling_rate is None:
             raise AudioError(sample_id, field, "an audio array needs its sampling_rate")

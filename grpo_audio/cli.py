@@ -18,8 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .audio import LONG_AUDIO
+from .data.schema import BAD_ROWS
 from .models import FAMILIES
 from .rewards.matching import ANSWER_FORMATS
+from .rollout import ENGINES
 
 
 def _recipe(args: argparse.Namespace) -> int:
@@ -200,7 +203,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     """The options ``eval`` and ``check-data`` share for reading a data file."""
     p.add_argument(
         "--bad-rows",
-        choices=["raise", "skip"],
+        choices=BAD_ROWS,
         default="raise",
         help="rows that fail validation: raise (list them all and stop) or skip them (default raise)",
     )
@@ -285,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="checkpoint directory")
     p.add_argument("data", help="evaluation file: a grpo-audio manifest, MMAU JSON, MMAR JSON(L), MuChoMusic CSV "
                    "or prompt JSON, or a JSON/JSONL/CSV file with --fields")  # fmt: skip
-    p.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="generation engine (default vllm)")
+    p.add_argument("--engine", choices=ENGINES, default="vllm", help="generation engine (default vllm)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="completion length cap (default 128)")
     p.add_argument("--max-rows", type=int, default=0, help="evaluate the first N rows only (default all)")
     p.add_argument("--out", default="", help="write the full report (per-row results) as JSON")
@@ -380,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=sorted(FAMILIES), default=None, help="apply this family's rate and limit")
     p.add_argument(
         "--long-audio",
-        choices=["truncate", "reject"],
+        choices=LONG_AUDIO,
         default="truncate",
         help="audio over the limit: truncate (reported) or reject (default truncate)",
     )
@@ -397,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="checkpoint directory")
     p.add_argument("manifest", help="JSONL manifest")
     p.add_argument("out", help="output JSONL")
-    p.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="generation engine (default vllm)")
+    p.add_argument("--engine", choices=ENGINES, default="vllm", help="generation engine (default vllm)")
     p.add_argument("--n", type=int, default=1, help="completions per row (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="completion length cap (default 256)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy (default 1.0)")
@@ -412,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "write a report.",
     )
     p.add_argument("--out", default="demo_out", help="report directory (default demo_out)")
-    p.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="generation engine (default vllm)")
+    p.add_argument("--engine", choices=ENGINES, default="vllm", help="generation engine (default vllm)")
     p.set_defaults(func=_demo)
     return parser
 

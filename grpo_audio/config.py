@@ -26,10 +26,13 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from .advantages import SCALE_REWARDS
+from .audio import LONG_AUDIO
+from .data.schema import BAD_ROWS
 from .loss import IS_MODES, LOSS_TYPES
 from .models import FAMILIES
 from .rewards.matching import ANSWER_FORMATS
 from .rewards.registry import ON_ERROR, check_reward_spec
+from .rollout import ENGINES
 
 T = TypeVar("T")
 
@@ -88,11 +91,11 @@ class DataConfig:
         help="Train on the rows of these tasks only (a row's `task`, e.g. [chord, key]); empty: every row.",
         factory=list,
     )
-    bad_rows: str = _f("raise", help="What to do with rows that fail validation.", choices=("raise", "skip"))
+    bad_rows: str = _f("raise", help="What to do with rows that fail validation.", choices=BAD_ROWS)
     long_audio: str = _f(
         "truncate",
         help="Audio longer than the family's limit: cut it (counted warning) or reject the row.",
-        choices=("truncate", "reject"),
+        choices=LONG_AUDIO,
     )
     max_audio_seconds: float = _f(0.0, help="Override the family's audio length limit; 0 uses the family's.")
 
@@ -101,7 +104,7 @@ class DataConfig:
 class RolloutConfig:
     """How completions are sampled."""
 
-    engine: str = _f("vllm", help="Generation engine.", choices=("vllm", "hf"))
+    engine: str = _f("vllm", help="Generation engine.", choices=ENGINES)
     max_new_tokens: int = _f(256, help="Completion length cap.")
     temperature: float = _f(1.0, help="Sampling temperature.")
     top_p: float = _f(1.0, help="Nucleus sampling mass.")
@@ -463,7 +466,7 @@ class RecipeEvalConfig:
     data: str = _f("synthetic:eval", help="Eval manifest (or 'synthetic:eval').")
     max_rows: int = _f(0, help="Evaluate the first N rows only (0 = all).")
     max_new_tokens: int = _f(128, help="Completion length cap at evaluation.")
-    engine: str = _f("hf", help="Engine for evaluation (greedy decoding).", choices=("vllm", "hf"))
+    engine: str = _f("hf", help="Engine for evaluation (greedy decoding).", choices=ENGINES)
     answer_format: str = _f(
         "letter",
         help="What a benchmark file's prompts ask for: the choice's letter or its text (MMAU's and MMAR's scorers "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..models import get_family
 from .benchmarks import read_benchmark
-from .schema import audio_limit, validate_rows
+from .schema import BAD_ROWS, audio_limit, validate_rows
 
 
 def check_data(
@@ -37,8 +37,8 @@ def check_data(
     Returns:
         The exit status.
     """
-    if bad_rows not in ("raise", "skip"):
-        raise ValueError(f"bad_rows must be 'raise' or 'skip', got {bad_rows!r}")
+    if bad_rows not in BAD_ROWS:
+        raise ValueError(f"bad_rows must be one of {BAD_ROWS}, got {bad_rows!r}")
     fam = get_family(family) if family else None
     bench = read_benchmark(path, fields=fields, audio_root=audio_root)
     report = validate_rows(bench.rows, fam, max_audio_seconds=max_seconds, long_audio=long_audio)

@@ -21,6 +21,8 @@ from ..rewards.music_theory import metadata_problems
 
 logger = logging.getLogger(__name__)
 
+# What a loader does with rows that fail validation.
+BAD_ROWS = ("raise", "skip")
 # Text that stands for an audio clip in some family's prompt: a literal one in a prompt is a second audio slot.
 AUDIO_TOKEN_TEXTS: tuple[str, ...] = tuple(sorted({t for f in FAMILIES.values() for t in f.audio_special_tokens}))
 
@@ -244,8 +246,8 @@ def _decode(row: Row, family: type[ModelFamily] | None, max_seconds: float | Non
 
 def apply_policy(report: ValidationReport, source: str, bad_rows: str, total: int, limit_s: float | None) -> list[Row]:
     """Raise on bad rows (``bad_rows='raise'``) or drop them with a count (``'skip'``); report truncations."""
-    if bad_rows not in ("raise", "skip"):
-        raise ValueError(f"bad_rows must be 'raise' or 'skip', got {bad_rows!r}")
+    if bad_rows not in BAD_ROWS:
+        raise ValueError(f"bad_rows must be one of {BAD_ROWS}, got {bad_rows!r}")
     if report.bad:
         if bad_rows == "raise":
             raise DataError(source, report.bad, total)

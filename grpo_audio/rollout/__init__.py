@@ -26,6 +26,9 @@ def sampling_config(rollout: Any, seed: int | None = None) -> SamplingConfig:
     )
 
 
+ENGINES = ("vllm", "hf")
+
+
 def build_engine(
     rollout: Any,
     model_dir: str | Path,
