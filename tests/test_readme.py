@@ -76,3 +76,64 @@ def test_quick_start_block_trains(project, monkeypatch):
     exec(code.replace('"train.max_steps=20"', '"train.max_steps=2"'), {"__name__": "readme"})
     run = project / "runs" / "grpo-synthetic"
     assert (run / "checkpoints" / "step-000002" / "COMPLETE").exists() and (run / "curves.png").exists()
+
+
+SHELL_BLOCKS = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.DOTALL)
+# Shell blocks that cannot run inside the test suite, and why; every other block runs below.
+NOT_RUN = {
+    "make test    #": "the test suite itself (CI runs it)",
+    "python -m venv .venv && . .venv/bin/activate": "a GPU installation (this suite runs on the CPU)",
+    "torchrun --nproc_per_node 8": "eight GPUs and a real checkpoint",
+    "MMAU/mmau-test-mini.json": "needs the MMAU repository, its audio and its scorer; the layout, export and the "
+    "scorer's rule are tested on the real file in tests/data/test_benchmarks.py",
+}
+# The quick start at test size: a test-size checkpoint, 8 clips, 2 steps (the block as written otherwise).
+QUICK_START = {"--size demo": "--size test", "--n 200": "--n 8", "max_steps=20": "max_steps=2",
+               "step-000020": "step-000002"}  # fmt: skip
+
+
+def _shell(marker: str) -> str:
+    found = [b for b in SHELL_BLOCKS if marker in b]
+    assert len(found) == 1, marker
+    return found[0]
+
+
+def test_every_shell_block_is_run_or_says_why_not():
+    run = ("grpo-audio tiny-model music_flamingo runs/mf-demo", "grpo-audio check-data data/train.jsonl")
+    assert sorted(SHELL_BLOCKS) == sorted(_shell(m) for m in (*NOT_RUN, *run))
+
+
+def _run_lines(block: str, cwd: Path, substitutions: dict[str, str]) -> list[str]:
+    """Each command of the block in ``cwd`` (``. .venv/bin/activate`` is this interpreter's environment)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    outputs = []
+    for line in block.splitlines():
+        command = line.split("  #")[0].strip()
+        if not command or command.startswith(". .venv"):
+            continue
+        for old, new in substitutions.items():
+            command = command.replace(old, new)
+        done = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
+        outputs.append(done.stdout)
+    return outputs
+
+
+def test_quick_start_shell_block(tmp_path):
+    (tmp_path / "examples" / "music_flamingo").mkdir(parents=True)
+    shutil.copy(REPO / "examples/music_flamingo/grpo_synthetic.yaml", tmp_path / "examples/music_flamingo")
+    block = _shell("grpo-audio tiny-model music_flamingo runs/mf-demo")
+    assert all(old in block for old in QUICK_START)
+    out = _run_lines(block, tmp_path, QUICK_START)
+    assert "rows: " in out[2] and "0 bad" in out[2]  # check-data
+    assert "mcq_accuracy" in out[-1]  # eval printed its report
+    assert (tmp_path / "runs/grpo-synthetic/checkpoints/step-000002/COMPLETE").exists()
+
+
+def test_data_shell_block(project):
+    out = _run_lines(_shell("grpo-audio check-data data/train.jsonl"), project, {"--n 400": "--n 8"})
+    assert "16 rows: 16 ok, 0 bad" in out[0] and (project / "data/synth/eval.jsonl").exists()
