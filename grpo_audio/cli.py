@@ -10,7 +10,6 @@ grpo-audio check-data DATA [--family F]           validate a dataset up front
 grpo-audio tiny-model FAMILY OUT [--size S] [--standardize-on MANIFEST...]
                                                   a tiny random checkpoint, built locally
 grpo-audio config-help                            every config key with its help
-grpo-audio demo [--out DIR]                       vLLM rollouts with audio on a demo-size model
 """
 
 from __future__ import annotations
@@ -189,13 +188,6 @@ def _generate(args: argparse.Namespace) -> int:
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     count = generate_manifest(args.model_dir, args.manifest, args.out, engine=args.engine, n=args.n, sampling=sampling)
     print(f"wrote {count} completions to {args.out}")
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    run_demo(args.out, engine=args.engine)
     return 0
 
 
@@ -407,16 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser(
-        "demo",
-        help="build a demo-size checkpoint and generate from synthetic music with audio through vLLM",
-        description="Build a demo-size Music Flamingo checkpoint, render synthetic music, sample completions "
-        "with audio through vLLM (and greedy decoding in both vLLM and transformers, which must agree), and "
-        "write a report.",
-    )
-    p.add_argument("--out", default="demo_out", help="report directory (default demo_out)")
-    p.add_argument("--engine", choices=ENGINES, default="vllm", help="generation engine (default vllm)")
-    p.set_defaults(func=_demo)
     return parser
 
 
