@@ -42,8 +42,9 @@ SIZES: dict[str, TinySize] = {
         audio_heads=2,
         audio_intermediate=128,
     ),
-    # The model of the SFT-step, IS-ratio and feature-probe benchmarks and of the README's quick start. The embedded recipe (`make demo`) trains the smaller `test` size: at a third of this size's
-    # compute per token it gets about twice the optimiser steps in the same minutes, and learned more.
+    # The model of the SFT-step, IS-ratio and feature-probe benchmarks and of the README's quick start. The
+    # embedded recipe (`make demo`) trains the smaller `test` size: at a third of this size's compute per token it
+    # gets about twice the optimiser steps in the same minutes, and learned more.
     "demo": TinySize(
         vocab_size=0,
         text_hidden=192,
