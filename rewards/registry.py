@@ -52,17 +52,23 @@ def load_reward(name: str, **kwargs: Any) -> RewardFn:
     >>> load_reward("answer_accuracy", numeric_tolerance=0.05)(None, ["<answer>123</answer>"], answer=["120"])
     [1.0]
     """
-    if name in REWARDS:
-        fn = REWARDS[name]
-        return type(fn)(**kwargs) if kwargs else fn
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"cannot load reward '{name}': {e}") from None
-        return obj(**kwargs) if kwargs else obj
-    raise ValueError(f"unknown reward '{name}'; registered: {', '.join(REWARDS)}; or give 'package.module:function'")
+    fn = REWARDS[name] if name in REWARDS else _import_reward(name)
+    if not kwargs:
+        return fn
+    return type(fn)(**kwargs) if name in REWARDS else fn(**kwargs)
+
+
+def _import_reward(name: str) -> Any:
+    """The object a ``package.module:function`` path names (a reward, or a factory of one)."""
+    if ":" not in name:
+        raise ValueError(
+            f"unknown reward '{name}'; registered: {', '.join(REWARDS)}; or give 'package.module:function'"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load reward '{name}': {e}") from None
 
 
 def check_reward_spec(name: str, kwargs: dict[str, Any]) -> None:
@@ -78,20 +84,9 @@ def check_reward_spec(name: str, kwargs: dict[str, Any]) -> None:
     ...
     ValueError: reward 'mcq_accuracy' takes no setting 'strict'; its settings: answer_tag, fallback, prefer
     """
-    if name in REWARDS:
-        factory: Any = type(REWARDS[name])
-    elif ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"cannot load reward '{name}': {e}") from None
-        if not kwargs:
-            return
-    else:
-        raise ValueError(
-            f"unknown reward '{name}'; registered: {', '.join(REWARDS)}; or give 'package.module:function'"
-        )
+    factory = type(REWARDS[name]) if name in REWARDS else _import_reward(name)
+    if name not in REWARDS and not kwargs:
+        return  # a user's reward without settings is the function itself
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # a builtin or extension type: nothing to check without calling it

@@ -229,17 +229,20 @@ def test_one_step_with_vllm_on_music_flamingo(tmp_path, tiny_checkpoint):
         trainer.close()
 
 
+class Opt:
+    """Stands in for an optimiser or scheduler in checkpoint tests: something with a state dict."""
+
+    def state_dict(self):
+        return {"x": 1}
+
+
+def write_model(folder):
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x")
+
+
 def test_half_written_checkpoints_are_never_picked_up(tmp_path):
     root = tmp_path / "checkpoints"
-
-    class Opt:
-        def state_dict(self):
-            return {"x": 1}
-
-    def write_model(folder):
-        folder.mkdir()
-        (folder / "model.safetensors").write_bytes(b"x")
-
     save_checkpoint(root, 2, write_model, {"w": torch.ones(2)}, Opt(), Opt(), {"step": 2}, keep_last=2)
     (root / ".tmp-step-000004-999").mkdir()  # a save killed half-way
     (root / "step-000005").mkdir()  # a folder without the COMPLETE marker
@@ -527,15 +530,6 @@ def test_rotation_and_resume_see_only_the_runs_own_checkpoints(tmp_path):
     """An older run left step-2 and step-3: a new run's step-1 is kept (not pruned as the oldest), and the newest
     checkpoint of each run is its own."""
     root = tmp_path / "checkpoints"
-
-    class Opt:
-        def state_dict(self):
-            return {"x": 1}
-
-    def write_model(folder):
-        folder.mkdir()
-        (folder / "model.safetensors").write_bytes(b"x")
-
     old, new = new_lineage("base-a", "cfg"), new_lineage("base-b", "cfg")
     for step in (2, 3):
         save_checkpoint(root, step, write_model, {"w": torch.ones(2)}, Opt(), Opt(), {"step": step}, 2, lineage=old)
