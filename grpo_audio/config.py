@@ -302,7 +302,8 @@ def _check_unknown_keys(schema: type, data: Any, source: str, prefix: str = "") 
             _check_unknown_keys(sub, value, source, f"{full}.")
 
 
-def _merge(schema: type, base: DictConfig, other: DictConfig | ListConfig, source: str) -> DictConfig:
+def merge_config(schema: type, base: DictConfig, other: DictConfig | ListConfig, source: str) -> DictConfig:
+    """``other`` merged into ``base`` (a structured config of ``schema``); errors name the key and ``source``."""
     _check_unknown_keys(schema, OmegaConf.to_container(other), source)
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
@@ -341,12 +342,12 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        cfg = _merge(schema, cfg, OmegaConf.load(path), str(path))
+        cfg = merge_config(schema, cfg, OmegaConf.load(path), str(path))
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must be key=value, got: {', '.join(bad)}")
-        cfg = _merge(schema, cfg, OmegaConf.from_dotlist(overrides), "command line")
+        cfg = merge_config(schema, cfg, OmegaConf.from_dotlist(overrides), "command line")
     obj = to_object(cfg, schema)
     _check_rewards(obj)
     return obj

@@ -25,14 +25,12 @@ class MetricsLogger:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         self.path = self.out / "metrics.jsonl"
-        if self.path.exists():
-            keep = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and resume_step is not None and json.loads(line).get("step", 0) <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in keep))
+        keep_until(self.path, resume_step)
         self.writer = None
+        if resume_step is None and (self.out / "tb").is_dir():  # a new run: the old run's event files go
+            import shutil
+
+            shutil.rmtree(self.out / "tb")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -53,6 +51,19 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def keep_until(path: Path, step: int | None) -> None:
+    """Drop the lines of a per-step JSONL file (``{"step": ...}``) after ``step``: a resumed run writes them again.
+    ``None``: a new run, so nothing is kept."""
+    if not path.exists():
+        return
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and step is not None and json.loads(line).get("step", 0) <= step
+    ]
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 def _clean(v: Any) -> Any:

@@ -31,7 +31,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .checkpoint import model_fingerprint
-from .config import RecipeConfig, RunConfig, StageConfig, to_object
+from .config import RecipeConfig, RunConfig, StageConfig, merge_config, to_object
 from .models import get_family
 
 # Supervised stage kinds that train on audio, and all supervised kinds (run by ``Recipe.sft``).
@@ -52,6 +52,9 @@ class Recipe:
         self._eval_stores: Any = None  # sft.AudioStores of the eval clips, shared by every stage's evaluation
         if cfg.synthetic.enabled:
             cfg.synthetic.label_space()  # a bad label space fails here, before any stage
+        for stage in cfg.stages:  # and so do a GRPO stage's overrides
+            if stage.kind == "grpo":
+                self.grpo_config(stage, self.out / "base")
 
     def data_path(self, spec: str) -> Path:
         if spec.startswith("synthetic:"):
@@ -129,10 +132,13 @@ class Recipe:
         return self.report
 
     def stage_key(self, stage: StageConfig, input_model: Path) -> dict[str, str]:
-        """What a stage's result depends on: its settings and the recipe's (other stages and the output folder
-        aside), and its input model's fingerprint."""
+        """What a stage's result depends on: its settings and the recipe's settings it reads (other stages, the
+        output folder, and for a supervised stage the GRPO settings, aside), and its input model's fingerprint."""
         shared = OmegaConf.to_container(OmegaConf.structured(self.cfg))
         shared.pop("stages"), shared.pop("output_dir")
+        if stage.kind != "grpo":  # what only GRPO reads (the rewards stay: every stage's evaluation uses them)
+            for key in ("lora", "rollout", "grpo", "train"):
+                shared.pop(key)
         settings = {"stage": OmegaConf.to_container(OmegaConf.structured(stage)), "recipe": shared}
         return {"settings": _digest(settings), "input_model": model_fingerprint(input_model)}
 
@@ -201,10 +207,12 @@ class Recipe:
         processor = AutoProcessor.from_pretrained(model_dir)
         return run_sft(model, self.family, processor, rows, self.out / stage.name, settings, stores=self._audio_stores)
 
-    def grpo(self, stage: StageConfig, model_dir: Path) -> tuple[Path, dict[str, Any]]:
-        from .checkpoint import latest_checkpoint
-        from .trainer import GRPOTrainer
+    def grpo_config(self, stage: StageConfig, model_dir: Path) -> RunConfig:
+        """The GRPO run a ``grpo`` stage starts from ``model_dir``: the recipe's settings and the stage's overrides.
 
+        Raises:
+            ConfigError: an override names no setting or has the wrong type (checked when the recipe is built).
+        """
         base = OmegaConf.structured(RunConfig)
         values = {
             "output_dir": str(self.out / stage.name),
@@ -219,10 +227,16 @@ class Recipe:
         }
         # The stage folder belongs to the recipe: a run of another input model or settings replaces what is there.
         values["train"]["overwrite"] = True
-        merged = OmegaConf.merge(
-            base, values, OmegaConf.from_dotlist([f"{k}={v}" for k, v in stage.grpo_overrides.items()])
-        )
-        run_cfg = to_object(merged, RunConfig)
+        merged = merge_config(RunConfig, base, OmegaConf.create(values), f"stage '{stage.name}'")
+        overrides = OmegaConf.from_dotlist([f"{k}={v}" for k, v in stage.grpo_overrides.items()])
+        merged = merge_config(RunConfig, merged, overrides, f"stage '{stage.name}' grpo_overrides")
+        return to_object(merged, RunConfig)
+
+    def grpo(self, stage: StageConfig, model_dir: Path) -> tuple[Path, dict[str, Any]]:
+        from .checkpoint import latest_checkpoint
+        from .trainer import GRPOTrainer
+
+        run_cfg = self.grpo_config(stage, model_dir)
         trainer = GRPOTrainer(run_cfg)
         try:
             trainer.train()

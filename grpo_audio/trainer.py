@@ -44,7 +44,7 @@ from .config import RunConfig
 from .data.schema import Row
 from .logprobs import completion_logprobs, shared_prefix_logprobs
 from .loss import LossConfig, policy_loss
-from .metrics import MetricsLogger, plot_curves
+from .metrics import MetricsLogger, keep_until, plot_curves
 from .models import ModelFamily, get_family
 from .models.weights import save_model_dir
 from .rollout import RolloutBatch, build_engine, sampling_config
@@ -145,9 +145,11 @@ class GRPOTrainer:
         )
         self.step = 0
         self.skipped_steps, self.skipped_in_a_row = 0, 0
+        self.applied_step = self.saved_step = 0  # the last step whose update applied / that was checkpointed
         self.epoch, self.cursor = 0, 0
         self.order = self._permutation(0)
         self.base_fingerprint = model_fingerprint(config.model.path)
+        self._check_resume_path()
         self.lineage, continuing = start_run(
             self.out, self.base_fingerprint, config_hash(config), config.train.resume, config.train.overwrite
         )
@@ -169,6 +171,8 @@ class GRPOTrainer:
         self.metrics = MetricsLogger(
             self.out, resume_step=self.step if resumed else None, enabled=self.accelerator.is_main_process
         )
+        if self.accelerator.is_main_process:
+            keep_until(self.out / "samples.jsonl", self.step if resumed else None)
 
     # ---- setup ----------------------------------------------------------------------------------------------
     @property
@@ -229,16 +233,9 @@ class GRPOTrainer:
         resume = self.cfg.train.resume
         if resume == "never":
             return False
-        if resume == "auto":
-            path = latest_checkpoint(self.out / "checkpoints", self.lineage.run_id) if continuing else None
-        else:
-            path = Path(resume)
-            made_from = Lineage.read(path / LINEAGE)
-            if made_from is None or made_from.base_model != self.base_fingerprint:
-                raise CheckpointError(
-                    f"train.resume={path}: that checkpoint was made from another base model than model.path "
-                    f"{self.cfg.model.path}" + ("" if made_from else " (or records no lineage)")
-                )
+        path = Path(resume) if resume != "auto" else None
+        if resume == "auto" and continuing:
+            path = latest_checkpoint(self.out / "checkpoints", self.lineage.run_id)
         if path is None:
             return False
         state = load_checkpoint(path)
@@ -253,9 +250,31 @@ class GRPOTrainer:
         set_rng_state(state["rng"])
         ts = state["trainer_state"]
         self.step, self.epoch, self.cursor = ts["step"], ts["epoch"], ts["cursor"]
+        self.applied_step = self.saved_step = self.step
         self.order = self._permutation(self.epoch)
         logger.warning("resumed from %s at step %d", path, self.step)
         return True
+
+    def _check_resume_path(self) -> None:
+        """``train.resume`` naming a checkpoint: a complete one, made from ``model.path`` (checked before anything
+        is written into the output directory)."""
+        resume = self.cfg.train.resume
+        if resume in ("auto", "never"):
+            return
+        path = Path(resume)
+        if not (path / "COMPLETE").is_file():
+            raise CheckpointError(
+                f"train.resume={path}: not a complete checkpoint folder (a checkpoints/step-NNNNNN folder with its "
+                "COMPLETE marker)"
+            )
+        made_from = Lineage.read(path / LINEAGE)
+        if made_from is None:
+            raise CheckpointError(f"train.resume={path}: the checkpoint records no lineage ({LINEAGE})")
+        if made_from.base_model != self.base_fingerprint:
+            raise CheckpointError(
+                f"train.resume={path}: that checkpoint was made from another base model than model.path "
+                f"{self.cfg.model.path}"
+            )
 
     # ---- data -----------------------------------------------------------------------------------------------
     def next_rows(self, k: int) -> list[Row]:
@@ -454,6 +473,8 @@ class GRPOTrainer:
         sync_s = time.perf_counter() - t_sync
         self.step += 1
         skipped = applied == 0
+        if not skipped:
+            self.applied_step = self.step
         self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
         self.skipped_steps += skipped
         if non_finite:
@@ -502,11 +523,7 @@ class GRPOTrainer:
                 low,
                 high,
             )
-        if self.skipped_in_a_row >= cfg.train.max_skipped_steps:
-            raise FloatingPointError(
-                f"step {self.step}: {non_finite}; {self.skipped_in_a_row} steps in a row skipped "
-                f"(train.max_skipped_steps = {cfg.train.max_skipped_steps}); nothing of them was applied or saved"
-            )
+        metrics["non_finite"] = non_finite  # what was NaN/Inf, "" if nothing (logged as text)
         return metrics
 
     # ---- evaluation, checkpoints, loop ----------------------------------------------------------------------
@@ -550,6 +567,7 @@ class GRPOTrainer:
 
         state = {k: v for k, v in self.policy.state_dict().items()}
         self.accelerator.wait_for_everyone()
+        self.saved_step = self.step
         if not self.accelerator.is_main_process:
             self.accelerator.wait_for_everyone()
             return self.out / "checkpoints" / f"step-{self.step:06d}"
@@ -584,14 +602,22 @@ class GRPOTrainer:
                     last.update(self.evaluate())
             if main:
                 self.metrics.log(self.step, last)
+            if self.skipped_in_a_row >= cfg.max_skipped_steps:
+                raise FloatingPointError(
+                    f"step {self.step}: {last['non_finite']}; {self.skipped_in_a_row} steps in a row skipped "
+                    f"(train.max_skipped_steps = {cfg.max_skipped_steps}); nothing of them was applied or saved"
+                )
             due = (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps
-            if due and not last["skipped"]:  # a skipped step changed nothing: the last checkpoint holds it
+            # A skipped step changed nothing, so it writes no checkpoint, except at the end when updates applied
+            # since the last checkpoint would otherwise be lost.
+            unsaved = self.applied_step > self.saved_step
+            if due and (not last["skipped"] or (self.step == cfg.max_steps and unsaved)):
                 self.save()
             bar.update(1)
             bar.set_postfix(reward=f"{last['reward/mean']:.3f}", loss=f"{last['loss']:.4f}")
         bar.close()
         self.metrics.close()
-        if main:
+        if main and (self.out / "metrics.jsonl").exists():
             plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
         self.accelerator.wait_for_everyone()
         return last

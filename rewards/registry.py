@@ -53,9 +53,20 @@ def load_reward(name: str, **kwargs: Any) -> RewardFn:
     [1.0]
     """
     fn = REWARDS[name] if name in REWARDS else _import_reward(name)
+    if inspect.isclass(fn):  # a user's reward class: its instances are the rewards
+        return fn(**kwargs)
     if not kwargs:
         return fn
     return type(fn)(**kwargs) if name in REWARDS else fn(**kwargs)
+
+
+def _is_reward_function(obj: Any) -> bool:
+    """Whether ``obj`` has TRL's reward signature (its first parameters are ``prompts`` and ``completions``)."""
+    try:
+        params = list(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params[:2] == ["prompts", "completions"]
 
 
 def _import_reward(name: str) -> Any:
@@ -85,8 +96,14 @@ def check_reward_spec(name: str, kwargs: dict[str, Any]) -> None:
     ValueError: reward 'mcq_accuracy' takes no setting 'strict'; its settings: answer_tag, fallback, prefer
     """
     factory = type(REWARDS[name]) if name in REWARDS else _import_reward(name)
-    if name not in REWARDS and not kwargs:
-        return  # a user's reward without settings is the function itself
+    if name not in REWARDS and not inspect.isclass(factory):
+        if not kwargs:
+            return  # a user's reward without settings is the function itself
+        if _is_reward_function(factory):
+            raise ValueError(
+                f"reward '{name}' is a reward function (it takes prompts and completions), not a factory: its "
+                "settings cannot be given as kwargs; give a factory or a class that takes them"
+            )
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # a builtin or extension type: nothing to check without calling it

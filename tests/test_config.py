@@ -159,3 +159,22 @@ def test_every_config_field_is_read_somewhere():
         {key for schema in (RunConfig, RecipeConfig) for key, name in _fields(schema) if f".{name}" not in source}
     )
     assert unread == []
+
+
+def test_user_rewards_by_path(tmp_path, monkeypatch):
+    """A reward function (TRL's signature) takes no settings; a class is built, with or without settings."""
+    (tmp_path / "user_rewards.py").write_text(
+        "def noisy(prompts, completions, scale=1.0, **kwargs):\n    return [scale] * len(completions)\n"
+        "class Fixed:\n    def __init__(self, value=1.0):\n        self.value = value\n"
+        "    def __call__(self, prompts, completions, **kwargs):\n        return [self.value] * len(completions)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"rewards\[0\]: reward 'user_rewards:noisy' is a reward function"):
+        load_config(write(tmp_path, GOOD.replace("name: format", "name: user_rewards:noisy\n    kwargs: {scael: 2}")))
+    cfg = load_config(write(tmp_path, GOOD.replace("name: format", "name: user_rewards:Fixed")))
+    from grpo_audio.rewards import RewardSet
+
+    rewards = RewardSet.from_specs(cfg.rewards[:1])
+    assert rewards(["p"], ["c"]).total == [0.5]  # weight 0.5 x Fixed() = 1.0
+    with pytest.raises(ConfigError, match="takes no setting 'valeu'"):
+        load_config(write(tmp_path, GOOD.replace("name: format", "name: user_rewards:Fixed\n    kwargs: {valeu: 2}")))

@@ -185,3 +185,30 @@ def test_a_bad_label_space_fails_before_any_stage(tmp_path, override, field):
     with pytest.raises(ConfigError, match=field):
         Recipe(cfg)
     assert not any(tmp_path.iterdir())  # nothing generated
+
+
+def test_grpo_overrides_are_checked_when_the_recipe_is_built(tmp_path):
+    from grpo_audio.config import ConfigError
+
+    stages = "[{name: grpo, kind: grpo, data: 'synthetic:rl', grpo_overrides: {train.max_stepz: 9}}]"
+    cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}", f"stages={stages}"],
+                      schema=RecipeConfig)  # fmt: skip
+    with pytest.raises(ConfigError, match="stage 'grpo' grpo_overrides: .*train.max_stepz.*max_steps"):
+        Recipe(cfg)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_grpo_setting_changes_only_the_grpo_stages_key(tmp_path, tiny_checkpoint):
+    model = tiny_checkpoint("music_flamingo")
+
+    def keys(*overrides):
+        cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}", *overrides],
+                          schema=RecipeConfig)  # fmt: skip
+        recipe = Recipe(cfg)
+        return {s.name: recipe.stage_key(s, model) for s in cfg.stages}
+
+    base, changed = keys(), keys("train.lr=0.5")
+    grpo = [s for s in base if s.startswith("grpo")]
+    assert grpo and all(base[s] == changed[s] for s in base if s not in grpo)
+    assert all(base[s] != changed[s] for s in grpo)
+    assert keys("eval.max_new_tokens=7") != base  # the evaluation every stage runs: every key

@@ -521,7 +521,7 @@ def test_non_finite_update_is_skipped_then_stops_the_run(tmp_path, tiny_checkpoi
     checkpoints = tmp_path / "run" / "checkpoints"
     assert not checkpoints.exists() or not any(checkpoints.iterdir())  # save_every=1, yet no step was saved
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r.get("skipped")] == [3]
+    assert [r["step"] for r in records if r.get("skipped")] == [3, 4]  # the failing step is logged too
     hook.remove()
     assert trainer.train_step()["skipped"] == 0.0 and synced == [0, 4]
 
@@ -586,3 +586,68 @@ def test_a_failed_checkpoint_write_is_clear_and_keeps_what_was_written(tmp_path,
     assert load_checkpoint(root / "step-000001")["trainer_state"]["step"] == 1
     steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
+
+
+def test_lineage_that_cannot_be_read_is_not_silently_retrained_over(tmp_path, tiny_checkpoint):
+    settings = {"train.max_steps": 2, "train.save_every": 1, "train.resume": "auto", "grpo.num_generations": 4}
+    cfg = config(tmp_path, tiny_checkpoint("audio_flamingo3"), **settings)
+    GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2)).train()
+    root = tmp_path / "run" / "checkpoints"
+    (root / "step-000002" / "lineage.json").unlink()
+    cfg.train.max_steps = 3
+    with pytest.raises(CheckpointError, match=r"whose lineage.json cannot be read: step-000002"):
+        GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    cfg.train.overwrite = True  # removes the unreadable one and continues from the run's own step 1
+    assert GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2)).step == 1
+    assert not (root / "step-000002").exists()
+
+
+def test_a_skipped_last_step_still_saves_the_updates_before_it(tmp_path, tiny_checkpoint):
+    cfg = config(tmp_path, tiny_checkpoint("audio_flamingo3"), **{"train.max_steps": 2, "grpo.num_generations": 4})
+    trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    trainer.train_step()  # step 1 applied, not saved (save_every 0: only at the end)
+    weights = {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}
+    trainer.policy.lm_head.register_forward_hook(
+        lambda module, args, output: output * float("nan") if torch.is_grad_enabled() else output
+    )
+    trainer.train()  # step 2 skipped: the run ends with step 1's weights saved
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-000002")["policy_state"]
+    assert all(torch.equal(saved[n], weights[n]) for n in weights if n in saved)
+
+
+def test_a_new_run_starts_its_logs_afresh_and_a_resumed_one_keeps_its_own(tmp_path, tiny_checkpoint):
+    model = tiny_checkpoint("audio_flamingo3")
+    cfg = config(tmp_path, model, **{"train.max_steps": 2, "train.save_every": 1, "train.resume": "auto",
+                                     "train.eval_every": 1, "grpo.num_generations": 4})  # fmt: skip
+    GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2), eval_rows=tone_rows(1, "e")).train()
+    run = tmp_path / "run"
+    (run / "tb" / "stale-event").write_text("x")
+    first = [json.loads(x)["step"] for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert sorted(set(first)) == [0, 1, 2]
+    cfg.train.max_steps = 3  # the same run, extended: its samples up to step 2 stay, step 3's are added
+    GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2), eval_rows=tone_rows(1, "e")).train()
+    second = [json.loads(x)["step"] for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert second == first + [3] * second.count(3) and second.count(3) > 0
+    other = config(tmp_path, model, **{"train.max_steps": 1, "train.overwrite": True, "train.lr": 1e-4,
+                                       "train.eval_every": 1, "grpo.num_generations": 4})  # fmt: skip
+    GRPOTrainer(other, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2), eval_rows=tone_rows(1, "e")).train()
+    third = [json.loads(x)["step"] for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert sorted(set(third)) == [0, 1] and not (run / "tb" / "stale-event").exists()
+
+
+def test_resume_path_errors_come_before_anything_is_written(tmp_path, tiny_checkpoint):
+    model = tiny_checkpoint("audio_flamingo3")
+    first = config(tmp_path / "a", model, **{"train.max_steps": 1, "grpo.num_generations": 4})
+    GRPOTrainer(first, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2)).train()
+    step = tmp_path / "a" / "run" / "checkpoints" / "step-000001"
+    for bad, message in ((step.parent, "not a complete checkpoint folder"), (tmp_path / "nope", "not a complete")):
+        cfg = config(tmp_path / "b", model, **{"train.max_steps": 1, "train.resume": str(bad)})
+        with pytest.raises(CheckpointError, match=message):
+            GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+        assert not (tmp_path / "b" / "run" / "run.json").exists()
+    # a finished run's checkpoint, resumed into a new folder at its last step: nothing to do, no crash
+    done = config(
+        tmp_path / "c", model, **{"train.max_steps": 1, "train.resume": str(step), "grpo.num_generations": 4}
+    )
+    trainer = GRPOTrainer(done, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    assert trainer.step == 1 and trainer.train() == {}
