@@ -40,7 +40,8 @@ MARKER = "COMPLETE"
 LINEAGE = "lineage.json"
 RUN_FILE = "run.json"
 # Settings that do not change what a run computes up to a given step: a run resumed with other values of these
-# is the same run (max_steps: a run may be extended; its schedule state comes from the checkpoint).
+# is the same run. max_steps: a run may be extended; the learning-rate schedule then follows the new total from
+# the step reached.
 BOOKKEEPING_KEYS = (
     "output_dir",
     "data.eval",
