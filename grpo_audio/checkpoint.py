@@ -158,11 +158,8 @@ def start_run(out: str | Path, base_model: str, config: str, resume: str, overwr
     out = Path(out)
     prior = Lineage.read(out / RUN_FILE)
     if resume != "never" and prior is not None and prior.same_run(base_model, config):
-        strays = [
-            p
-            for p in checkpoint_dirs(out / "checkpoints")
-            if p not in checkpoint_dirs(out / "checkpoints", prior.run_id)
-        ]
+        own = set(checkpoint_dirs(out / "checkpoints", prior.run_id))
+        strays = [p for p in checkpoint_dirs(out / "checkpoints") if p not in own]
         if strays and not overwrite:  # resuming past them would silently redo or lose their steps
             raise CheckpointError(
                 f"{out}: complete checkpoints that are not this run's or whose {LINEAGE} cannot be read: "
