@@ -1,4 +1,4 @@
-"""Evaluation time with and without the recipe's audio stores (``evaluate_model(..., audio_stores=...)``).
+"""Evaluation time with and without the recipe's audio cache (``evaluate_model(..., audio_cache=...)``).
 
 The synthetic eval split asks two questions (multiple-choice and open) about each clip, and a recipe evaluates
 the same clips after every stage with an audio encoder that stays frozen. Three settings, alternated for
@@ -31,12 +31,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
 
+    from grpo_audio.audio_cache import AudioCache
     from grpo_audio.data.benchmarks import load_benchmark
     from grpo_audio.data.synthetic import LabelSpace, write_corpus
     from grpo_audio.evaluate import evaluate_model
     from grpo_audio.models import get_family
     from grpo_audio.models.tiny import build_tiny_model
-    from grpo_audio.sft import AudioStores
 
     tmp = Path(tempfile.mkdtemp())
     family = get_family("music_flamingo")
@@ -48,10 +48,10 @@ def main() -> None:
     times: dict[str, list[float]] = {"plain": [], "first stage": [], "later stage": []}
     completions: dict[str, list[str]] = {}
     for _ in range(args.rounds):
-        stores = AudioStores()
+        stores = AudioCache()
         for name, st in (("plain", None), ("first stage", stores), ("later stage", stores)):
             t = time.perf_counter()
-            out = evaluate_model(model, rows, engine="hf", max_new_tokens=args.max_new_tokens, audio_stores=st)
+            out = evaluate_model(model, rows, engine="hf", max_new_tokens=args.max_new_tokens, audio_cache=st)
             times[name].append(time.perf_counter() - t)
             texts = [r["completion"] for r in out["results"]]
             assert completions.setdefault("plain", texts) == texts, f"{name}: completions differ from plain"

@@ -7,7 +7,7 @@ each clip's frames:
 - ``encoder``: the encoder's outputs (mean and standard deviation per channel), probe inputs standardised;
 - ``log-mel``: the log-mel spectrogram (mean and standard deviation), standardised;
 - ``embeds raw`` / ``embeds std``: the audio embeddings the language model reads (the projector's outputs, mean
-  over time), as built and after ``models.calibrate.standardize_audio_embeddings`` (what the recipe does to a
+  over time), as built and after ``recipe.calibrate.standardize_audio_embeddings`` (what the recipe does to a
   fresh model), probe inputs *not* standardised: the language model reads them as they are.
 
 A multinomial logistic regression per question type (full batch, Adam, 300 steps) is fit on the training clips'
@@ -48,7 +48,7 @@ def pooled(model, processor, family, rows) -> dict[str, torch.Tensor]:
 
 def embedding_means(model, processor, family, rows) -> torch.Tensor:
     """[N, D] each clip's audio embeddings (what the language model reads), averaged over time."""
-    from grpo_audio.models.calibrate import audio_embeddings
+    from grpo_audio.recipe.calibrate import audio_embeddings
 
     return torch.stack([audio_embeddings(model, family, processor, [r]).mean(0) for r in rows])
 
@@ -92,8 +92,8 @@ def main() -> None:
     from grpo_audio.data.loaders import load_manifest
     from grpo_audio.data.synthetic import TASKS, write_corpus
     from grpo_audio.models import get_family
-    from grpo_audio.models.calibrate import standardize_audio_embeddings
     from grpo_audio.models.tiny import build_tiny_model
+    from grpo_audio.recipe.calibrate import standardize_audio_embeddings
 
     tmp = Path(tempfile.mkdtemp())
     family = get_family("music_flamingo")

@@ -58,7 +58,7 @@ def main() -> None:
     from grpo_audio.data.synthetic import write_corpus
     from grpo_audio.models import get_family
     from grpo_audio.models.tiny import build_tiny_model
-    from grpo_audio.sft import SFTSettings, run_sft
+    from grpo_audio.sft import SFTConfig, run_sft
 
     tmp = Path(tempfile.mkdtemp())
     family = get_family("music_flamingo")
@@ -74,7 +74,7 @@ def main() -> None:
     for r in range(args.rounds):
         for name, (base, extra) in runs.items():
             model = family.model_class().from_pretrained(base)
-            settings = SFTSettings(
+            settings = SFTConfig(
                 epochs=2, lr=1e-3, batch_size=args.batch_size, logging_steps=1000, freeze_audio_encoder=True, **extra
             )
             timer = StepTimes(steps_per_epoch)

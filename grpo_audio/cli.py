@@ -136,7 +136,7 @@ def _tiny_model(args: argparse.Namespace) -> int:
     out = build_tiny_model(args.family, args.out, size=args.size, seed=args.seed)
     print(f"wrote a {args.size}-size {args.family} checkpoint to {out}")
     if args.standardize_on:
-        from .models.calibrate import standardize_checkpoint
+        from .recipe.calibrate import standardize_checkpoint
 
         spread = standardize_checkpoint(out, args.standardize_on)
         print(f"audio embeddings standardised on {spread['tokens']} frames of {', '.join(args.standardize_on)}")
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="MANIFEST",
         help="rescale the projector so that the audio embeddings of these manifests' clips (up to 200) have mean 0 "
-        "and variance 1 per channel, as the recipe does (models/calibrate.py)",
+        "and variance 1 per channel, as the recipe does (recipe/calibrate.py)",
     )
     p.set_defaults(func=_tiny_model)
 

@@ -41,8 +41,11 @@ class ConfigError(ValueError):
     """A configuration could not be loaded: the message names the offending key."""
 
 
-def _f(default: Any = MISSING, help: str = "", choices: tuple[str, ...] | None = None, factory: Any = None) -> Any:
-    """A dataclass field with a help string (and optional fixed choices) in its metadata."""
+def setting(
+    default: Any = MISSING, help: str = "", choices: tuple[str, ...] | None = None, factory: Any = None
+) -> Any:
+    """A dataclass field of a config schema, with its help string (and optional fixed choices) in its metadata;
+    ``MISSING`` (the default) makes it required."""
     meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = choices
@@ -55,27 +58,31 @@ def _f(default: Any = MISSING, help: str = "", choices: tuple[str, ...] | None =
 class ModelConfig:
     """Which checkpoint to train and how to load it."""
 
-    path: str = _f(help="Model directory (save_pretrained layout) or hub id; required.")
-    family: str = _f(help="Model family adapter; required.", choices=tuple(FAMILIES))
-    dtype: str = _f("float32", help="Parameter dtype for training.", choices=("float32", "bfloat16", "float16"))
-    attn_implementation: str = _f(
+    path: str = setting(help="Model directory (save_pretrained layout) or hub id; required.")
+    family: str = setting(help="Model family adapter; required.", choices=tuple(FAMILIES))
+    dtype: str = setting("float32", help="Parameter dtype for training.", choices=("float32", "bfloat16", "float16"))
+    attn_implementation: str = setting(
         "sdpa", help="transformers attention kernel.", choices=("sdpa", "eager", "flash_attention_2")
     )
-    trust_remote_code: bool = _f(False, help="Allow code from the checkpoint directory to run (off by default).")
-    freeze_audio_encoder: bool = _f(False, help="Keep the audio encoder's weights fixed.")
-    freeze_projector: bool = _f(False, help="Keep the audio-to-text projector's weights fixed.")
-    gradient_checkpointing: bool = _f(False, help="Recompute activations in the backward pass to save memory.")
+    trust_remote_code: bool = setting(False, help="Allow code from the checkpoint directory to run (off by default).")
+    freeze_audio_encoder: bool = setting(
+        False,
+        help="Keep the audio encoder's weights fixed; its output for each clip is then computed once and reused "
+        "(audio_cache.py).",
+    )
+    freeze_projector: bool = setting(False, help="Keep the audio-to-text projector's weights fixed.")
+    gradient_checkpointing: bool = setting(False, help="Recompute activations in the backward pass to save memory.")
 
 
 @dataclass
 class LoraConfig:
     """Optional LoRA adapters (peft) on the language model."""
 
-    enabled: bool = _f(False, help="Train LoRA adapters instead of the full model.")
-    r: int = _f(16, help="LoRA rank.")
-    alpha: int = _f(32, help="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = _f(0.0, help="Dropout on the LoRA branch.")
-    target_modules: list[str] = _f(
+    enabled: bool = setting(False, help="Train LoRA adapters instead of the full model.")
+    r: int = setting(16, help="LoRA rank.")
+    alpha: int = setting(32, help="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = setting(0.0, help="Dropout on the LoRA branch.")
+    target_modules: list[str] = setting(
         help="Module name suffixes that get adapters.",
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )
@@ -85,71 +92,73 @@ class LoraConfig:
 class DataConfig:
     """Where the rows come from and what happens to bad or over-long ones."""
 
-    train: str = _f("", help="Training manifest (JSONL) or dataset path.")
-    eval: str = _f("", help="Held-out manifest used for evaluation; empty disables evaluation.")
-    train_tasks: list[str] = _f(
+    train: str = setting("", help="Training manifest (JSONL) or dataset path.")
+    eval: str = setting("", help="Held-out manifest used for evaluation; empty disables evaluation.")
+    train_tasks: list[str] = setting(
         help="Train on the rows of these tasks only (a row's `task`, e.g. [chord, key]); empty: every row.",
         factory=list,
     )
-    bad_rows: str = _f("raise", help="What to do with rows that fail validation.", choices=BAD_ROWS)
-    long_audio: str = _f(
+    bad_rows: str = setting("raise", help="What to do with rows that fail validation.", choices=BAD_ROWS)
+    long_audio: str = setting(
         "truncate",
         help="Audio longer than the family's limit: cut it (counted warning) or reject the row.",
         choices=LONG_AUDIO,
     )
-    max_audio_seconds: float = _f(0.0, help="Override the family's audio length limit; 0 uses the family's.")
+    max_audio_seconds: float = setting(0.0, help="Override the family's audio length limit; 0 uses the family's.")
 
 
 @dataclass
 class RolloutConfig:
     """How completions are sampled."""
 
-    engine: str = _f("vllm", help="Generation engine.", choices=ENGINES)
-    max_new_tokens: int = _f(256, help="Completion length cap.")
-    temperature: float = _f(1.0, help="Sampling temperature.")
-    top_p: float = _f(1.0, help="Nucleus sampling mass.")
-    top_k: int = _f(-1, help="Top-k sampling; -1 disables it.")
-    gpu_memory_utilization: float = _f(
+    engine: str = setting("vllm", help="Generation engine.", choices=ENGINES)
+    max_new_tokens: int = setting(256, help="Completion length cap.")
+    temperature: float = setting(1.0, help="Sampling temperature.")
+    top_p: float = setting(1.0, help="Nucleus sampling mass.")
+    top_k: int = setting(-1, help="Top-k sampling; -1 disables it.")
+    gpu_memory_utilization: float = setting(
         0.3, help="vLLM's memory fraction (of the GPU, or of the NUMA node's RAM on CPU, where 0.9 fails)."
     )
-    tensor_parallel_size: int = _f(1, help="vLLM tensor-parallel degree for rollouts.")
-    max_model_len: int = _f(4096, help="vLLM context length (prompt with audio tokens + completion).")
-    enforce_eager: bool = _f(True, help="Skip CUDA-graph capture in vLLM (faster start, slower decode).")
+    tensor_parallel_size: int = setting(1, help="vLLM tensor-parallel degree for rollouts.")
+    max_model_len: int = setting(4096, help="vLLM context length (prompt with audio tokens + completion).")
+    enforce_eager: bool = setting(True, help="Skip CUDA-graph capture in vLLM (faster start, slower decode).")
 
 
 @dataclass
 class GRPOConfig:
     """The algorithm's knobs (see loss.py / advantages.py for the maths)."""
 
-    num_generations: int = _f(8, help="G: completions sampled per prompt (the group).")
-    beta: float = _f(0.0, help="KL coefficient to the reference policy (k3 estimator); 0 loads no reference model.")
-    epsilon: float = _f(0.2, help="Lower clip range of the importance ratio.")
-    epsilon_high: float = _f(0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28).")
-    loss_type: str = _f("dapo", help="Loss aggregation.", choices=LOSS_TYPES)
-    scale_rewards: str = _f(
+    num_generations: int = setting(8, help="G: completions sampled per prompt (the group).")
+    beta: float = setting(
+        0.0, help="KL coefficient to the reference policy (k3 estimator); 0 loads no reference model."
+    )
+    epsilon: float = setting(0.2, help="Lower clip range of the importance ratio.")
+    epsilon_high: float = setting(0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28).")
+    loss_type: str = setting("dapo", help="Loss aggregation.", choices=LOSS_TYPES)
+    scale_rewards: str = setting(
         "group",
         help="Advantage normalisation: group std (GRPO), batch std, or none (Dr. GRPO).",
         choices=SCALE_REWARDS,
     )
-    num_iterations: int = _f(1, help="mu: optimisation passes over each batch of rollouts.")
-    shared_prefix: bool = _f(
+    num_iterations: int = setting(1, help="mu: optimisation passes over each batch of rollouts.")
+    shared_prefix: bool = setting(
         True, help="Logprob passes run each prompt and its audio once per group (false: per sample, the reference)."
     )
-    std_floor: float = _f(0.0, help="Lower bound on the reward std used to scale advantages.")
-    dynamic_sampling: bool = _f(False, help="Drop groups with equal rewards and refill from new prompts (DAPO).")
-    max_resample_rounds: int = _f(2, help="Extra rollout rounds dynamic sampling may spend per step.")
-    is_mode: str = _f(
+    std_floor: float = setting(0.0, help="Lower bound on the reward std used to scale advantages.")
+    dynamic_sampling: bool = setting(False, help="Drop groups with equal rewards and refill from new prompts (DAPO).")
+    max_resample_rounds: int = setting(2, help="Extra rollout rounds dynamic sampling may spend per step.")
+    is_mode: str = setting(
         "token_truncate",
         help="Rollout/trainer importance-sampling correction.",
         choices=IS_MODES,
     )
-    is_cap: float = _f(2.0, help="Upper bound of the importance-sampling ratio.")
-    is_ratio_band: list[float] = _f(
+    is_cap: float = setting(2.0, help="Upper bound of the importance-sampling ratio.")
+    is_ratio_band: list[float] = setting(
         help="[low, high]: warn when a step's mean importance-sampling ratio (trainer vs rollout engine, before "
         "truncation) leaves this band: the two no longer compute the same distribution.",
         factory=lambda: [0.8, 1.25],
     )
-    reward_on_error: str = _f(
+    reward_on_error: str = setting(
         "raise",
         help="A reward that raises or returns bad values: stop, or count and use 0 / drop it.",
         choices=ON_ERROR,
@@ -160,10 +169,10 @@ class GRPOConfig:
 class RewardSpec:
     """One reward function: a registry name or a dotted path, its weight and its settings."""
 
-    name: str = _f(help="Name in grpo_audio.rewards.REWARDS, or 'package.module:function'; required.")
-    weight: float = _f(1.0, help="Weight in the total reward.")
-    kwargs: dict[str, Any] = _f(help="Settings passed to the reward's factory.", factory=dict)
-    tasks: list[str] = _f(
+    name: str = setting(help="Name in grpo_audio.rewards.REWARDS, or 'package.module:function'; required.")
+    weight: float = setting(1.0, help="Weight in the total reward.")
+    kwargs: dict[str, Any] = setting(help="Settings passed to the reward's factory.", factory=dict)
+    tasks: list[str] = setting(
         help="Row tasks the reward applies to (e.g. [caption]); other rows get None. Empty: all rows.", factory=list
     )
 
@@ -172,37 +181,37 @@ class RewardSpec:
 class TrainConfig:
     """Optimisation schedule and bookkeeping."""
 
-    lr: float = _f(1e-6, help="Peak learning rate.")
-    max_steps: int = _f(100, help="Number of optimiser steps.")
-    prompts_per_step: int = _f(8, help="Prompts per step (each sampled G times).")
-    warmup_ratio: float = _f(0.03, help="Fraction of steps with linear warm-up (paper: 0.03).")
-    lr_scheduler: str = _f("cosine", help="Learning-rate schedule.", choices=("cosine", "linear", "constant"))
-    max_grad_norm: float = _f(1.0, help="Gradient clipping norm.")
-    micro_batch_size: int = _f(
+    lr: float = setting(1e-6, help="Peak learning rate.")
+    max_steps: int = setting(100, help="Number of optimiser steps.")
+    prompts_per_step: int = setting(8, help="Prompts per step (each sampled G times).")
+    warmup_ratio: float = setting(0.03, help="Fraction of steps with linear warm-up (paper: 0.03).")
+    lr_scheduler: str = setting("cosine", help="Learning-rate schedule.", choices=("cosine", "linear", "constant"))
+    max_grad_norm: float = setting(1.0, help="Gradient clipping norm.")
+    micro_batch_size: int = setting(
         8, help="Completions per forward/backward; gradients accumulate over the whole rollout batch."
     )
-    weight_decay: float = _f(0.0, help="AdamW weight decay.")
-    eval_every: int = _f(0, help="Evaluate every N steps; 0 disables.")
-    eval_rows: int = _f(64, help="Rows of the eval set used per evaluation (0 = all).")
-    eval_temperature: float = _f(0.0, help="Sampling temperature at evaluation (0 = greedy).")
-    eval_generations: int = _f(
+    weight_decay: float = setting(0.0, help="AdamW weight decay.")
+    eval_every: int = setting(0, help="Evaluate every N steps; 0 disables.")
+    eval_rows: int = setting(64, help="Rows of the eval set used per evaluation (0 = all).")
+    eval_temperature: float = setting(0.0, help="Sampling temperature at evaluation (0 = greedy).")
+    eval_generations: int = setting(
         1,
         help="Completions per eval prompt (TRL's num_generations_eval); the eval metrics average over them. With "
         "eval_temperature = rollout.temperature this estimates the reward the policy earns as it samples.",
     )
-    samples_per_eval: int = _f(8, help="Sample completions written to samples.jsonl per evaluation.")
-    save_every: int = _f(0, help="Checkpoint every N steps; 0 saves only at the end.")
-    keep_last: int = _f(2, help="Number of checkpoints kept.")
-    resume: str = _f(
+    samples_per_eval: int = setting(8, help="Sample completions written to samples.jsonl per evaluation.")
+    save_every: int = setting(0, help="Checkpoint every N steps; 0 saves only at the end.")
+    keep_last: int = setting(2, help="Number of checkpoints kept.")
+    resume: str = setting(
         "auto",
         help="Resume from this run's newest complete checkpoint ('auto'), a checkpoint path, or 'never' (a new run).",
     )
-    overwrite: bool = _f(
+    overwrite: bool = setting(
         False,
         help="Let a new run start in an output_dir holding another run's checkpoints, removing them (otherwise it "
         "is refused, naming them).",
     )
-    max_skipped_steps: int = _f(
+    max_skipped_steps: int = setting(
         3,
         help="A step whose loss or gradient norm is NaN/Inf is skipped (no update, no sync, no checkpoint); this "
         "many in a row stop the run with an error naming the step.",
@@ -213,15 +222,15 @@ class TrainConfig:
 class RunConfig:
     """A GRPO run: the top-level schema of a training YAML."""
 
-    output_dir: str = _f(help="Where checkpoints, metrics and plots go; required.")
-    seed: int = _f(0, help="Seed for sampling, data order and initialisation.")
-    model: ModelConfig = _f(help="Model to train.", factory=ModelConfig)
-    lora: LoraConfig = _f(help="Optional LoRA adapters.", factory=LoraConfig)
-    data: DataConfig = _f(help="Training and evaluation data.", factory=DataConfig)
-    rollout: RolloutConfig = _f(help="Completion sampling.", factory=RolloutConfig)
-    grpo: GRPOConfig = _f(help="Algorithm settings.", factory=GRPOConfig)
-    train: TrainConfig = _f(help="Optimisation and bookkeeping.", factory=TrainConfig)
-    rewards: list[RewardSpec] = _f(help="Reward functions and weights.", factory=list)
+    output_dir: str = setting(help="Where checkpoints, metrics and plots go; required.")
+    seed: int = setting(0, help="Seed for sampling, data order and initialisation.")
+    model: ModelConfig = setting(help="Model to train.", factory=ModelConfig)
+    lora: LoraConfig = setting(help="Optional LoRA adapters.", factory=LoraConfig)
+    data: DataConfig = setting(help="Training and evaluation data.", factory=DataConfig)
+    rollout: RolloutConfig = setting(help="Completion sampling.", factory=RolloutConfig)
+    grpo: GRPOConfig = setting(help="Algorithm settings.", factory=GRPOConfig)
+    train: TrainConfig = setting(help="Optimisation and bookkeeping.", factory=TrainConfig)
+    rewards: list[RewardSpec] = setting(help="Reward functions and weights.", factory=list)
 
 
 def _unknown_key_message(node_cls: type | None, full_key: str, key: str) -> str:
@@ -396,31 +405,31 @@ STAGE_KINDS = ("text_pretrain", "sft", "cold_start", "grpo", "eval")
 class StageConfig:
     """One stage of a recipe; each training stage starts from the previous stage's model."""
 
-    name: str = _f(help="Stage name (its folder under output_dir); required.")
-    kind: str = _f(help="What the stage does.", choices=STAGE_KINDS)
-    data: str = _f(
+    name: str = setting(help="Stage name (its folder under output_dir); required.")
+    kind: str = setting(help="What the stage does.", choices=STAGE_KINDS)
+    data: str = setting(
         "",
         help="Manifest for the stage ('synthetic:NAME' = the recipe's synthetic NAME.jsonl); text_pretrain, sft and "
         "cold_start take several, comma-separated.",
     )
-    epochs: float = _f(1.0, help="SFT epochs.")
-    max_steps: int = _f(-1, help="SFT optimiser steps (overrides epochs when > 0); GRPO: use grpo_overrides.")
-    lr: float = _f(1e-4, help="SFT learning rate.")
-    batch_size: int = _f(8, help="SFT rows per step.")
-    freeze_audio_encoder: bool = _f(
+    epochs: float = setting(1.0, help="SFT epochs.")
+    max_steps: int = setting(-1, help="SFT optimiser steps (overrides epochs when > 0); GRPO: use grpo_overrides.")
+    lr: float = setting(1e-4, help="SFT learning rate.")
+    batch_size: int = setting(8, help="SFT rows per step.")
+    freeze_audio_encoder: bool = setting(
         False, help="SFT: keep the audio encoder fixed; its output for each clip is then computed once and reused."
     )
-    gradient_checkpointing: bool = _f(
+    gradient_checkpointing: bool = setting(
         False, help="SFT: recompute activations in the backward pass (less memory, ~30% slower steps)."
     )
-    replay: str = _f(
+    replay: str = setting(
         "",
         help="SFT stages: manifests (comma-separated) whose rows are trained on too, replay_ratio x as many as the "
         "stage's own, drawn with the recipe's seed; each on its chain of thought and answer where it has a chain, "
         "on its answer otherwise. A cold start on chains alone overwrites the direct answers sft taught.",
     )
-    replay_ratio: float = _f(1.0, help="Replayed rows per row of the stage's own data.")
-    grpo_overrides: dict[str, Any] = _f(
+    replay_ratio: float = setting(1.0, help="Replayed rows per row of the stage's own data.")
+    grpo_overrides: dict[str, Any] = setting(
         help="GRPO stage: dotted overrides of the recipe's run settings, e.g. {train.max_steps: 20}.", factory=dict
     )
 
@@ -429,21 +438,21 @@ class StageConfig:
 class SyntheticConfig:
     """The synthetic music-theory corpus a recipe can generate for itself."""
 
-    enabled: bool = _f(False, help="Generate the corpus into OUTPUT_DIR/data before the stages.")
-    n: int = _f(400, help="Training clips.")
-    n_eval: int = _f(100, help="Held-out clips.")
-    n_rl: int = _f(
+    enabled: bool = setting(False, help="Generate the corpus into OUTPUT_DIR/data before the stages.")
+    n: int = setting(400, help="Training clips.")
+    n_eval: int = setting(100, help="Held-out clips.")
+    n_rl: int = setting(
         0,
         help="Clips of their own for the GRPO prompts (rl.jsonl), unseen in SFT (0: the training clips).",
     )
-    seed: int = _f(0, help="Corpus seed.")
-    chord_qualities: list[str] = _f(
+    seed: int = setting(0, help="Corpus seed.")
+    chord_qualities: list[str] = setting(
         help="Chord qualities the chord clips draw from (default: all seven: major, minor, diminished, augmented, "
         "dominant/major/minor seventh).",
         factory=list,
     )
-    tempo_step: int = _f(4, help="Tempo grid step in BPM over 64-160 (4: 25 tempi; 16: 7 tempi).")
-    registers: list[int] = _f(
+    tempo_step: int = setting(4, help="Tempo grid step in BPM over 64-160 (4: 25 tempi; 16: 7 tempi).")
+    registers: list[int] = setting(
         help="MIDI notes of the C that pitched clips are built up from, one drawn per clip (default: 48, 60, 72; "
         "C2-C6 allowed). Notes from C5 (72) up are resolved by the Whisper front end without overtones.",
         factory=list,
@@ -464,11 +473,11 @@ class SyntheticConfig:
 class RecipeEvalConfig:
     """Evaluation after each training stage."""
 
-    data: str = _f("synthetic:eval", help="Eval manifest (or 'synthetic:eval').")
-    max_rows: int = _f(0, help="Evaluate the first N rows only (0 = all).")
-    max_new_tokens: int = _f(128, help="Completion length cap at evaluation.")
-    engine: str = _f("hf", help="Engine for evaluation (greedy decoding).", choices=ENGINES)
-    answer_format: str = _f(
+    data: str = setting("synthetic:eval", help="Eval manifest (or 'synthetic:eval').")
+    max_rows: int = setting(0, help="Evaluate the first N rows only (0 = all).")
+    max_new_tokens: int = setting(128, help="Completion length cap at evaluation.")
+    engine: str = setting("hf", help="Engine for evaluation (greedy decoding).", choices=ENGINES)
+    answer_format: str = setting(
         "letter",
         help="What a benchmark file's prompts ask for: the choice's letter or its text (MMAU's and MMAR's scorers "
         "credit the text); also how a bare token that is both a letter and a choice's text is read.",
@@ -480,24 +489,29 @@ class RecipeEvalConfig:
 class RecipeConfig:
     """A recipe: stages (sft -> cold_start -> grpo -> eval) run in order from one YAML."""
 
-    output_dir: str = _f(help="Where every stage, the report and the curves go; required.")
-    seed: int = _f(0, help="Seed of every stage.")
-    tiny_model: str = _f(
+    output_dir: str = setting(help="Where every stage, the report and the curves go; required.")
+    seed: int = setting(0, help="Seed of every stage.")
+    tiny_model: str = setting(
         "",
         help="Build a tiny checkpoint of model.family of this size as the base model ('' = use model.path).",
         choices=("", "test", "demo", "bench"),
     )
-    standardize_audio: bool = _f(
+    standardize_audio: bool = setting(
         True,
         help="With tiny_model: rescale the fresh projector so the audio embeddings of up to 200 training clips "
-        "(the first audio stage's data) have mean 0 and variance 1 per channel (models.calibrate).",
+        "(the first audio stage's data) have mean 0 and variance 1 per channel (recipe.calibrate).",
     )
-    model: ModelConfig = _f(help="Base model (path may be empty when tiny_model is set).", factory=ModelConfig)
-    synthetic: SyntheticConfig = _f(help="Synthetic corpus generation.", factory=SyntheticConfig)
-    eval: RecipeEvalConfig = _f(help="Evaluation after each training stage.", factory=RecipeEvalConfig)
-    lora: LoraConfig = _f(help="LoRA for the GRPO stages.", factory=LoraConfig)
-    rollout: RolloutConfig = _f(help="GRPO rollout settings.", factory=RolloutConfig)
-    grpo: GRPOConfig = _f(help="GRPO algorithm settings.", factory=GRPOConfig)
-    train: TrainConfig = _f(help="GRPO optimisation settings.", factory=TrainConfig)
-    rewards: list[RewardSpec] = _f(help="GRPO rewards.", factory=list)
-    stages: list[StageConfig] = _f(help="The stages, in order.", factory=list)
+    audio_cache_gb: float = setting(
+        4.0,
+        help="Memory for the log-mel features and frozen-encoder outputs every stage shares (audio_cache.py; a 30 s "
+        "window's features take 1.5 MB).",
+    )
+    model: ModelConfig = setting(help="Base model (path may be empty when tiny_model is set).", factory=ModelConfig)
+    synthetic: SyntheticConfig = setting(help="Synthetic corpus generation.", factory=SyntheticConfig)
+    eval: RecipeEvalConfig = setting(help="Evaluation after each training stage.", factory=RecipeEvalConfig)
+    lora: LoraConfig = setting(help="LoRA for the GRPO stages.", factory=LoraConfig)
+    rollout: RolloutConfig = setting(help="GRPO rollout settings.", factory=RolloutConfig)
+    grpo: GRPOConfig = setting(help="GRPO algorithm settings.", factory=GRPOConfig)
+    train: TrainConfig = setting(help="GRPO optimisation settings.", factory=TrainConfig)
+    rewards: list[RewardSpec] = setting(help="GRPO rewards.", factory=list)
+    stages: list[StageConfig] = setting(help="The stages, in order.", factory=list)

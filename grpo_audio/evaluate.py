@@ -11,12 +11,16 @@ Run: ``grpo-audio eval MODEL_DIR DATA [--engine vllm|hf] [--out report.json] [--
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from .audio_cache import AudioCache
 from .data.schema import Row
 from .rewards import answer_accuracy, format_reward
 from .rewards.accuracy import MCQAccuracy
+from .rollout import SamplingConfig, load_engine
+from .rollout.hf_engine import HFEngine
 
 
 def _mean(values: list[float]) -> float | None:
@@ -96,28 +100,26 @@ def evaluate_model(
     temperature: float = 0.0,
     max_model_len: int = 4096,
     engine_obj: Any = None,
-    audio_stores: Any = None,
+    audio_cache: AudioCache | None = None,
     prefer: str = "text",
 ) -> dict[str, Any]:
     """Generate one completion per row (greedy by default) and score it.
 
-    ``audio_stores`` (an ``sft.AudioStores``; the transformers engine only) keeps each clip's log-mel features and
-    audio-encoder outputs from one call to the next: an eval set asks several questions about each clip, and a
-    recipe evaluates the same clips after every stage, with an encoder that stays frozen. Keys carry the feature
-    extractor's settings and the encoder's weights, so an encoder that changed is run again; the completions are
-    the uncached ones (a test compares them).
+    ``audio_cache`` (the transformers engine only) keeps each clip's log-mel features and audio-encoder outputs
+    from one call to the next: an eval set asks several questions about each clip, and a recipe evaluates the
+    same clips after every stage, with an encoder that stays frozen. Keys carry the feature extractor's settings
+    and the encoder's weights, so an encoder that changed is run again; the completions are the uncached ones (a
+    test compares them).
 
     ``prefer`` is what the prompts asked for (``letter`` or ``text``): how a completion's bare token that is both a
     letter and a choice's text is read (see ``score``).
     """
-    from .rollout.base import SamplingConfig
-
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
     own = engine_obj is None
     if own:
-        engine_obj = _engine(model_dir, engine, max_model_len, audio_stores)
+        engine_obj = load_engine(model_dir, engine, max_model_len, audio_cache)
     try:
-        with _encoder_cache(engine_obj, audio_stores):
+        with _encoder_cache(engine_obj, audio_cache):
             batch = engine_obj.generate(rows, n=1, sampling=sampling)
     finally:
         if own and hasattr(engine_obj, "close"):
@@ -125,35 +127,10 @@ def evaluate_model(
     return score(rows, batch.completion_text, prefer=prefer)
 
 
-def _engine(model_dir: str | Path, engine: str, max_model_len: int, audio_stores: Any = None) -> Any:
-    from transformers import AutoProcessor
-
-    from .models import family_of_checkpoint
-
-    family = family_of_checkpoint(model_dir)
-    if engine == "vllm":
-        from .rollout.vllm_engine import VLLMEngine
-
-        return VLLMEngine(model_dir, family=family, max_model_len=max_model_len)
-    from .data.feature_cache import cache_features
-    from .rollout.hf_engine import HFEngine
-
-    model = family.model_class().from_pretrained(model_dir).eval().requires_grad_(False)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    if audio_stores is not None:
-        processor = cache_features(processor, store=audio_stores.features)
-    return HFEngine(model, processor, family, max_model_len=max_model_len)
-
-
-def _encoder_cache(engine_obj: Any, audio_stores: Any) -> Any:
-    """Within the block, a transformers engine's frozen encoder reuses ``audio_stores.encoder``."""
-    from contextlib import nullcontext
-
-    from .models.encoder_cache import cached_encoder
-    from .rollout.hf_engine import HFEngine
-
-    if audio_stores is None or not isinstance(engine_obj, HFEngine):
+def _encoder_cache(engine_obj: Any, audio_cache: AudioCache | None) -> AbstractContextManager:
+    """Within the block, a transformers engine's frozen encoder reads ``audio_cache``."""
+    if audio_cache is None or not isinstance(engine_obj, HFEngine):
         return nullcontext()
     if any(p.requires_grad for p in engine_obj.model.parameters()):  # a caller's engine with a model in training
         return nullcontext()
-    return cached_encoder(engine_obj.model, engine_obj.family, store=audio_stores.encoder)
+    return audio_cache.encoder(engine_obj.model, engine_obj.family)

@@ -11,20 +11,22 @@ Run: ``grpo-audio sft MODEL_DIR MANIFEST OUT [--target answer|think] [--epochs N
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .audio_cache import AudioCache
+from .config import setting
 from .data.collate import IGNORE_INDEX, collate_sequences
-from .data.feature_cache import cache_features
 from .data.schema import Row
-from .lru import LRUBytes
 from .models import ModelFamily
-from .models.encoder_cache import cached_encoder
 from .models.weights import save_model_dir
+
+logger = logging.getLogger(__name__)
 
 TARGETS = ("answer", "think", "auto", "text")
 
@@ -57,12 +59,11 @@ class AudioSFTCollator:
         rows: list[Row],
         target: str,
         max_audio_seconds: float | None = None,
-        cache: bool = True,
-        feature_store: LRUBytes | None = None,
+        audio_cache: AudioCache | None = None,
     ):
-        # Every epoch revisits the same clips: their log-mel features are computed once.
+        # Every epoch revisits the same clips: with a cache, their log-mel features are computed once.
         self.family, self.rows, self.target = family, rows, target
-        self.processor = cache_features(processor, store=feature_store) if cache else processor
+        self.processor = audio_cache.features(processor) if audio_cache is not None else processor
         self.max_audio_seconds = max_audio_seconds
         for row in rows:  # fail before training, naming the row
             target_text(row, target)
@@ -126,36 +127,32 @@ def _text_only(messages: list[dict[str, Any]]) -> str:
 
 
 @dataclass
-class AudioStores:
-    """Log-mel features and frozen-encoder outputs kept from one supervised stage to the next (a recipe's
-    ``sft`` and ``cold_start`` train on the same clips): the second stage computes neither again. Keys carry the
-    feature extractor's settings and the encoder's weights, so nothing is reused across a change of either."""
+class SFTConfig:
+    """Settings of one supervised stage (TRL ``SFTConfig`` fields, named as grpo-audio names them)."""
 
-    features: LRUBytes = field(default_factory=lambda: LRUBytes(4 << 30))
-    encoder: LRUBytes = field(default_factory=lambda: LRUBytes(4 << 30))
-
-
-@dataclass
-class SFTSettings:
-    """Settings of one supervised stage."""
-
-    target: str = "answer"
-    epochs: float = 1.0
-    max_steps: int = -1
-    lr: float = 1e-4
-    batch_size: int = 8
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    logging_steps: int = 10
-    freeze_audio_encoder: bool = False
+    target: str = setting("answer", help="What the loss is on (see target_text).", choices=TARGETS)
+    epochs: float = setting(1.0, help="Epochs over the rows.")
+    max_steps: int = setting(-1, help="Optimiser steps; overrides epochs when > 0.")
+    lr: float = setting(1e-4, help="Peak learning rate.")
+    batch_size: int = setting(8, help="Rows per optimiser step.")
+    warmup_ratio: float = setting(0.03, help="Fraction of the steps the learning rate warms up over.")
+    lr_scheduler: str = setting("cosine", help="transformers scheduler name.")
+    weight_decay: float = setting(0.0, help="AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, help="Gradient clipping norm.")
+    seed: int = setting(0, help="Seed of the data order and dropout.")
+    logging_steps: int = setting(10, help="Log the loss every N steps.")
+    freeze_audio_encoder: bool = setting(
+        False, help="Keep the audio encoder fixed; its output for each clip is then computed once and reused."
+    )
     # TRL's SFTConfig turns it on by default; the small models here run faster without it.
-    gradient_checkpointing: bool = False
-    # Compute each clip's log-mel features (and, with the encoder frozen, its encoder output) once, not every
-    # epoch. Memory: 1.5 MB of features per 30 s window, plus the encoder output.
-    cache_audio: bool = True
+    gradient_checkpointing: bool = setting(
+        False, help="Recompute activations in the backward pass (less memory, ~30% slower steps)."
+    )
+    cache_audio: bool = setting(
+        True,
+        help="Compute each clip's log-mel features (and, with the encoder frozen, its encoder output) once, not "
+        "every epoch (audio_cache.py; 1.5 MB of features per 30 s window, plus the encoder output).",
+    )
 
 
 def run_sft(
@@ -164,14 +161,15 @@ def run_sft(
     processor: Any,
     rows: list[Row],
     out: str | Path,
-    settings: SFTSettings,
+    settings: SFTConfig,
     callbacks: list[Any] | None = None,
-    stores: AudioStores | None = None,
+    audio_cache: AudioCache | None = None,
 ) -> tuple[Path, list[dict[str, float]]]:
     """Train ``model`` on ``rows`` with TRL's SFTTrainer and save it to ``out/model``.
 
-    ``callbacks`` are transformers ``TrainerCallback`` objects handed to the trainer; ``stores`` keeps the audio
-    caches for a later stage (with ``cache_audio``).
+    ``callbacks`` are transformers ``TrainerCallback`` objects handed to the trainer. With ``cache_audio``, each
+    clip's log-mel features (and, with the encoder frozen, its encoder outputs) go through ``audio_cache``: a
+    recipe passes its own, so that a later stage finds them (a new one is made when None).
 
     Returns the saved model directory and TRL's log history (loss per logging step).
     """
@@ -179,6 +177,10 @@ def run_sft(
     from trl import SFTConfig, SFTTrainer
 
     out = Path(out)
+    if not settings.cache_audio:
+        audio_cache = None
+    elif audio_cache is None:
+        audio_cache = AudioCache()
     if settings.freeze_audio_encoder:
         for name, p in model.named_parameters():
             if name.startswith(family.audio_encoder_prefixes):
@@ -216,18 +218,16 @@ def run_sft(
                 processor,
                 rows,
                 settings.target,
-                cache=settings.cache_audio,
-                feature_store=stores.features if stores else None,
+                audio_cache=audio_cache,
             )
         ),
         processing_class=processor.tokenizer,
         callbacks=callbacks,
     )
-    reuse_encoder = settings.freeze_audio_encoder and settings.cache_audio and settings.target != "text"
-    store = stores.encoder if stores else None
-    with cached_encoder(trainer.model, family, store=store) if reuse_encoder else nullcontext() as cache:
+    reuse_encoder = settings.freeze_audio_encoder and audio_cache is not None and settings.target != "text"
+    with audio_cache.encoder(trainer.model, family) if reuse_encoder else nullcontext() as encoder:
         trainer.train()
-    if cache is not None:
-        print(f"[sft] audio encoder outputs: {cache.misses} windows computed, {cache.hits} reused")
+    if encoder is not None:
+        logger.info("audio encoder outputs: %d windows computed, %d reused", encoder.misses, encoder.hits)
     model_dir = save_model_dir(trainer.model, family, processor, out / "model")
     return model_dir, [h for h in trainer.state.log_history if "loss" in h]

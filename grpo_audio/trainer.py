@@ -17,17 +17,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from peft import LoraConfig, get_peft_model
+from tqdm.auto import tqdm
+from transformers import AutoProcessor, get_scheduler
 
 from .advantages import group_advantages
+from .audio_cache import AudioCache
 from .checkpoint import (
     LINEAGE,
     CheckpointError,
@@ -41,16 +47,40 @@ from .checkpoint import (
     start_run,
 )
 from .config import RunConfig
+from .data.collate import collate_prompts
+from .data.loaders import load_manifest
 from .data.schema import Row
 from .logprobs import completion_logprobs, shared_prefix_logprobs
 from .loss import LossConfig, policy_loss
-from .metrics import MetricsLogger, keep_until, plot_curves
+from .metrics import MetricsLogger, MetricsSummary, keep_until, plot_curves, read_metrics, summarize
 from .models import ModelFamily, get_family
 from .models.weights import save_model_dir
-from .rollout import RolloutBatch, build_engine, sampling_config
+from .rewards import RewardOutput, RewardSet
+from .rollout import RolloutBatch, SamplingConfig, build_engine, sampling_config
 from .rollout.base import banned_token_ids
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSummary:
+    """What ``GRPOTrainer.train()`` returns.
+
+    Attributes:
+        step: the step the run stopped at (``train.max_steps``).
+        last: this process's metrics of the last step run by this call (``{}`` if it ran none: resumed at the end).
+        checkpoint: the run's newest complete checkpoint folder (its ``model/`` loads in transformers and vLLM);
+            None if the run saved none.
+        metrics: the run's ``metrics.jsonl`` summarised (rewards at the ends, evaluation steps); None on processes
+            other than the main one, which log nothing.
+        output_dir: the run's folder (``metrics.jsonl``, ``tb/``, ``curves.png``, ``samples.jsonl``).
+    """
+
+    step: int
+    last: dict[str, Any]
+    checkpoint: Path | None
+    metrics: MetricsSummary | None
+    output_dir: Path
 
 
 class GRPOTrainer:
@@ -62,6 +92,9 @@ class GRPOTrainer:
         reward_funcs: a ``RewardSet`` (built from ``config.rewards`` when None).
         train_rows, eval_rows: the data (loaded from ``config.data`` when None).
         engine: a rollout engine (built from ``config.rollout`` when None).
+        audio_cache: where log-mel features, and with ``model.freeze_audio_encoder`` the audio encoder's outputs,
+            are kept between logprob passes and steps (a recipe passes the one its other stages filled); a new
+            one when None. Outputs are the uncached ones (a test compares the weights after a step).
     """
 
     def __init__(
@@ -72,13 +105,8 @@ class GRPOTrainer:
         train_rows: list[Row] | None = None,
         eval_rows: list[Row] | None = None,
         engine: Any = None,
+        audio_cache: AudioCache | None = None,
     ):
-        from accelerate import Accelerator
-        from transformers import AutoProcessor
-
-        from .data.loaders import load_manifest
-        from .rewards import RewardSet
-
         if config.train.eval_generations < 1:
             raise ValueError(f"train.eval_generations must be at least 1, got {config.train.eval_generations}")
         self.cfg = config
@@ -89,6 +117,8 @@ class GRPOTrainer:
         bf16 = config.model.dtype == "bfloat16"
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
         self.processor = AutoProcessor.from_pretrained(config.model.path)
+        self.audio_cache = audio_cache if audio_cache is not None else AudioCache()
+        self.features = self.audio_cache.features(self.processor)  # the processor batches are built with
         self.tokenizer = self.processor.tokenizer
         self.banned_ids = banned_token_ids(self.family, self.tokenizer)
         if model is None:
@@ -162,12 +192,18 @@ class GRPOTrainer:
                 config.model.path,
                 self.family,
                 model=self.policy,
-                processor=self.processor,
+                processor=self.features,
                 seed=config.seed,
             )
         )
         if resumed or config.lora.enabled:  # the engine starts from the checkpoint on disk
             self.engine.sync_weights(self.policy)
+        # A frozen encoder's output for a clip never changes: computed once, then read in every logprob pass.
+        self._lifetime = contextlib.ExitStack()
+        if config.model.freeze_audio_encoder:
+            for model in (self.policy, self.ref_model):  # the reference's encoder is the same: same keys
+                if model is not None:
+                    self._lifetime.enter_context(self.audio_cache.encoder(model, self.family))
         self.metrics = MetricsLogger(
             self.out, resume_step=self.step if resumed else None, enabled=self.accelerator.is_main_process
         )
@@ -187,8 +223,6 @@ class GRPOTrainer:
             if cfg.model.freeze_projector and name.startswith(self.family.projector_prefixes):
                 p.requires_grad_(False)
         if cfg.lora.enabled:
-            from peft import LoraConfig, get_peft_model
-
             # Adapters on the language model only (the audio encoder has q_proj/v_proj too).
             targets = "|".join(cfg.lora.target_modules)
             model = get_peft_model(
@@ -217,8 +251,6 @@ class GRPOTrainer:
         return ref
 
     def _scheduler(self):
-        from transformers import get_scheduler
-
         total = self.cfg.train.max_steps * self.cfg.grpo.num_iterations
         warmup = math.ceil(self.cfg.train.warmup_ratio * total)
         name = "constant_with_warmup" if self.cfg.train.lr_scheduler == "constant" else self.cfg.train.lr_scheduler
@@ -290,8 +322,8 @@ class GRPOTrainer:
         return rows[rank * k : (rank + 1) * k]
 
     # ---- one step -------------------------------------------------------------------------------------------
-    def _score(self, rows: list[Row], batch: RolloutBatch):
-        return score_completions(self.rewards, rows, batch.completion_text, batch.row_index)
+    def _score(self, rows: list[Row], batch: RolloutBatch) -> RewardOutput:
+        return self.rewards.score_rows(rows, batch.completion_text, batch.row_index)
 
     def _rollout(self, rows: list[Row], seed: int):
         g = self.cfg.grpo.num_generations
@@ -330,13 +362,10 @@ class GRPOTrainer:
 
     def _merge_groups(self, pool, extra):
         """Rebuild one RolloutBatch + RewardOutput from groups taken from several rollout rounds."""
-        from .data.collate import collate_prompts
-        from .rewards import RewardOutput
-
         g = self.cfg.grpo.num_generations
         rows = [p[0] for p in pool]
         clips = [r.load_audio(self.family).wave for r in rows]
-        prompts = collate_prompts(self.family, self.processor, rows, clips)
+        prompts = collate_prompts(self.family, self.features, rows, clips)
         fields: dict[str, list] = {"completion_ids": [], "completion_text": [], "logprobs": [], "finish_reason": []}
         total, components = [], {}
         for _, b, r, i in pool:
@@ -529,10 +558,6 @@ class GRPOTrainer:
     # ---- evaluation, checkpoints, loop ----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Reward functions as metrics on the eval rows; a few completions go to ``samples.jsonl``."""
-        import json
-
-        from .rollout.base import SamplingConfig
-
         rows = self.eval_rows[: self.cfg.train.eval_rows or None]
         if not rows:
             return {}
@@ -585,10 +610,12 @@ class GRPOTrainer:
         self.accelerator.wait_for_everyone()
         return path
 
-    def train(self) -> dict[str, float]:
-        """Run to ``train.max_steps``; returns the last step's metrics."""
-        from tqdm.auto import tqdm
+    def train(self) -> TrainSummary:
+        """Run to ``train.max_steps``.
 
+        Raises:
+            FloatingPointError: ``train.max_skipped_steps`` steps in a row had a non-finite loss or gradient norm.
+        """
         cfg = self.cfg.train
         last: dict[str, float] = {}
         main = self.accelerator.is_main_process
@@ -617,12 +644,18 @@ class GRPOTrainer:
             bar.set_postfix(reward=f"{last['reward/mean']:.3f}", loss=f"{last['loss']:.4f}")
         bar.close()
         self.metrics.close()
-        if main and (self.out / "metrics.jsonl").exists():
-            plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+        metrics = self.out / "metrics.jsonl"
+        summary = None
+        if main and metrics.exists():
+            plot_curves(metrics, self.out / "curves.png")
+            summary = summarize(read_metrics(metrics))
         self.accelerator.wait_for_everyone()
-        return last
+        checkpoint = latest_checkpoint(self.out / "checkpoints", self.lineage.run_id)
+        return TrainSummary(step=self.step, last=last, checkpoint=checkpoint, metrics=summary, output_dir=self.out)
 
     def close(self) -> None:
+        """Shut the rollout engine down and give the model its own encoder forward back."""
+        self._lifetime.close()
         if hasattr(self.engine, "close"):
             self.engine.close()
 
@@ -643,14 +676,3 @@ def _aggregate(name: str, values: list[float]) -> float:
     if name.endswith("_max"):
         return float(np.max(values))
     return float(np.mean(values))
-
-
-def score_completions(rewards: Any, rows: list[Row], texts: list[str], row_index: list[int]) -> Any:
-    """``rewards`` (a ``RewardSet``) of each completion ``texts[j]``, written for ``rows[row_index[j]]``, in TRL's
-    call convention: the rows' columns repeated per completion, completions as assistant messages."""
-    columns: dict[str, list] = {}
-    for i in row_index:
-        for k, v in rows[i].columns().items():
-            columns.setdefault(k, []).append(v)
-    prompts = [rows[i].prompt for i in row_index]
-    return rewards(prompts, [[{"role": "assistant", "content": t}] for t in texts], **columns)

@@ -148,6 +148,16 @@ class RewardOutput:
         out["reward/mean"] = sum(self.total) / len(self.total) if self.total else math.nan
         return out
 
+    def means(self) -> dict[str, float]:
+        """The mean weighted total (``total``) and each reward's mean over the samples it applies to (NaN if
+        none), by reward name.
+
+        >>> RewardOutput(total=[1.0, 0.0], components={"format": [1.0, math.nan]}).means()
+        {'total': 0.5, 'format': 1.0}
+        """
+        metrics = self.metrics()
+        return {"total": metrics["reward/mean"], **{n: metrics[f"rewards/{n}/mean"] for n in self.components}}
+
 
 class RewardSet:
     """Several rewards with weights, called through a safety net.
@@ -197,6 +207,24 @@ class RewardSet:
                 if v is not None:
                     total[i] += weight * float(v)
         return RewardOutput(total=total, components=components, errors=errors)
+
+    def score_rows(self, rows: Sequence[Any], completions: Sequence[str], row_index: Sequence[int]) -> RewardOutput:
+        """The rewards of completions written for dataset rows, called as TRL calls them.
+
+        Args:
+            rows: the prompts' rows; any objects with ``prompt`` and ``columns()`` (``data.schema.Row``).
+            completions: [N] completion texts; ``completions[j]`` answers ``rows[row_index[j]]``.
+            row_index: [N] indices into ``rows``.
+
+        Each row's columns are repeated per completion (TRL passes dataset columns the same way), and the
+        completions go in as assistant messages (TRL's conversational format), so TRL's rewards run unchanged.
+        """
+        columns: dict[str, list] = {}
+        for i in row_index:
+            for k, v in rows[i].columns().items():
+                columns.setdefault(k, []).append(v)
+        prompts = [rows[i].prompt for i in row_index]
+        return self(prompts, [[{"role": "assistant", "content": t}] for t in completions], **columns)
 
     def _call_one(self, fn, name, prompts, completions, columns, ids, errors) -> list[float | None]:
         n = len(completions)

@@ -96,20 +96,19 @@ def test_eval_command_on_a_benchmark_json(tmp_path, tiny_checkpoint, capsys):
 
 
 def test_evaluation_reuses_each_clips_audio_across_rows_and_calls(tmp_path, tiny_checkpoint, monkeypatch):
-    """With audio stores (as the recipe passes them), each clip's log-mel features and encoder outputs are
+    """With an audio cache (as the recipe passes it), each clip's log-mel features and encoder outputs are
     computed once: not again for a second question about the clip, nor in a later call (the next stage's
     evaluation). A checkpoint whose encoder differs is encoded again. Completions equal the uncached ones."""
     from transformers import AutoProcessor, WhisperFeatureExtractor
 
+    from grpo_audio.audio_cache import AudioCache
     from grpo_audio.evaluate import evaluate_model
     from grpo_audio.models import get_family
-    from grpo_audio.models.encoder_cache import audio_encoder
-    from grpo_audio.sft import AudioStores
 
     family = get_family("music_flamingo")
     model_dir = tiny_checkpoint("music_flamingo")
     model = family.model_class().from_pretrained(model_dir)
-    encoder_class = type(audio_encoder(model, family))
+    encoder_class = type(family.audio_encoder(model))
     computed = {"windows": 0, "encoded": 0}
     extract, encode = WhisperFeatureExtractor.__call__, encoder_class.forward
 
@@ -137,17 +136,17 @@ def test_evaluation_reuses_each_clips_audio_across_rows_and_calls(tmp_path, tiny
 
     def run(directory, stores=None):
         computed.update(windows=0, encoded=0)
-        out = evaluate_model(directory, rows, engine="hf", max_new_tokens=6, audio_stores=stores)
+        out = evaluate_model(directory, rows, engine="hf", max_new_tokens=6, audio_cache=stores)
         return [r["completion"] for r in out["results"]], dict(computed)
 
     plain, work = run(model_dir)
     assert work == {"windows": 4, "encoded": 4}  # one per row
-    stores = AudioStores()
+    stores = AudioCache()
     assert run(model_dir, stores) == (plain, {"windows": 2, "encoded": 2})  # one per clip
     assert run(model_dir, stores) == (plain, {"windows": 0, "encoded": 0})  # the next stage: nothing recomputed
 
     with torch.no_grad():
-        next(audio_encoder(model, family).parameters()).add_(0.5)
+        next(family.audio_encoder(model).parameters()).add_(0.5)
     model.save_pretrained(tmp_path / "changed")
     AutoProcessor.from_pretrained(model_dir).save_pretrained(tmp_path / "changed")
     changed, work = run(tmp_path / "changed", stores)

@@ -52,7 +52,6 @@ def test_loading_block(project, monkeypatch):
 
 def test_rewards_block_scores_completions_as_the_trainer_passes_them(project):
     from grpo_audio.data.loaders import load_manifest
-    from grpo_audio.trainer import score_completions
 
     rows = load_manifest(project / "data" / "synth" / "rl.jsonl", family="music_flamingo")[:2]
     texts = ["<think>a piano plays</think><answer>piano</answer>", "<think>strings</think><answer>flute</answer>"]
@@ -64,7 +63,7 @@ def test_rewards_block_scores_completions_as_the_trainer_passes_them(project):
     }
     exec(_block("out = rewards(prompts"), namespace)
     assert namespace["out"].components["mentions_piano"] == [1.0, 0.0]
-    through_trainer = score_completions(namespace["rewards"], rows, texts, [0, 1])
+    through_trainer = namespace["rewards"].score_rows(rows, texts, [0, 1])  # what the trainer calls
     assert through_trainer.components["mentions_piano"] == [1.0, 0.0]
     assert through_trainer.total == namespace["out"].total
 

@@ -650,4 +650,46 @@ def test_resume_path_errors_come_before_anything_is_written(tmp_path, tiny_check
         tmp_path / "c", model, **{"train.max_steps": 1, "train.resume": str(step), "grpo.num_generations": 4}
     )
     trainer = GRPOTrainer(done, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
-    assert trainer.step == 1 and trainer.train() == {}
+    assert trainer.step == 1 and trainer.train().last == {}
+
+
+def test_the_audio_cache_changes_no_update(tmp_path, tiny_checkpoint, monkeypatch):
+    """With the encoder frozen, each clip's features and encoder outputs come from the cache in every pass
+    (rollout, old policy, reference, update); the weights after two steps are those of a run that computes
+    everything each time."""
+    import contextlib
+
+    from grpo_audio.audio_cache import AudioCache
+    from grpo_audio.models import get_family
+
+    family = get_family("audio_flamingo3")
+    checkpoint = tiny_checkpoint("audio_flamingo3")
+    encoder_class = type(family.audio_encoder(family.model_class().from_pretrained(checkpoint)))
+    encode, encoded = encoder_class.forward, []
+
+    def counting_encode(self, input_features, *args, **kwargs):
+        encoded.append(input_features.shape[0])
+        return encode(self, input_features, *args, **kwargs)
+
+    monkeypatch.setattr(encoder_class, "forward", counting_encode)
+    settings = {"train.max_steps": 2, "model.freeze_audio_encoder": True, "grpo.num_iterations": 2, "grpo.beta": 0.04}
+
+    def run(name):
+        encoded.clear()
+        cfg = config(tmp_path / name, checkpoint, **settings)
+        trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(3))
+        trainer.train()
+        trainer.close()
+        return {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}, sum(encoded)
+
+    cached, windows = run("cached")
+    with monkeypatch.context() as m:  # the reference: nothing kept
+        m.setattr(AudioCache, "features", lambda self, processor: processor)
+        m.setattr(AudioCache, "encoder", lambda self, model, family: contextlib.nullcontext())
+        plain, plain_windows = run("plain")
+    assert windows == 3 and plain_windows > 3 * windows  # each of the 3 clips encoded once, not in every pass
+    base = dict(family.model_class().from_pretrained(checkpoint).named_parameters())
+    assert any(not torch.equal(plain[n], base[n]) for n in plain)  # the steps changed the weights
+    changed = [n for n in plain if not torch.equal(plain[n], cached[n])]
+    for name in changed:
+        torch.testing.assert_close(cached[name], plain[name], rtol=0, atol=1e-6, msg=name)

@@ -85,6 +85,22 @@ class ModelFamily:
     def processor_class(cls) -> type:
         return getattr(importlib.import_module("transformers"), cls.processor_class_name)
 
+    @classmethod
+    def audio_encoder(cls, model: Any) -> Any:
+        """The audio encoder module of a model of this family: the first of ``audio_encoder_prefixes`` that names
+        a module, also under a wrapper's prefix (peft's ``base_model.model.``).
+
+        Raises:
+            ValueError: no module has such a name.
+        """
+        modules = dict(model.named_modules())
+        for prefix in cls.audio_encoder_prefixes:
+            name = prefix.rstrip(".")
+            found = [m for n, m in modules.items() if n == name or n.endswith(f".{name}")]
+            if found:
+                return found[0]
+        raise ValueError(f"no audio encoder module named {cls.audio_encoder_prefixes} in {type(model).__name__}")
+
     # ---- prompts --------------------------------------------------------------------------------------------
     @classmethod
     def chat_template(cls) -> str:

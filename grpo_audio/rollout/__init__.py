@@ -1,18 +1,36 @@
 """Rollout engines: vLLM (with audio) and transformers ``generate`` behind one interface.
 
-``build_engine`` makes the engine a config asks for; ``sampling_config`` turns the config's sampling fields into
-a :class:`SamplingConfig`.
+This package owns sampling completions for prompts with audio: the engines, their sampling settings and the
+batch they return. ``build_engine`` makes the engine a run's config asks for (sampling from the policy being
+trained); ``load_engine`` one for a checkpoint directory (evaluation, generation).
+
+vLLM is imported only where its engine is built: it is a heavy dependency, and the transformers engine and
+everything else in the package work without it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from ..models import ModelFamily
-from .base import PromptTooLongError, RolloutBatch, RolloutEngine, SamplingConfig
+from transformers import AutoProcessor
 
-__all__ = ["PromptTooLongError", "RolloutBatch", "RolloutEngine", "SamplingConfig", "build_engine", "sampling_config"]
+from ..audio_cache import AudioCache
+from ..data.loaders import load_manifest
+from ..models import ModelFamily, family_of_checkpoint
+from .base import PromptTooLongError, RolloutBatch, RolloutEngine, SamplingConfig
+from .hf_engine import HFEngine
+
+__all__ = [
+    "PromptTooLongError",
+    "RolloutBatch",
+    "RolloutEngine",
+    "SamplingConfig",
+    "build_engine",
+    "load_engine",
+    "sampling_config",
+]
 
 
 def sampling_config(rollout: Any, seed: int | None = None) -> SamplingConfig:
@@ -38,9 +56,10 @@ def build_engine(
     dtype: str = "float32",
     seed: int = 0,
 ) -> RolloutEngine:
-    """The engine ``rollout.engine`` names (``vllm`` or ``hf``; ``hf`` samples from ``model`` itself)."""
+    """The engine ``rollout.engine`` names (``vllm`` or ``hf``; ``hf`` samples from ``model`` itself); prompts'
+    batches are built with ``processor`` (loaded from ``model_dir`` by the vLLM engine when None)."""
     if rollout.engine == "vllm":
-        from .vllm_engine import VLLMEngine
+        from .vllm_engine import VLLMEngine  # vLLM only when asked for (see the package docstring)
 
         return VLLMEngine(
             model_dir,
@@ -51,14 +70,40 @@ def build_engine(
             tensor_parallel_size=rollout.tensor_parallel_size,
             seed=seed,
             enforce_eager=rollout.enforce_eager,
+            processor=processor,
         )
     if rollout.engine == "hf":
-        from .hf_engine import HFEngine
-
         if model is None or processor is None:
             raise ValueError("the hf engine samples from the policy: pass model and processor")
         return HFEngine(model, processor, family, max_model_len=rollout.max_model_len)
-    raise ValueError(f"unknown rollout engine '{rollout.engine}'; choose vllm or hf")
+    raise ValueError(f"unknown rollout engine '{rollout.engine}'; choose one of: {', '.join(ENGINES)}")
+
+
+def load_engine(
+    model_dir: str | Path, engine: str = "vllm", max_model_len: int = 4096, audio_cache: AudioCache | None = None
+) -> RolloutEngine:
+    """An engine sampling from the checkpoint in ``model_dir`` (its family read from its ``config.json``).
+
+    Args:
+        engine: ``vllm`` or ``hf`` (transformers ``generate``; the model in eval mode, without gradients).
+        max_model_len: prompt + completion tokens at most.
+        audio_cache: the ``hf`` engine's log-mel features go through it (see ``audio_cache.py``).
+
+    Raises:
+        FileNotFoundError: ``model_dir`` has no ``config.json``.
+    """
+    family = family_of_checkpoint(model_dir)
+    if engine == "vllm":
+        from .vllm_engine import VLLMEngine  # vLLM only when asked for (see the package docstring)
+
+        return VLLMEngine(model_dir, family=family, max_model_len=max_model_len)
+    if engine != "hf":
+        raise ValueError(f"unknown rollout engine '{engine}'; choose one of: {', '.join(ENGINES)}")
+    model = family.model_class().from_pretrained(model_dir).eval().requires_grad_(False)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    if audio_cache is not None:
+        processor = audio_cache.features(processor)
+    return HFEngine(model, processor, family, max_model_len=max_model_len)
 
 
 def generate_manifest(
@@ -75,25 +120,9 @@ def generate_manifest(
 
     Returns the number of completions written.
     """
-    import json
-
-    from transformers import AutoProcessor
-
-    from ..data.loaders import load_manifest
-    from ..models import family_of_checkpoint
-
-    family = family_of_checkpoint(model_dir)
-    rows = load_manifest(manifest, family=family)
+    rows = load_manifest(manifest, family=family_of_checkpoint(model_dir))
     sampling = sampling or SamplingConfig()
-    if engine == "vllm":
-        from .vllm_engine import VLLMEngine
-
-        eng: Any = VLLMEngine(model_dir, family=family, max_model_len=max_model_len)
-    else:
-        from .hf_engine import HFEngine
-
-        model = family.model_class().from_pretrained(model_dir).eval()
-        eng = HFEngine(model, AutoProcessor.from_pretrained(model_dir), family, max_model_len=max_model_len)
+    eng = load_engine(model_dir, engine, max_model_len)
     written = 0
     with open(out, "w", encoding="utf-8") as f:
         for start in range(0, len(rows), batch_prompts):

@@ -53,6 +53,8 @@ class VLLMEngine:
         tensor_parallel_size: tensor-parallel degree.
         seed: engine seed.
         enforce_eager: skip CUDA-graph capture.
+        processor: the processor the prompts' batches are built with (the trainer's, reading its audio cache);
+            loaded from ``model_dir`` when None.
         engine_kwargs: anything else for ``vllm.LLM``.
     """
 
@@ -66,6 +68,7 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         seed: int = 0,
         enforce_eager: bool = True,
+        processor: Any = None,
         **engine_kwargs: Any,
     ):
         from transformers import AutoProcessor
@@ -75,7 +78,7 @@ class VLLMEngine:
         if family is None:
             family = family_of_checkpoint(self.model_dir)
         self.family = family
-        self.processor = AutoProcessor.from_pretrained(self.model_dir)
+        self.processor = processor if processor is not None else AutoProcessor.from_pretrained(self.model_dir)
         self.tokenizer = self.processor.tokenizer
         self.max_model_len = max_model_len
         if not torch.cuda.is_available():

@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoProcessor
 
 from ..data.collate import collate_prompts
+from ..data.loaders import load_manifest
 from ..data.schema import Row
-from .base import ModelFamily
+from ..models import ModelFamily, family_of_checkpoint
+from ..models.weights import save_model_dir
 
 
 def projector_output_layer(model: Any, family: type[ModelFamily]) -> torch.nn.Linear:
@@ -102,12 +105,6 @@ def standardize_checkpoint(
 ) -> dict[str, float]:
     """``standardize_audio_embeddings`` on a checkpoint directory (rewritten in place), on one row per clip (up
     to ``max_rows`` clips) of ``manifests``. Returns the spread before, as that function does."""
-    from transformers import AutoProcessor
-
-    from ..data.loaders import load_manifest
-    from . import family_of_checkpoint
-    from .weights import save_model_dir
-
     family = family_of_checkpoint(model_dir)
     clips: dict[str, Row] = {}  # a clip often has several questions
     for path in manifests:

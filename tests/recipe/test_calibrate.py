@@ -7,7 +7,7 @@ import torch
 
 from grpo_audio.data.schema import Row
 from grpo_audio.models import get_family
-from grpo_audio.models.calibrate import audio_embeddings, projector_output_layer, standardize_audio_embeddings
+from grpo_audio.recipe.calibrate import audio_embeddings, projector_output_layer, standardize_audio_embeddings
 from tests.conftest import FAMILY_NAMES, sine
 
 

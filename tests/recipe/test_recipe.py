@@ -13,7 +13,7 @@ from grpo_audio.config import RecipeConfig, load_config
 from grpo_audio.models import get_family
 from grpo_audio.recipe import Recipe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_short_recipe_runs_every_stage(tmp_path):
@@ -83,7 +83,7 @@ def test_short_recipe_runs_every_stage(tmp_path):
     from transformers import AutoProcessor
 
     from grpo_audio.data.loaders import load_manifest
-    from grpo_audio.models.calibrate import audio_embeddings
+    from grpo_audio.recipe.calibrate import audio_embeddings
 
     clips = {row.audio: row for row in load_manifest(out / "data" / "skills.jsonl", family=family)}
     base = family.model_class().from_pretrained(out / "base")

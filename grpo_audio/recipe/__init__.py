@@ -1,0 +1,28 @@
+"""The Music Flamingo recipe: stages from one YAML, each starting from the previous stage's model.
+
+This package owns composing the stages (``runner.py``), the data-dependent initialisation of a fresh model
+(``calibrate.py``) and the report (``report.py``); each stage's own work lives in ``sft``, ``trainer`` and
+``evaluate``.
+
+``text_pretrain`` (optional: language-model loss on the data's text without the audio, standing in for the
+pretrained language model a real audio LLM starts from) -> ``sft`` (skills: captions and QA, target = answer)
+-> ``cold_start`` (chain of thought, target = ``<think>..</think><answer>..</answer>``) -> ``grpo`` (rewards per
+task type) -> ``eval``. After every training stage the model is evaluated on the eval set (accuracy per
+question type, format rate), and at the end a report folder holds ``report.json``, ``report.md``,
+``stages.png`` (accuracy per stage and question type), the GRPO curves, sample completions and the wall time.
+
+Run: ``grpo-audio recipe examples/music_flamingo/tiny.yaml [key=value ...]``.
+
+Re-running a recipe skips every stage already completed with the same settings from the same input model: each
+finished stage leaves ``<stage>/STAGE_COMPLETE.json`` with its settings' hash, its input model's fingerprint, its
+output model and its report entry. A GRPO stage that was interrupted resumes from its last checkpoint, and only
+from a checkpoint made from its current input model (``checkpoint.Lineage``); anything else in its folder is
+replaced. Supervised stages write no checkpoints: an interrupted one runs again.
+
+Departure from the paper: the embedded default trains a tiny model from random weights on synthetic music in
+minutes; the paper starts from Audio Flamingo 3 and trains on MF-Skills / MF-Think for days on GPUs.
+"""
+
+from .runner import AUDIO_SFT_KINDS, SFT_KINDS, STAGE_MARKER, Recipe
+
+__all__ = ["AUDIO_SFT_KINDS", "SFT_KINDS", "STAGE_MARKER", "Recipe"]

@@ -1,0 +1,110 @@
+"""A recipe's report: ``report.json`` (everything), ``report.md`` (the tables a person reads) and ``stages.png``
+(evaluation accuracy per stage and question type).
+
+The report is a dict: ``family``, ``wall_s`` and ``stages``, one entry per stage in order (``name``, ``kind``,
+``model_dir``, ``wall_s``; ``eval`` with the stage's evaluation, see ``evaluate.score``, plus ``eval.reward``;
+supervised stages add ``loss_first`` / ``loss_last``, GRPO stages the fields of :func:`grpo_entry`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+from ..config import TrainConfig
+from ..trainer import TrainSummary
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+
+
+def grpo_entry(summary: TrainSummary, train: TrainConfig) -> dict[str, Any]:
+    """A GRPO stage's report fields: the mean reward per function at its first and last step and evaluation, when
+    it evaluated and on what, and where its curves are."""
+    rewards = summary.metrics.rewards if summary.metrics else {}
+    total = rewards.get("total")
+    return {
+        "reward_first": total.train_first if total else None,
+        "reward_last": total.train_last if total else None,
+        "eval_reward_start": total.eval_start if total else None,
+        "eval_reward_end": total.eval_end if total else None,
+        "eval_steps": summary.metrics.eval_steps if summary.metrics else [],
+        "eval_setting": f"{train.eval_rows or 'all'} eval rows x {train.eval_generations} completion(s) at "
+        f"temperature {train.eval_temperature:g}" + (" (greedy)" if train.eval_temperature == 0 else ""),
+        "rewards": {name: asdict(trend) for name, trend in rewards.items()},
+        "curves": str(summary.output_dir / "curves.png"),
+    }
+
+
+def write_report(out: Path, report: dict[str, Any], family: str) -> None:
+    """``report.json``, ``report.md`` and ``stages.png`` in ``out`` (each replaced)."""
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text("\n".join(markdown(report, family)) + "\n")
+    plot_stages(report["stages"], out / "stages.png")
+
+
+def markdown(report: dict[str, Any], family: str) -> list[str]:
+    """The report's lines in Markdown: one table of every stage's evaluation, one per GRPO stage's rewards."""
+    lines = [
+        f"# Recipe report ({family})",
+        "",
+        f"Total wall time: {report['wall_s'] / 60:.1f} min",
+        "",
+        "| stage | kind | MCQ acc | MCQ answers naming one choice | open acc | format rate | eval reward | "
+        "per question type |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report["stages"]:
+        e = s.get("eval", {})
+        per = ", ".join(f"{k} {v:.2f}" for k, v in e.get("per_task", {}).items())
+        lines.append(
+            f"| {s['name']} | {s['kind']} | {_fmt(e.get('mcq_accuracy'))} | {_fmt(e.get('choice_rate'))} | "
+            f"{_fmt(e.get('open_accuracy'))} | {_fmt(e.get('format_rate'))} | "
+            f"{_fmt(e.get('reward', {}).get('total'))} | {per} |"
+        )
+    for s in report["stages"]:
+        if s["kind"] != "grpo":
+            continue
+        steps = s.get("eval_steps") or []
+        lines += [
+            "",
+            f"GRPO stage '{s['name']}': mean reward per function; eval on {s.get('eval_setting')}, at steps "
+            f"{', '.join(map(str, steps)) or '-'}. Curves: {s.get('curves')}",
+            "",
+            "| reward | train, first step | train, last step | eval, first | eval, last |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in s.get("rewards", {}).items():
+            lines.append(
+                f"| {name} | {_fmt(r['train_first'])} | {_fmt(r['train_last'])} | {_fmt(r['eval_start'])} | "
+                f"{_fmt(r['eval_end'])} |"
+            )
+    return lines
+
+
+def plot_stages(stages: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: evaluation accuracy per question type, one bar per stage (nothing written without any)."""
+    stages = [s for s in stages if s.get("eval")]
+    tasks = sorted({k for s in stages for k in s["eval"].get("per_task", {})})
+    if not stages or not tasks:
+        return
+    fig, ax = plt.subplots(figsize=(max(6, len(tasks) * 1.2), 4))
+    width = 0.8 / len(stages)
+    for i, s in enumerate(stages):
+        vals = [s["eval"]["per_task"].get(t, 0.0) for t in tasks]
+        ax.bar([j + i * width for j in range(len(tasks))], vals, width, label=s["name"])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=30, ha="right", fontsize=8)
+    ax.axhline(0.25, color="grey", ls="--", lw=0.8, label="MCQ chance")
+    ax.set(ylabel="accuracy", title="Eval accuracy per stage and question type", ylim=(0, 1))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None or v != v else f"{v:.3f}"  # None or NaN (a reward no sample applied to)
