@@ -1,115 +1,204 @@
-"""The ``grpo-audio`` command line. Each subcommand is load arguments -> build -> run.
+"""The ``grpo-audio`` command line. Each subcommand is a section of this file: its arguments (a typed config, or a
+few flags) beside its handler, which loads them, builds, and runs.
 
-grpo-audio recipe CONFIG [key=value ...]          run sft -> cold_start -> grpo -> eval from one YAML
-grpo-audio train CONFIG [key=value ...]           GRPO from a YAML
-grpo-audio sft MODEL_DIR MANIFEST OUT             supervised fine-tuning (TRL SFTTrainer)
-grpo-audio eval MODEL_DIR DATA                    accuracy per question type and benchmark axis
+grpo-audio recipe CONFIG [key=value ...]          sft -> cold_start -> grpo -> eval from one YAML
+grpo-audio train CONFIG [key=value ...]           GRPO
+grpo-audio sft [CONFIG] key=value ...             supervised fine-tuning (TRL SFTTrainer)
+grpo-audio eval [CONFIG] key=value ...            accuracy per question type and benchmark axis
+grpo-audio synth [CONFIG] key=value ...           the synthetic music-theory corpus
 grpo-audio generate MODEL_DIR MANIFEST OUT        sample completions with audio
-grpo-audio synth OUT [--n N] [--seed S]           the synthetic music-theory corpus
 grpo-audio check-data DATA [--family F]           validate a dataset up front
-grpo-audio tiny-model FAMILY OUT [--size S] [--standardize-on MANIFEST...]
-                                                  a tiny random checkpoint, built locally
-grpo-audio config-help                            every config key with its help
+grpo-audio tiny-model FAMILY OUT [--size S]       a tiny random checkpoint, built locally
+grpo-audio config-help [COMMAND]                  every config key of a command, with its help
+
+Commands with a typed config take a YAML file mirroring the command's dataclass (optional for sft, eval and synth)
+and ``key=value`` overrides, checked as ``train``'s are. The terminal shows the command's own output and errors;
+``--verbose`` adds every library's (see ``logs.py``); commands that write a folder keep all of it in
+``FOLDER/grpo-audio.log``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoProcessor
 
 from .audio import LONG_AUDIO
-from .data.schema import BAD_ROWS
-from .models import FAMILIES
-from .rewards.matching import ANSWER_FORMATS
-from .rollout import ENGINES
+from .config import (
+    ConfigError,
+    CorpusConfig,
+    RecipeConfig,
+    RecipeEvalConfig,
+    RunConfig,
+    describe,
+    help_of,
+    load_config,
+    setting,
+)
+from .data.benchmarks import LayoutError, load_benchmark, write_predictions
+from .data.check import check_data
+from .data.loaders import load_manifest
+from .data.schema import BAD_ROWS, DataError
+from .data.synthetic import write_corpus
+from .evaluate import evaluate_model
+from .logs import CommandLog
+from .models import FAMILIES, family_of_checkpoint
+from .models.tiny import build_tiny_model
+from .recipe import Recipe
+from .recipe.calibrate import standardize_checkpoint
+from .rollout import ENGINES, SamplingConfig, generate_manifest
+from .sft import SFTConfig, run_sft
+from .trainer import GRPOTrainer
 
 
-def _recipe(args: argparse.Namespace) -> int:
-    from .config import RecipeConfig, load_config
-    from .recipe import Recipe
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``schema`` (a typed config) or ``arguments`` (flags), and the handler that runs it."""
 
-    Recipe(load_config(args.config, args.overrides, schema=RecipeConfig)).run()
+    name: str
+    help: str
+    description: str
+    run: Callable[[Any, CommandLog], int]
+    schema: type | None = None
+    config_required: bool = False  # the YAML file (schema commands)
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+# ---- recipe -------------------------------------------------------------------------------------------------
+def run_recipe(cfg: RecipeConfig, log: CommandLog) -> int:
+    log.log_to(cfg.output_dir)
+    Recipe(cfg).run()
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .trainer import GRPOTrainer
+RECIPE = Command(
+    "recipe",
+    help="run a multi-stage recipe (sft -> cold_start -> grpo -> eval) from one YAML",
+    description="Run the stages of a recipe YAML in order, each from the previous stage's model, evaluate after "
+    "each, and write a report folder (report.md/json, stages.png, GRPO curves, samples, wall time).",
+    run=run_recipe,
+    schema=RecipeConfig,
+    config_required=True,
+)
 
-    cfg = load_config(args.config, args.overrides)
+
+# ---- train --------------------------------------------------------------------------------------------------
+def run_train(cfg: RunConfig, log: CommandLog) -> int:
+    log.log_to(cfg.output_dir)
     trainer = GRPOTrainer(cfg)
     try:
-        last = trainer.train()
+        summary = trainer.train()
     finally:
         trainer.close()
-    print(
-        f"done: step {trainer.step}, reward {last.get('reward/mean', float('nan')):.4f}; outputs in {cfg.output_dir}"
-    )
+    reward = summary.last.get("reward/mean", float("nan"))
+    print(f"done: step {summary.step}, reward {reward:.4f}; outputs in {summary.output_dir}")
     return 0
 
 
-def _sft(args: argparse.Namespace) -> int:
+TRAIN = Command(
+    "train",
+    help="run GRPO from a YAML config (plus key=value overrides)",
+    description="GRPO on an audio-language model: rollouts with audio (vLLM or transformers), rewards, clipped "
+    "policy loss, weight sync, metrics (JSONL, TensorBoard, PNG) and atomic checkpoints; resumes from the newest "
+    "complete checkpoint (train.resume=auto). `grpo-audio config-help train` lists every key.",
+    run=run_train,
+    schema=RunConfig,
+    config_required=True,
+)
 
-    from transformers import AutoProcessor
 
-    from .data.loaders import load_manifest
-    from .models import family_of_checkpoint
-    from .sft import SFTSettings, run_sft
+# ---- sft ----------------------------------------------------------------------------------------------------
+@dataclass
+class SFTCommandConfig(SFTConfig):
+    """``grpo-audio sft``: one supervised stage on a manifest."""
 
-    family = family_of_checkpoint(args.model_dir)
-    rows = load_manifest(args.manifest, family=family, decode=args.target != "text")
-    model = family.model_class().from_pretrained(args.model_dir)
-    settings = SFTSettings(
-        target=args.target,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        logging_steps=args.logging_steps,
-        freeze_audio_encoder=args.freeze_audio_encoder,
-        gradient_checkpointing=args.gradient_checkpointing,
-    )
-    model_dir, history = run_sft(
-        model, family, AutoProcessor.from_pretrained(args.model_dir), rows, args.out, settings
-    )
+    model: str = setting(help="Checkpoint directory to start from; required.")
+    data: str = setting(help="JSONL manifest; required.")
+    output_dir: str = setting(help="Output folder (the model goes to OUTPUT_DIR/model); required.")
+
+
+def run_sft_command(cfg: SFTCommandConfig, log: CommandLog) -> int:
+    log.log_to(cfg.output_dir)
+    family = family_of_checkpoint(cfg.model)
+    rows = load_manifest(cfg.data, family=family, decode=cfg.target != "text")
+    model = family.model_class().from_pretrained(cfg.model)
+    model_dir, history = run_sft(model, family, AutoProcessor.from_pretrained(cfg.model), rows, cfg.output_dir, cfg)
     if history:
         print(f"loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
     print(f"wrote {model_dir}")
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
+SFT = Command(
+    "sft",
+    help="supervised fine-tuning on a manifest (TRL SFTTrainer, loss on the target only)",
+    description="SFT of an audio LLM on a JSONL manifest with TRL's SFTTrainer and grpo-audio's audio collator: "
+    "the target is the row's answer (or caption), or with target=think a <think>...</think><answer>...</answer> "
+    "chain of thought (cold start). Prompt and audio are masked. target=text trains on the whole text of each row "
+    "without its audio (a language warm-up). Example: grpo-audio sft model=CKPT data=train.jsonl output_dir=OUT "
+    "target=think epochs=2",
+    run=run_sft_command,
+    schema=SFTCommandConfig,
+)
 
-    from .data.benchmarks import LayoutError, load_benchmark, write_predictions
-    from .data.schema import DataError
-    from .evaluate import evaluate_model
-    from .models import family_of_checkpoint
 
+# ---- eval ---------------------------------------------------------------------------------------------------
+@dataclass
+class EvalCommandConfig(RecipeEvalConfig):
+    """``grpo-audio eval``: one model on one evaluation file."""
+
+    data: str = setting(
+        help="Evaluation file: a grpo-audio manifest, MMAU JSON, MMAR JSON(L), MuChoMusic CSV or prompt JSON, or a "
+        "JSON/JSONL/CSV file with fields=...; required."
+    )
+    engine: str = setting("vllm", help="Generation engine (greedy decoding).", choices=ENGINES)
+    model: str = setting(help="Checkpoint directory; required.")
+    out: str = setting("", help="Write the full report (per-row results) as JSON to this file.")
+    predictions_out: str = setting(
+        "",
+        help="Write the source items with the benchmark's prediction field (MMAU model_output, MMAR "
+        "answer_prediction, MuChoMusic model_output, otherwise prediction) filled with what its scorer credits.",
+    )
+    think: bool = setting(False, help="Benchmark prompts ask for <think> then <answer>.")
+    bad_rows: str = setting(
+        "raise", help="Rows that fail validation: raise (list them all and stop) or skip them.", choices=BAD_ROWS
+    )
+    fields: str = setting(
+        "",
+        help="Field map for a file of another layout: question=...,choices=...,answer=...,audio=...[,group=a|b]"
+        "[,id=...].",
+    )
+    audio_root: str = setting("", help="Folder relative audio paths start from ('' = the file's).")
+
+
+def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
     try:
         bench = load_benchmark(
-            args.data,
-            family=family_of_checkpoint(args.model_dir),
-            fields=args.fields,
-            audio_root=args.audio_root,
-            answer_format=args.answer_format,
-            think=args.think,
-            bad_rows=args.bad_rows,
+            cfg.data,
+            family=family_of_checkpoint(cfg.model),
+            fields=cfg.fields or None,
+            audio_root=cfg.audio_root or None,
+            answer_format=cfg.answer_format,
+            think=cfg.think,
+            bad_rows=cfg.bad_rows,
         )
     except (DataError, LayoutError, FileNotFoundError) as e:
-        print(f"grpo-audio eval: {e}", file=sys.stderr)
+        log.error(f"grpo-audio eval: {e}")
         return 1
     if not bench.rows:
-        print(f"grpo-audio eval: {args.data}: no row passed validation; nothing to evaluate", file=sys.stderr)
+        log.error(f"grpo-audio eval: {cfg.data}: no row passed validation; nothing to evaluate")
         return 1
-    rows = bench.rows[: args.max_rows] if args.max_rows else bench.rows
-    print(
-        f"{bench.layout} layout: {len(rows)} rows" + (f" of {len(bench.rows)}" if len(rows) < len(bench.rows) else "")
-    )
+    rows = bench.rows[: cfg.max_rows] if cfg.max_rows else bench.rows
+    shown = f"{len(rows)} rows" + (f" of {len(bench.rows)}" if len(rows) < len(bench.rows) else "")
+    print(f"{bench.layout} layout: {shown}")
     report = evaluate_model(
-        args.model_dir, rows, engine=args.engine, max_new_tokens=args.max_new_tokens, prefer=args.answer_format
+        cfg.model, rows, engine=cfg.engine, max_new_tokens=cfg.max_new_tokens, prefer=cfg.answer_format
     )
     for key in ("mcq_accuracy", "choice_rate", "open_accuracy", "format_rate"):
         if report[key] is not None:
@@ -120,53 +209,103 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"by {axis}:")
         for value, g in groups.items():
             print(f"  {value:24s} {g['accuracy']:.3f}  (n={g['n']})")
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"report written to {args.out}")
-    if args.predictions_out:
+    if cfg.out:
+        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report written to {cfg.out}")
+    if cfg.predictions_out:
         completions = {r["id"]: r["completion"] for r in report["results"]}
-        out = write_predictions(bench, completions, args.predictions_out, prefer=args.answer_format)
+        out = write_predictions(bench, completions, cfg.predictions_out, prefer=cfg.answer_format)
         print(f"predictions ({bench.spec.prediction_field}) written to {out}")
     return 0
 
 
-def _tiny_model(args: argparse.Namespace) -> int:
-    from .models.tiny import build_tiny_model
-
-    out = build_tiny_model(args.family, args.out, size=args.size, seed=args.seed)
-    print(f"wrote a {args.size}-size {args.family} checkpoint to {out}")
-    if args.standardize_on:
-        from .recipe.calibrate import standardize_checkpoint
-
-        spread = standardize_checkpoint(out, args.standardize_on)
-        print(f"audio embeddings standardised on {spread['tokens']} frames of {', '.join(args.standardize_on)}")
-    return 0
-
-
-def _config_help(args: argparse.Namespace) -> int:
-    from .config import describe
-
-    print("\n".join(describe()))
-    return 0
+EVAL = Command(
+    "eval",
+    help="accuracy per question type and benchmark axis on an MCQ / open-answer set (manifest, MMAU, MMAR, "
+    "MuChoMusic, or any JSON/JSONL/CSV with a field map)",
+    description="Greedy completions for every row, scored with mcq_accuracy (MCQ rows) or answer_accuracy (open "
+    "rows); prints overall accuracy, per task and per benchmark axis, and the format rate. The layout is detected "
+    "from the file's fields. predictions_out=FILE writes the source items back with the prediction field the "
+    "benchmark's official scorer reads. Example: grpo-audio eval model=CKPT data=mmau-test-mini.json engine=hf",
+    run=run_eval,
+    schema=EvalCommandConfig,
+)
 
 
-def _synth(args: argparse.Namespace) -> int:
-    from .config import SyntheticConfig
-    from .data.synthetic import write_corpus
+# ---- synth --------------------------------------------------------------------------------------------------
+@dataclass
+class SynthCommandConfig(CorpusConfig):
+    """``grpo-audio synth``: write the synthetic corpus to a folder."""
 
-    space = SyntheticConfig(
-        chord_qualities=args.chord_qualities or [], tempo_step=args.tempo_step, registers=args.registers or []
-    ).label_space()
-    paths = write_corpus(args.out, n=args.n, seed=args.seed, n_eval=args.n_eval, space=space, n_rl=args.n_rl)
+    output_dir: str = setting(help="Output folder (clips under audio/, the JSONL manifests beside); required.")
+
+
+def run_synth(cfg: SynthCommandConfig, log: CommandLog) -> int:
+    paths = write_corpus(
+        cfg.output_dir, n=cfg.n, seed=cfg.seed, n_eval=cfg.n_eval, space=cfg.label_space(), n_rl=cfg.n_rl
+    )
     for name, path in paths.items():
         print(f"{name:7s} {sum(1 for _ in path.open())} rows  {path}")
     return 0
 
 
-def _check_data(args: argparse.Namespace) -> int:
-    from .data.benchmarks import LayoutError
-    from .data.check import check_data
+SYNTH = Command(
+    "synth",
+    help="write the synthetic music-theory corpus (WAV clips + skills/think/rl/eval JSONL manifests)",
+    description="Render numpy-synthesized clips with exact ground truth (chords, keys, tempo, meter, instruments) "
+    "and write skills.jsonl, think.jsonl, rl.jsonl and a held-out eval.jsonl. Same seed, same bytes. Example: "
+    "grpo-audio synth output_dir=data/synth n=200 n_eval=50",
+    run=run_synth,
+    schema=SynthCommandConfig,
+)
 
+
+# ---- generate -----------------------------------------------------------------------------------------------
+def generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", help="checkpoint directory")
+    p.add_argument("manifest", help="JSONL manifest")
+    p.add_argument("out", help="output JSONL")
+    p.add_argument("--engine", choices=ENGINES, default="vllm", help="generation engine (default vllm)")
+    p.add_argument("--n", type=int, default=1, help="completions per row (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="completion length cap (default 256)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+
+
+def run_generate(args: argparse.Namespace, log: CommandLog) -> int:
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    count = generate_manifest(args.model_dir, args.manifest, args.out, engine=args.engine, n=args.n, sampling=sampling)
+    print(f"wrote {count} completions to {args.out}")
+    return 0
+
+
+GENERATE = Command(
+    "generate",
+    help="sample completions with audio for every row of a manifest (vLLM or transformers)",
+    description="Load a checkpoint, validate the manifest, sample N completions per row and write one JSONL line "
+    "per completion (id, completion, finish reason, token count, reference answer).",
+    run=run_generate,
+    arguments=generate_arguments,
+)
+
+
+# ---- check-data ---------------------------------------------------------------------------------------------
+def check_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="a manifest or benchmark file (audio paths relative to it or to --audio-root)")
+    p.add_argument("--family", choices=sorted(FAMILIES), default=None, help="apply this family's rate and limit")
+    p.add_argument(
+        "--long-audio",
+        choices=LONG_AUDIO,
+        default="truncate",
+        help="audio over the limit: truncate (reported) or reject (default truncate)",
+    )
+    p.add_argument("--max-seconds", type=float, default=None, help="override the family's audio length limit")
+    p.add_argument("--bad-rows", choices=BAD_ROWS, default="raise", help=help_of(EvalCommandConfig, "bad_rows"))
+    p.add_argument("--fields", default=None, metavar="MAP", help=help_of(EvalCommandConfig, "fields"))
+    p.add_argument("--audio-root", default=None, help=help_of(EvalCommandConfig, "audio_root"))
+
+
+def run_check_data(args: argparse.Namespace, log: CommandLog) -> int:
     try:
         return check_data(
             args.data,
@@ -178,135 +317,22 @@ def _check_data(args: argparse.Namespace) -> int:
             audio_root=args.audio_root,
         )
     except (LayoutError, FileNotFoundError) as e:
-        print(f"grpo-audio check-data: {e}", file=sys.stderr)
+        log.error(f"grpo-audio check-data: {e}")
         return 1
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from .rollout import SamplingConfig, generate_manifest
-
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    count = generate_manifest(args.model_dir, args.manifest, args.out, engine=args.engine, n=args.n, sampling=sampling)
-    print(f"wrote {count} completions to {args.out}")
-    return 0
-
-
-def _data_arguments(p: argparse.ArgumentParser) -> None:
-    """The options ``eval`` and ``check-data`` share for reading a data file."""
-    p.add_argument(
-        "--bad-rows",
-        choices=BAD_ROWS,
-        default="raise",
-        help="rows that fail validation: raise (list them all and stop) or skip them (default raise)",
-    )
-    p.add_argument(
-        "--fields",
-        default=None,
-        metavar="MAP",
-        help="field map for a file of another layout: "
-        "question=...,choices=...,answer=...,audio=...[,group=a|b][,id=...]",
-    )
-    p.add_argument("--audio-root", default=None, help="folder relative audio paths start from (default: the file's)")
+CHECK_DATA = Command(
+    "check-data",
+    help="validate a data file up front (every layout eval reads): every row's fields, answer and audio",
+    description="Decode every row's audio and check its fields, answer and length against the model family's "
+    "limit; print one line per row. Exit status 1 if any row is bad (with --bad-rows skip: if no row is good).",
+    run=run_check_data,
+    arguments=check_data_arguments,
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="grpo-audio",
-        description="GRPO reinforcement learning for audio-language models (Music Flamingo, Audio Flamingo 3, "
-        "Qwen2-Audio): tiny local checkpoints, rollouts through vLLM with audio, custom rewards.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "recipe",
-        help="run a multi-stage recipe (sft -> cold_start -> grpo -> eval) from one YAML",
-        description="Run the stages of a recipe YAML in order, each from the previous stage's model, evaluate "
-        "after each, and write a report folder (report.md/json, stages.png, GRPO curves, samples, wall time).",
-    )
-    p.add_argument("config", help="YAML file mirroring grpo_audio.config.RecipeConfig")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.set_defaults(func=_recipe)
-
-    p = sub.add_parser(
-        "train",
-        help="run GRPO from a YAML config (plus key=value overrides)",
-        description="GRPO on an audio-language model: rollouts with audio (vLLM or transformers), rewards, "
-        "clipped policy loss, weight sync, metrics (JSONL, TensorBoard, PNG) and atomic checkpoints; resumes from "
-        "the newest complete checkpoint (train.resume=auto). `grpo-audio config-help` lists every key.",
-    )
-    p.add_argument("config", help="YAML file mirroring grpo_audio.config.RunConfig")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.beta=0.04 train.lr=1e-6")
-    p.set_defaults(func=_train)
-
-    p = sub.add_parser(
-        "sft",
-        help="supervised fine-tuning on a manifest (TRL SFTTrainer, loss on the target only)",
-        description="SFT of an audio LLM on a JSONL manifest with TRL's SFTTrainer and grpo-audio's audio "
-        "collator: the target is the row's answer (or caption), or with --target think a "
-        "<think>...</think><answer>...</answer> chain of thought (cold start). Prompt and audio are masked. "
-        "--target text trains on the whole text of each row without its audio (a language warm-up).",
-    )
-    p.add_argument("model_dir", help="checkpoint directory")
-    p.add_argument("manifest", help="JSONL manifest")
-    p.add_argument("out", help="output directory (the model goes to OUT/model)")
-    p.add_argument(
-        "--target",
-        choices=["answer", "think", "auto", "text"],
-        default="answer",
-        help="what to learn (default answer; auto: the chain of thought and answer where a row has a chain, the "
-        "answer otherwise; text: the whole text without audio, a language warm-up)",
-    )
-    p.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
-    p.add_argument("--max-steps", type=int, default=-1, help="optimiser steps; overrides --epochs when > 0")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per step (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--logging-steps", type=int, default=10, help="log the loss every N steps (default 10)")
-    p.add_argument("--freeze-audio-encoder", action="store_true", help="keep the audio encoder fixed")
-    p.add_argument(
-        "--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory)"
-    )
-    p.set_defaults(func=_sft)
-
-    p = sub.add_parser(
-        "eval",
-        help="accuracy per question type and benchmark axis on an MCQ / open-answer set (manifest, MMAU, MMAR, "
-        "MuChoMusic, or any JSON/JSONL/CSV with a field map)",
-        description="Greedy completions for every row, scored with mcq_accuracy (MCQ rows) or answer_accuracy "
-        "(open rows); prints overall accuracy, per task and per benchmark axis, and the format rate. The layout is "
-        "detected from the file's fields. --predictions-out writes the source items back with the prediction "
-        "field the benchmark's official scorer reads.",
-    )
-    p.add_argument("model_dir", help="checkpoint directory")
-    p.add_argument("data", help="evaluation file: a grpo-audio manifest, MMAU JSON, MMAR JSON(L), MuChoMusic CSV "
-                   "or prompt JSON, or a JSON/JSONL/CSV file with --fields")  # fmt: skip
-    p.add_argument("--engine", choices=ENGINES, default="vllm", help="generation engine (default vllm)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="completion length cap (default 128)")
-    p.add_argument("--max-rows", type=int, default=0, help="evaluate the first N rows only (default all)")
-    p.add_argument("--out", default="", help="write the full report (per-row results) as JSON")
-    p.add_argument(
-        "--predictions-out",
-        default="",
-        metavar="FILE",
-        help="write the source items with the benchmark's prediction field (MMAU model_output, MMAR "
-        "answer_prediction, MuChoMusic model_output, otherwise prediction) filled with what its scorer credits",
-    )
-    p.add_argument(
-        "--answer-format",
-        choices=ANSWER_FORMATS,
-        default="letter",
-        help="what benchmark prompts ask for: the choice's letter or its text (default letter)",
-    )
-    p.add_argument("--think", action="store_true", help="benchmark prompts ask for <think> then <answer>")
-    _data_arguments(p)
-    p.set_defaults(func=_eval)
-
-    p = sub.add_parser(
-        "tiny-model",
-        help="build a tiny random checkpoint of a model family locally (no download)",
-        description="Build a small random model of FAMILY with a locally trained tokenizer, the family's "
-        "processor and chat template, loadable by transformers and vLLM. Same seed, same bytes.",
-    )
+# ---- tiny-model ---------------------------------------------------------------------------------------------
+def tiny_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("family", choices=sorted(FAMILIES), help="model family")
     p.add_argument("out", help="output directory (replaced if it exists)")
     p.add_argument(
@@ -324,97 +350,94 @@ def build_parser() -> argparse.ArgumentParser:
         help="rescale the projector so that the audio embeddings of these manifests' clips (up to 200) have mean 0 "
         "and variance 1 per channel, as the recipe does (recipe/calibrate.py)",
     )
-    p.set_defaults(func=_tiny_model)
 
-    p = sub.add_parser(
-        "config-help",
-        help="list every field of a training config with its type, default and help",
-        description="Print the GRPO run schema: one line per key (dotted), its type, default, help and choices.",
-    )
-    p.set_defaults(func=_config_help)
 
-    p = sub.add_parser(
-        "synth",
-        help="write the synthetic music-theory corpus (WAV clips + skills/think/rl/eval JSONL manifests)",
-        description="Render numpy-synthesized clips with exact ground truth (chords, keys, tempo, meter, "
-        "instruments) and write skills.jsonl, think.jsonl, rl.jsonl and a held-out eval.jsonl. Same seed, "
-        "same bytes.",
-    )
-    p.add_argument("out", help="output directory")
-    p.add_argument("--n", type=int, default=200, help="training clips (default 200)")
-    p.add_argument("--n-eval", type=int, default=None, help="held-out clips (default n // 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument(
-        "--n-rl",
-        type=int,
-        default=0,
-        help="clips of rl.jsonl's own, unseen in skills/think (default 0: the training clips)",
-    )
-    p.add_argument(
-        "--chord-qualities", nargs="+", default=None, metavar="Q", help="chord qualities to draw from (default: all)"
-    )
-    p.add_argument("--tempo-step", type=int, default=4, help="tempo grid step in BPM over 64-160 (default 4)")
-    p.add_argument(
-        "--registers",
-        nargs="+",
-        type=int,
-        default=None,
-        metavar="MIDI",
-        help="MIDI notes of the C that pitched clips start from (default: 48 60 72)",
-    )
-    p.set_defaults(func=_synth)
+def run_tiny_model(args: argparse.Namespace, log: CommandLog) -> int:
+    out = build_tiny_model(args.family, args.out, size=args.size, seed=args.seed)
+    print(f"wrote a {args.size}-size {args.family} checkpoint to {out}")
+    if args.standardize_on:
+        spread = standardize_checkpoint(out, args.standardize_on)
+        print(f"audio embeddings standardised on {spread['tokens']} frames of {', '.join(args.standardize_on)}")
+    return 0
 
-    p = sub.add_parser(
-        "check-data",
-        help="validate a data file up front (every layout eval reads): every row's fields, answer and audio",
-        description="Decode every row's audio and check its fields, answer and length against the model "
-        "family's limit; print one line per row. Exit status 1 if any row is bad (with --bad-rows skip: if no "
-        "row is good).",
-    )
-    p.add_argument("data", help="a manifest or benchmark file (audio paths relative to it or to --audio-root)")
-    p.add_argument("--family", choices=sorted(FAMILIES), default=None, help="apply this family's rate and limit")
-    p.add_argument(
-        "--long-audio",
-        choices=LONG_AUDIO,
-        default="truncate",
-        help="audio over the limit: truncate (reported) or reject (default truncate)",
-    )
-    p.add_argument("--max-seconds", type=float, default=None, help="override the family's audio length limit")
-    _data_arguments(p)
-    p.set_defaults(func=_check_data)
 
-    p = sub.add_parser(
-        "generate",
-        help="sample completions with audio for every row of a manifest (vLLM or transformers)",
-        description="Load a checkpoint, validate the manifest, sample N completions per row and write one JSONL "
-        "line per completion (id, completion, finish reason, token count, reference answer).",
-    )
-    p.add_argument("model_dir", help="checkpoint directory")
-    p.add_argument("manifest", help="JSONL manifest")
-    p.add_argument("out", help="output JSONL")
-    p.add_argument("--engine", choices=ENGINES, default="vllm", help="generation engine (default vllm)")
-    p.add_argument("--n", type=int, default=1, help="completions per row (default 1)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="completion length cap (default 256)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    p.set_defaults(func=_generate)
+TINY_MODEL = Command(
+    "tiny-model",
+    help="build a tiny random checkpoint of a model family locally (no download)",
+    description="Build a small random model of FAMILY with a locally trained tokenizer, the family's processor "
+    "and chat template, loadable by transformers and vLLM. Same seed, same bytes.",
+    run=run_tiny_model,
+    arguments=tiny_model_arguments,
+)
 
+
+# ---- config-help --------------------------------------------------------------------------------------------
+def config_help_arguments(p: argparse.ArgumentParser) -> None:
+    names = [c.name for c in COMMANDS if c.schema is not None]
+    p.add_argument("command", nargs="?", default="train", choices=names, help="whose config (default train)")
+
+
+def run_config_help(args: argparse.Namespace, log: CommandLog) -> int:
+    schema = next(c.schema for c in COMMANDS if c.name == args.command)
+    print("\n".join(describe(schema)))
+    return 0
+
+
+CONFIG_HELP = Command(
+    "config-help",
+    help="list every config key of a command (default train) with its type, default and help",
+    description="Print a command's config schema: one line per key (dotted), its type, default, help and choices.",
+    run=run_config_help,
+    arguments=config_help_arguments,
+)
+
+COMMANDS = (RECIPE, TRAIN, SFT, EVAL, SYNTH, GENERATE, CHECK_DATA, TINY_MODEL, CONFIG_HELP)
+
+
+# ---- the parser and the entry point -------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grpo-audio",
+        description="GRPO reinforcement learning for audio-language models (Music Flamingo, Audio Flamingo 3, "
+        "Qwen2-Audio): tiny local checkpoints, rollouts through vLLM with audio, custom rewards.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="show every library's output too (vLLM, transformers, warnings)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.description, parents=[common])
+        if command.schema is not None:
+            what = "YAML file" + ("" if command.config_required else " (optional)")
+            p.add_argument(
+                "settings",
+                nargs="+" if command.config_required else "*",
+                metavar="CONFIG | key=value",
+                help=f"a {what} mirroring the command's config, then key=value overrides "
+                f"(`grpo-audio config-help {command.name}` lists the keys)",
+            )
+        else:
+            command.arguments(p)
+        p.set_defaults(command_spec=command)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    import logging
+def load_command_config(command: Command, settings: list[str]) -> Any:
+    """The command's typed config from ``[CONFIG.yaml] key=value ...``."""
+    path = settings[0] if settings and "=" not in settings[0] else None
+    if command.config_required and path is None:
+        raise ConfigError(f"grpo-audio {command.name}: the first argument must be a YAML config file")
+    return load_config(path, settings[1:] if path else settings, schema=command.schema)
 
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # grpo-audio's own warnings (skipped rows, truncated audio, resumes, fallbacks) go to stderr.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    for name in ("grpo_audio",):
-        log = logging.getLogger(name)
-        if not log.handlers:
-            log.addHandler(handler)
-            log.setLevel(logging.INFO)
-    return args.func(args)
+    command: Command = args.command_spec
+    with CommandLog(verbose=args.verbose) as log:
+        if command.schema is None:
+            return command.run(args, log)
+        return command.run(load_command_config(command, args.settings), log)
 
 
 if __name__ == "__main__":

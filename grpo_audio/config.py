@@ -28,6 +28,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from .advantages import SCALE_REWARDS
 from .audio import LONG_AUDIO
 from .data.schema import BAD_ROWS
+from .data.synthetic import LabelSpace
 from .loss import IS_MODES, LOSS_TYPES
 from .models import FAMILIES
 from .rewards.matching import ANSWER_FORMATS
@@ -371,6 +372,11 @@ def _check_rewards(cfg: Any) -> None:
             raise ConfigError(f"rewards[{i}]: {e}") from None
 
 
+def help_of(schema: type, name: str) -> str:
+    """The help string of ``schema``'s field ``name`` (for a command-line flag that sets the same thing)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(schema) if f.name == name)
+
+
 def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:
     """One line per field, ``key (type, default): help [choices]``, recursing into nested sections."""
     lines: list[str] = []
@@ -435,10 +441,9 @@ class StageConfig:
 
 
 @dataclass
-class SyntheticConfig:
-    """The synthetic music-theory corpus a recipe can generate for itself."""
+class CorpusConfig:
+    """The synthetic music-theory corpus (``data/synthetic.py``): how many clips, drawn from which labels."""
 
-    enabled: bool = setting(False, help="Generate the corpus into OUTPUT_DIR/data before the stages.")
     n: int = setting(400, help="Training clips.")
     n_eval: int = setting(100, help="Held-out clips.")
     n_rl: int = setting(
@@ -458,15 +463,20 @@ class SyntheticConfig:
         factory=list,
     )
 
-    def label_space(self):
+    def label_space(self) -> LabelSpace:
         """The corpus's ``data.synthetic.LabelSpace``; a bad value raises, naming the ``synthetic.`` field."""
-        from .data.synthetic import LabelSpace
-
         optional = {"chord_qualities": tuple(self.chord_qualities), "registers": tuple(self.registers)}
         try:
             return LabelSpace(tempo_step=self.tempo_step, **{k: v for k, v in optional.items() if v})
         except ValueError as e:
             raise ConfigError(f"synthetic.{e}") from None
+
+
+@dataclass
+class SyntheticConfig(CorpusConfig):
+    """The synthetic music-theory corpus a recipe can generate for itself."""
+
+    enabled: bool = setting(False, help="Generate the corpus into OUTPUT_DIR/data before the stages.")
 
 
 @dataclass

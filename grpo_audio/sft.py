@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
 
 from .audio_cache import AudioCache
 from .config import setting
 from .data.collate import IGNORE_INDEX, collate_sequences
 from .data.schema import Row
+from .logs import redirected, terminal
 from .models import ModelFamily
 from .models.weights import save_model_dir
 
@@ -155,6 +158,24 @@ class SFTConfig:
     )
 
 
+class TerminalProgress(TrainerCallback):
+    """The stage's progress bar and loss on the terminal (``logs.terminal``); transformers' own bar and loss
+    records go with the libraries' output to the log file."""
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.bar = tqdm(total=state.max_steps, desc="sft", unit="step", file=terminal())
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.bar.close()
+
+
 def run_sft(
     model: Any,
     family: type[ModelFamily],
@@ -222,7 +243,8 @@ def run_sft(
             )
         ),
         processing_class=processor.tokenizer,
-        callbacks=callbacks,
+        # Under a command transformers' bar goes to the log file: the terminal gets one of its own.
+        callbacks=[*([TerminalProgress()] if redirected() else []), *(callbacks or [])],
     )
     reuse_encoder = settings.freeze_audio_encoder and audio_cache is not None and settings.target != "text"
     with audio_cache.encoder(trainer.model, family) if reuse_encoder else nullcontext() as encoder:

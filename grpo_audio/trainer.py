@@ -51,6 +51,7 @@ from .data.collate import collate_prompts
 from .data.loaders import load_manifest
 from .data.schema import Row
 from .logprobs import completion_logprobs, shared_prefix_logprobs
+from .logs import terminal
 from .loss import LossConfig, policy_loss
 from .metrics import MetricsLogger, MetricsSummary, keep_until, plot_curves, read_metrics, summarize
 from .models import ModelFamily, get_family
@@ -621,7 +622,7 @@ class GRPOTrainer:
         main = self.accelerator.is_main_process
         if self.step == 0 and cfg.eval_every and self.eval_rows and main:
             self.metrics.log(0, self.evaluate())
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="grpo", unit="step", disable=not main)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="grpo", unit="step", disable=not main, file=terminal())
         while self.step < cfg.max_steps:
             last = self.train_step()
             if cfg.eval_every and self.eval_rows and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):

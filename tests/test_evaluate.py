@@ -85,8 +85,8 @@ def test_eval_command_on_a_benchmark_json(tmp_path, tiny_checkpoint, capsys):
     ]  # fmt: skip
     (tmp_path / "bench.json").write_text(json.dumps(items))
     model = str(tiny_checkpoint("music_flamingo"))
-    args = ["eval", model, str(tmp_path / "bench.json"), "--engine", "hf", "--max-new-tokens", "4"]
-    assert main([*args, "--out", str(tmp_path / "r.json")]) == 0
+    args = ["eval", f"model={model}", f"data={tmp_path / 'bench.json'}", "engine=hf", "max_new_tokens=4"]
+    assert main([*args, f"out={tmp_path / 'r.json'}"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
     assert f"mcq_accuracy   {report['mcq_accuracy']:.3f}" in printed

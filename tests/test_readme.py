@@ -5,8 +5,11 @@ trainer calls them. One substitution, stated here: the quick start's 20 GRPO ste
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,7 +90,7 @@ NOT_RUN = {
     "scorer's rule are tested on the real file in tests/data/test_benchmarks.py",
 }
 # The quick start at test size: a test-size checkpoint, 8 clips, 2 steps (the block as written otherwise).
-QUICK_START = {"--size demo": "--size test", "--n 200": "--n 8", "max_steps=20": "max_steps=2",
+QUICK_START = {"--size demo": "--size test", "n=200 n_eval=50": "n=8 n_eval=2", "max_steps=20": "max_steps=2",
                "step-000020": "step-000002"}  # fmt: skip
 
 
@@ -102,12 +105,8 @@ def test_every_shell_block_is_run_or_says_why_not():
     assert sorted(SHELL_BLOCKS) == sorted(_shell(m) for m in (*NOT_RUN, *run))
 
 
-def _run_lines(block: str, cwd: Path, substitutions: dict[str, str]) -> list[str]:
+def _run_lines(block: str, cwd: Path, substitutions: dict[str, str]) -> list[subprocess.CompletedProcess]:
     """Each command of the block in ``cwd`` (``. .venv/bin/activate`` is this interpreter's environment)."""
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     outputs = []
     for line in block.splitlines():
@@ -118,7 +117,7 @@ def _run_lines(block: str, cwd: Path, substitutions: dict[str, str]) -> list[str
             command = command.replace(old, new)
         done = subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
-        outputs.append(done.stdout)
+        outputs.append(done)
     return outputs
 
 
@@ -128,11 +127,24 @@ def test_quick_start_shell_block(tmp_path):
     block = _shell("grpo-audio tiny-model music_flamingo runs/mf-demo")
     assert all(old in block for old in QUICK_START)
     out = _run_lines(block, tmp_path, QUICK_START)
-    assert "rows: " in out[2] and "0 bad" in out[2]  # check-data
-    assert "mcq_accuracy" in out[-1]  # eval printed its report
-    assert (tmp_path / "runs/grpo-synthetic/checkpoints/step-000002/COMPLETE").exists()
+    assert "rows: " in out[2].stdout and "0 bad" in out[2].stdout  # check-data
+    assert "mcq_accuracy" in out[-1].stdout  # eval printed its report
+    run = tmp_path / "runs/grpo-synthetic"
+    assert (run / "checkpoints/step-000002/COMPLETE").exists()
+    # The terminal shows the run's own output: its progress bar and result, not vLLM's records from its three
+    # processes, its platform warnings or the C++ ones; the log file has all of them.
+    train = out[3]
+    assert "train.max_steps=2" in train.args
+    terminal = [line for line in (train.stdout + train.stderr).replace("\r", "\n").splitlines() if line.strip()]
+    assert [line for line in terminal if not line.startswith("grpo:")] == [
+        "done: step 2, reward " + train.stdout.split("reward ")[1].split(";")[0] + "; outputs in runs/grpo-synthetic"
+    ]
+    log = (run / "grpo-audio.log").read_text()
+    for process in ("MainProcess", "EngineCore", "Worker"):
+        assert f"({process} pid=" in log and " INFO " in log, process
+    assert "NUMA binding" in log and "done: step 2" in log
 
 
 def test_data_shell_block(project):
-    out = _run_lines(_shell("grpo-audio check-data data/train.jsonl"), project, {"--n 400": "--n 8"})
-    assert "16 rows: 16 ok, 0 bad" in out[0] and (project / "data/synth/eval.jsonl").exists()
+    out = _run_lines(_shell("grpo-audio check-data data/train.jsonl"), project, {"n=400": "n=8 n_eval=2"})
+    assert "16 rows: 16 ok, 0 bad" in out[0].stdout and (project / "data/synth/eval.jsonl").exists()

@@ -43,7 +43,7 @@ def test_targets_and_collator(corpus, tiny_checkpoint):
 
 
 def _sft(path, manifest, out, *options: str) -> None:
-    assert main(["sft", str(path), str(manifest), str(out), "--lr", "3e-3", *options]) == 0
+    assert main(["sft", f"model={path}", f"data={manifest}", f"output_dir={out}", "lr=3e-3", *options]) == 0
 
 
 def _losses(printed: str) -> tuple[float, float]:
@@ -56,7 +56,7 @@ def _losses(printed: str) -> tuple[float, float]:
 
 def test_sft_command_lowers_the_loss_and_saves_a_loadable_model(corpus, tiny_checkpoint, tmp_path, capsys):
     path = tiny_checkpoint("music_flamingo")
-    _sft(path, corpus["skills"], tmp_path / "out", "--max-steps", "12", "--batch-size", "6", "--logging-steps", "1")
+    _sft(path, corpus["skills"], tmp_path / "out", "max_steps=12", "batch_size=6", "logging_steps=1")
     out = capsys.readouterr().out
     before, after = _losses(out)
     assert after < before - 0.1, out[-2000:]
@@ -68,7 +68,7 @@ def test_sft_command_lowers_the_loss_and_saves_a_loadable_model(corpus, tiny_che
 
 def test_sft_with_a_frozen_audio_encoder(corpus, tiny_checkpoint, tmp_path):
     path = tiny_checkpoint("music_flamingo")
-    _sft(path, corpus["skills"], tmp_path / "out", "--max-steps", "2", "--batch-size", "4", "--freeze-audio-encoder")
+    _sft(path, corpus["skills"], tmp_path / "out", "max_steps=2", "batch_size=4", "freeze_audio_encoder=true")
     family = get_family("music_flamingo")
     tuned = dict(family.model_class().from_pretrained(tmp_path / "out/model").named_parameters())
     base = dict(family.model_class().from_pretrained(path).named_parameters())
@@ -102,14 +102,10 @@ def test_sft_command_text_target_lowers_the_loss(corpus, tiny_checkpoint, tmp_pa
         path,
         corpus["think"],
         tmp_path / "out",
-        "--target",
-        "text",
-        "--max-steps",
-        "10",
-        "--batch-size",
-        "4",
-        "--logging-steps",
-        "1",
+        "target=text",
+        "max_steps=10",
+        "batch_size=4",
+        "logging_steps=1",
     )
     before, after = _losses(capsys.readouterr().out)
     assert after < before - 0.5

@@ -316,8 +316,8 @@ def test_eval_command_end_to_end_with_predictions(mmar, tiny_checkpoint, tmp_pat
     mmar.write_text("".join(json.dumps(i) + "\n" for i in items))
     model = str(tiny_checkpoint("music_flamingo"))
     out, predictions = tmp_path / "report.json", tmp_path / "pred.jsonl"
-    args = ["eval", model, str(mmar), "--engine", "hf", "--max-new-tokens", "3", "--bad-rows", "skip"]
-    assert main([*args, "--out", str(out), "--predictions-out", str(predictions), "--answer-format", "text"]) == 0
+    args = ["eval", f"model={model}", f"data={mmar}", "engine=hf", "max_new_tokens=3", "bad_rows=skip"]
+    assert main([*args, f"out={out}", f"predictions_out={predictions}", "answer_format=text"]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert "mmar layout: 3 rows" in printed and "by modality:" in printed
@@ -439,11 +439,11 @@ def test_eval_with_no_good_row_stops_before_the_model(tmp_path, capsys):
     model.mkdir()
     config = {"architectures": ["MusicFlamingoForConditionalGeneration"]}
     (model / "config.json").write_text(json.dumps(config))  # no weights: loading the model would fail
-    assert main(["eval", str(model), str(path), "--bad-rows", "skip"]) == 1
+    assert main(["eval", f"model={model}", f"data={path}", "bad_rows=skip"]) == 1
     assert "no row passed validation" in capsys.readouterr().err
-    assert main(["eval", str(model), str(path)]) == 1
+    assert main(["eval", f"model={model}", f"data={path}"]) == 1
     assert "field 'audio': file not found" in capsys.readouterr().err
-    assert main(["eval", str(model), str(tmp_path / "nope.json")]) == 1
+    assert main(["eval", f"model={model}", f"data={tmp_path / 'nope.json'}"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -468,7 +468,7 @@ def test_every_layout_through_check_data_and_eval(name, mmau, muchomusic, tmp_pa
     assert f"{bench.layout} layout, {len(bench.rows)} rows: {len(bench.rows)} ok, 0 bad" in capsys.readouterr().out
     model = str(tiny_checkpoint("music_flamingo"))
     out = tmp_path / "report.json"
-    args = ["eval", model, str(path), "--engine", "hf", "--max-new-tokens", "3", "--max-rows", "2", "--out", str(out)]
+    args = ["eval", f"model={model}", f"data={path}", "engine=hf", "max_new_tokens=3", "max_rows=2", f"out={out}"]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert f"{bench.layout} layout: 2 rows of {len(bench.rows)}" in capsys.readouterr().out

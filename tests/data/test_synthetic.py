@@ -217,13 +217,20 @@ def test_rl_prompts_on_clips_of_their_own(tmp_path):
 
 
 def test_synth_cli(tmp_path, capsys):
-    assert main(["synth", str(tmp_path / "s"), "--n", "5", "--seed", "3"]) == 0
+    assert main(["synth", f"output_dir={tmp_path / 's'}", "n=5", "n_eval=1", "seed=3"]) == 0
     out = capsys.readouterr().out
     assert "skills  15 rows" in out and (tmp_path / "s" / "eval.jsonl").exists()
-    assert main(["synth", str(tmp_path / "r"), "--n", "5", "--n-rl", "3"]) == 0
+    assert main(["synth", f"output_dir={tmp_path / 'r'}", "n=5", "n_eval=1", "n_rl=3"]) == 0
     assert "rl      6 rows" in capsys.readouterr().out
-    args = ["synth", str(tmp_path / "m"), "--n", "10", "--chord-qualities", "major", "minor", "--tempo-step", "24"]
-    assert main([*args, "--registers", "84"]) == 0
+    args = [
+        "synth",
+        f"output_dir={tmp_path / 'm'}",
+        "n=10",
+        "n_eval=2",
+        "chord_qualities=[major,minor]",
+        "tempo_step=24",
+    ]
+    assert main([*args, "registers=[84]"]) == 0
     rows = load_manifest(tmp_path / "m" / "skills.jsonl", decode=False)
     assert {r.metadata["quality"] for r in rows if r.task == "chord"} <= {"major", "minor"}
     assert {r.metadata["tempo"] for r in rows if r.task in ("tempo", "meter")} <= {64, 88, 112, 136, 160}

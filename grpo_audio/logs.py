@@ -1,0 +1,219 @@
+"""What a ``grpo-audio`` command shows on the terminal, and the log file that keeps everything.
+
+A GRPO run with vLLM rollouts prints a hundred lines that are not its own: vLLM's INFO records from three
+processes (the main one, the engine core, the worker), warnings from its CPU platform checks, C++ warnings
+(NUMA binding), deprecation warnings, weight-loading progress bars. Inside :class:`CommandLog`:
+
+- the terminal shows the command's own output: what it prints, grpo-audio's log records (``grpo_audio.*``
+  loggers), its progress bars (:func:`terminal`), and errors (ERROR records from anywhere, the command's own
+  error lines, and a traceback, which leaves the command with its exception);
+- everything else written to the process's stdout and stderr, by any library, in any child process (they
+  inherit the file descriptors), or from C++, goes to the log file only, as do the other libraries' log records
+  and Python warnings;
+- ``verbose`` shows that on the terminal too;
+- the log file, ``<output folder>/grpo-audio.log`` (:meth:`CommandLog.log_to`), receives all of it, the command's
+  own output included; what was written before the folder was known is kept and written first.
+
+Outside a command (grpo-audio used from Python), nothing is redirected and :func:`terminal` is ``sys.stderr``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+LOG_FILE = "grpo-audio.log"
+_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+_active: CommandLog | None = None
+
+
+def redirected() -> bool:
+    """Whether a command's output is being sorted (a :class:`CommandLog` is active)."""
+    return _active is not None
+
+
+def terminal() -> TextIO:
+    """The stream a progress bar of grpo-audio's own writes to: the terminal under a command, else stderr."""
+    return _active.terminal_err if _active is not None else sys.stderr
+
+
+class _Sink:
+    """The log file, thread-safe; before it is opened, what is written waits in memory."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: list[str] | None = []
+        self.file: TextIO | None = None
+
+    def write(self, text: str) -> None:
+        with self.lock:
+            if self.file is not None:
+                self.file.write(text)
+                self.file.flush()
+            elif self.pending is not None:
+                self.pending.append(text)
+
+    def open(self, path: Path) -> None:
+        with self.lock:
+            if self.file is not None:
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = path.open("a", encoding="utf-8")
+            self.file.write("".join(self.pending or []))
+            self.file.flush()
+            self.pending = None
+
+    def flush(self) -> None:  # every write is flushed already
+        pass
+
+    def close(self) -> None:
+        with self.lock:
+            if self.file is not None:
+                self.file.close()
+            self.file, self.pending = None, None
+
+
+class _Tee(io.TextIOBase):
+    """``sys.stdout`` under a command: the terminal and the log file."""
+
+    def __init__(self, screen: TextIO, sink: _Sink):
+        self.screen, self.sink = screen, sink
+
+    def write(self, text: str) -> int:
+        self.screen.write(text)
+        self.sink.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.screen.flush()
+
+    def isatty(self) -> bool:
+        return self.screen.isatty()
+
+
+class _OwnOrError(logging.Filter):
+    """The records the terminal shows by default: grpo-audio's own, and errors from anywhere."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("grpo_audio") or record.levelno >= logging.ERROR
+
+
+def _screen(stream: TextIO, fd: int) -> tuple[TextIO, bool]:
+    """A stream on the terminal that ``fd`` reaches now, and whether it was opened here (a duplicate of ``fd``);
+    a stream not on ``fd`` (a test's capture) is used as it is."""
+    try:
+        on_fd = stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        on_fd = False
+    if not on_fd:
+        return stream, False
+    stream.flush()
+    return open(os.dup(fd), "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8"), True
+
+
+class CommandLog:
+    """The terminal and log file of one command (see the module docstring); a context manager.
+
+    Args:
+        verbose: show everything on the terminal, not only the command's own output and errors.
+    """
+
+    def __init__(self, verbose: bool = False):
+        self.verbose = verbose
+        self.path: Path | None = None
+        self._sink = _Sink()
+
+    # ---- entering and leaving -------------------------------------------------------------------------------
+    def __enter__(self) -> CommandLog:
+        global _active
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.terminal_out, self._own_out = _screen(sys.stdout, 1)
+        self.terminal_err, self._own_err = _screen(sys.stderr, 2)
+        self._saved_fds = (os.dup(1), os.dup(2))
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._reader = threading.Thread(target=self._pump, args=(read_end,), name="grpo-audio-log", daemon=True)
+        self._reader.start()
+        self._saved_stdout = sys.stdout
+        sys.stdout = _Tee(self.terminal_out, self._sink)
+        # vLLM writes its records to stdout unless told otherwise; stderr keeps them off the command's output.
+        self._saved_env = {k: os.environ.get(k) for k in ("VLLM_LOGGING_STREAM",)}
+        os.environ["VLLM_LOGGING_STREAM"] = "ext://sys.stderr"
+        self._install_logging()
+        _active = self
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        global _active
+        if exc is not None:  # the log file gets the traceback; the terminal gets it as the exception leaves main
+            self._sink.write("".join(traceback.format_exception(exc_type, exc, tb)))
+        _active = None
+        logging.captureWarnings(False)
+        root = logging.getLogger()
+        for handler in self._handlers:
+            root.removeHandler(handler)
+        root.setLevel(self._saved_level)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout = self._saved_stdout
+        os.dup2(self._saved_fds[0], 1)  # closes this process's write ends of the pipe
+        os.dup2(self._saved_fds[1], 2)
+        for fd in self._saved_fds:
+            os.close(fd)
+        self._reader.join(timeout=10)  # a child process that outlived the command may still hold the pipe
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for stream, own in ((self.terminal_out, self._own_out), (self.terminal_err, self._own_err)):
+            stream.flush()
+            if own:
+                stream.close()
+        self._sink.close()
+
+    def log_to(self, folder: str | Path) -> Path:
+        """Write the log to ``folder/grpo-audio.log`` (appended to), starting with what was written so far."""
+        self.path = Path(folder) / LOG_FILE
+        self._sink.open(self.path)
+        return self.path
+
+    def error(self, message: str) -> None:
+        """A one-line error of the command's own: the terminal and the log file."""
+        self.terminal_err.write(message + "\n")
+        self._sink.write(message + "\n")
+
+    # ---- plumbing -------------------------------------------------------------------------------------------
+    def _install_logging(self) -> None:
+        root = logging.getLogger()
+        self._saved_level = root.level
+        root.setLevel(logging.INFO)
+        screen = logging.StreamHandler(self.terminal_err)
+        screen.setFormatter(_FORMAT)
+        if not self.verbose:
+            screen.addFilter(_OwnOrError())
+        log = logging.StreamHandler(self._sink)  # type: ignore[arg-type]
+        log.setFormatter(_FORMAT)
+        self._handlers = [screen, log]
+        for handler in self._handlers:
+            root.addHandler(handler)
+        logging.captureWarnings(True)  # warnings become records of ``py.warnings``: the log file, or -v
+
+    def _pump(self, fd: int) -> None:
+        """Copy what arrives on the process's stdout and stderr to the log file (and the terminal if verbose)."""
+        with open(fd, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                text = chunk.decode("utf-8", errors="replace")
+                self._sink.write(text)
+                if self.verbose:
+                    self.terminal_err.write(text)
+                    self.terminal_err.flush()
