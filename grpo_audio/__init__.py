@@ -1,7 +1,9 @@
 """grpo-audio: GRPO reinforcement learning for audio-language models.
 
-Model families live in ``grpo_audio.models``, configuration in ``grpo_audio.config``, rewards in
-``grpo_audio.rewards``. The ``grpo-audio`` command line is ``grpo_audio.cli``.
+The top-level modules own one stage of the data flow each: ``trainer`` (the GRPO loop), ``advantages``, ``loss``
+and ``logprobs`` (its maths), ``sft`` and ``evaluate`` (the other stages), ``audio`` and ``audio_cache`` (clips
+and what is computed from them), ``checkpoint``, ``metrics``, ``logs``, ``config`` and ``cli``. The packages:
+``models`` (family adapters), ``data`` (rows and files), ``rollout`` (engines), ``rewards`` and ``recipe``.
 """
 
 __version__ = "0.1.0"

@@ -408,7 +408,28 @@ STAGE_KINDS = ("text_pretrain", "sft", "cold_start", "grpo", "eval")
 
 
 @dataclass
-class StageConfig:
+class SupervisedSettings:
+    """How long and how a supervised stage trains: what a recipe's stage sets and ``sft.SFTConfig`` extends."""
+
+    epochs: float = setting(1.0, help="Supervised stages: epochs over the rows.")
+    max_steps: int = setting(
+        -1, help="Supervised stages: optimiser steps (overrides epochs when > 0); a GRPO stage: use grpo_overrides."
+    )
+    lr: float = setting(1e-4, help="Supervised stages: peak learning rate.")
+    batch_size: int = setting(8, help="Supervised stages: rows per optimiser step.")
+    freeze_audio_encoder: bool = setting(
+        False,
+        help="Supervised stages: keep the audio encoder fixed; its output for each clip is then computed once and "
+        "reused.",
+    )
+    # TRL's SFTConfig turns it on by default; the small models here run faster without it.
+    gradient_checkpointing: bool = setting(
+        False, help="Supervised stages: recompute activations in the backward pass (less memory, ~30% slower steps)."
+    )
+
+
+@dataclass
+class StageConfig(SupervisedSettings):
     """One stage of a recipe; each training stage starts from the previous stage's model."""
 
     name: str = setting(help="Stage name (its folder under output_dir); required.")
@@ -417,16 +438,6 @@ class StageConfig:
         "",
         help="Manifest for the stage ('synthetic:NAME' = the recipe's synthetic NAME.jsonl); text_pretrain, sft and "
         "cold_start take several, comma-separated.",
-    )
-    epochs: float = setting(1.0, help="SFT epochs.")
-    max_steps: int = setting(-1, help="SFT optimiser steps (overrides epochs when > 0); GRPO: use grpo_overrides.")
-    lr: float = setting(1e-4, help="SFT learning rate.")
-    batch_size: int = setting(8, help="SFT rows per step.")
-    freeze_audio_encoder: bool = setting(
-        False, help="SFT: keep the audio encoder fixed; its output for each clip is then computed once and reused."
-    )
-    gradient_checkpointing: bool = setting(
-        False, help="SFT: recompute activations in the backward pass (less memory, ~30% slower steps)."
     )
     replay: str = setting(
         "",

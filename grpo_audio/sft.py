@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from .audio_cache import AudioCache
-from .config import setting
+from .config import SupervisedSettings, setting
 from .data.collate import IGNORE_INDEX, collate_sequences
 from .data.schema import Row
 from .logs import redirected, terminal
@@ -130,27 +130,16 @@ def _text_only(messages: list[dict[str, Any]]) -> str:
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(SupervisedSettings):
     """Settings of one supervised stage (TRL ``SFTConfig`` fields, named as grpo-audio names them)."""
 
     target: str = setting("answer", help="What the loss is on (see target_text).", choices=TARGETS)
-    epochs: float = setting(1.0, help="Epochs over the rows.")
-    max_steps: int = setting(-1, help="Optimiser steps; overrides epochs when > 0.")
-    lr: float = setting(1e-4, help="Peak learning rate.")
-    batch_size: int = setting(8, help="Rows per optimiser step.")
     warmup_ratio: float = setting(0.03, help="Fraction of the steps the learning rate warms up over.")
     lr_scheduler: str = setting("cosine", help="transformers scheduler name.")
     weight_decay: float = setting(0.0, help="AdamW weight decay.")
     max_grad_norm: float = setting(1.0, help="Gradient clipping norm.")
     seed: int = setting(0, help="Seed of the data order and dropout.")
     logging_steps: int = setting(10, help="Log the loss every N steps.")
-    freeze_audio_encoder: bool = setting(
-        False, help="Keep the audio encoder fixed; its output for each clip is then computed once and reused."
-    )
-    # TRL's SFTConfig turns it on by default; the small models here run faster without it.
-    gradient_checkpointing: bool = setting(
-        False, help="Recompute activations in the backward pass (less memory, ~30% slower steps)."
-    )
     cache_audio: bool = setting(
         True,
         help="Compute each clip's log-mel features (and, with the encoder frozen, its encoder output) once, not "

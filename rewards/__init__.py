@@ -1,5 +1,8 @@
 """Reward functions for GRPO on audio-language models, importable as ``grpo_audio.rewards``.
 
+This package owns the rewards, their registry and safety net (``RewardSet``), and what they share with evaluation:
+the answer matcher (``matching``) and the music-label parsers (``music_theory``).
+
 Every reward has TRL's signature, ``f(prompts, completions, **columns) -> list[float | None]`` (``None``: does
 not apply to that sample), accepts completions as strings or as message lists, and depends on nothing in the
 trainer. Rewards with settings are classes whose instances are picklable callables; the module-level

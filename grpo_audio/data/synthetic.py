@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from ..music_vocab import CHORD_QUALITIES, INSTRUMENTS, METERS, MODES, PITCH_CLASSES
+from ..music_vocab import CHORD_QUALITIES, INSTRUMENTS, INTERVAL_NAMES, METERS, MODES, PITCH_CLASSES
 
 SR = 16000
 TASKS = ("chord", "key", "tempo", "meter", "instrument")
@@ -473,8 +473,6 @@ def thinking(clip: Clip) -> str:
     before the chord) asks a small model for what it hears least reliably first, and the answer then follows
     the chain's first mistake.
     """
-    from ..music_vocab import INTERVAL_NAMES
-
     m = clip.metadata
     if clip.task == "chord":
         root = PITCH_CLASSES.index(m["root"])

@@ -1,4 +1,6 @@
-"""Model-family adapters. Adding a family: one module with a ``ModelFamily`` subclass and one line below."""
+"""Model families: one adapter per family (its transformers classes, prompt format, audio encoder and projector
+names, checkpoint layout), the vLLM plugin for Music Flamingo, tiny local checkpoints and saving. It imports
+nothing of data or training. Adding a family: one module with a ``ModelFamily`` subclass and one line below."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ class ModelFamily:
     #: transformers class names (looked up in ``transformers`` lazily so that importing the registry is cheap).
     model_class_name: ClassVar[str]
     processor_class_name: ClassVar[str]
-    #: architecture vLLM serves the checkpoint with.
+    #: architecture vLLM serves the checkpoint with (the engine tests check it is the one vLLM picks).
     vllm_architecture: ClassVar[str]
     #: special tokens the family's tokenizer must have for audio.
     audio_special_tokens: ClassVar[tuple[str, ...]]

@@ -57,7 +57,7 @@ class RotaryTimeEmbedding(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, window_index: torch.Tensor) -> torch.Tensor:
         """Rotate ``hidden_states`` [W, S, D] where ``window_index`` [W] is each row's window within its clip."""
-        num_windows, seq_len, _ = hidden_states.shape
+        _, seq_len, _ = hidden_states.shape
         inv_freq = self.inv_freq.to(hidden_states.device)
         positions = torch.arange(int(self.max_positions), device=inv_freq.device, dtype=inv_freq.dtype)
         position_angles = (positions / self.max_positions * (2 * math.pi)).unsqueeze(-1) * inv_freq

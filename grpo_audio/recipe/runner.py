@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -14,7 +15,7 @@ from transformers import AutoProcessor
 
 from ..audio_cache import AudioCache
 from ..checkpoint import model_fingerprint
-from ..config import RecipeConfig, RunConfig, StageConfig, merge_config, to_object
+from ..config import RecipeConfig, RunConfig, StageConfig, SupervisedSettings, merge_config, to_object
 from ..data.benchmarks import load_benchmark
 from ..data.loaders import load_manifest
 from ..data.schema import Row
@@ -168,17 +169,8 @@ class Recipe:
     def sft(self, stage: StageConfig, model_dir: Path) -> tuple[Path, list[dict]]:
         rows, target = self.sft_rows(stage)
         model = self.family.model_class().from_pretrained(model_dir)
-        settings = SFTConfig(
-            target=target,
-            epochs=stage.epochs,
-            max_steps=stage.max_steps,
-            lr=stage.lr,
-            batch_size=stage.batch_size,
-            seed=self.cfg.seed,
-            logging_steps=1,
-            freeze_audio_encoder=stage.freeze_audio_encoder,
-            gradient_checkpointing=stage.gradient_checkpointing,
-        )
+        stage_settings = {f.name: getattr(stage, f.name) for f in dataclasses.fields(SupervisedSettings)}
+        settings = SFTConfig(target=target, seed=self.cfg.seed, logging_steps=1, **stage_settings)
         processor = AutoProcessor.from_pretrained(model_dir)
         return run_sft(
             model, self.family, processor, rows, self.out / stage.name, settings, audio_cache=self.audio_cache
