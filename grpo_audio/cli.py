@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from transformers import AutoProcessor
 
 from .audio import LONG_AUDIO
@@ -72,7 +74,7 @@ class Command:
 
 # ---- recipe -------------------------------------------------------------------------------------------------
 def run_recipe(cfg: RecipeConfig, log: CommandLog) -> int:
-    log.log_to(cfg.output_dir)
+    log.log_to(cfg.output_dir, header(cfg))
     Recipe(cfg).run()
     return 0
 
@@ -90,14 +92,16 @@ RECIPE = Command(
 
 # ---- train --------------------------------------------------------------------------------------------------
 def run_train(cfg: RunConfig, log: CommandLog) -> int:
-    log.log_to(cfg.output_dir)
+    log.log_to(cfg.output_dir, header(cfg))
     trainer = GRPOTrainer(cfg)
     try:
         summary = trainer.train()
     finally:
         trainer.close()
-    reward = summary.last.get("reward/mean", float("nan"))
-    print(f"done: step {summary.step}, reward {reward:.4f}; outputs in {summary.output_dir}")
+    if not summary.last:
+        print(f"done: the run was at step {summary.step} (train.max_steps) already; outputs in {summary.output_dir}")
+        return 0
+    print(f"done: step {summary.step}, reward {summary.last['reward/mean']:.4f}; outputs in {summary.output_dir}")
     return 0
 
 
@@ -124,7 +128,9 @@ class SFTCommandConfig(SFTConfig):
 
 
 def run_sft_command(cfg: SFTCommandConfig, log: CommandLog) -> int:
-    log.log_to(cfg.output_dir)
+    if cfg.epochs <= 0 and cfg.max_steps <= 0:
+        raise ConfigError(f"sft: epochs ({cfg.epochs}) or max_steps ({cfg.max_steps}) must be above 0")
+    log.log_to(cfg.output_dir, header(cfg))
     family = family_of_checkpoint(cfg.model)
     rows = load_manifest(cfg.data, family=family, decode=cfg.target != "text")
     model = family.model_class().from_pretrained(cfg.model)
@@ -178,6 +184,8 @@ class EvalCommandConfig(RecipeEvalConfig):
 
 
 def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
+    if cfg.max_rows < 0:
+        raise ConfigError(f"eval: max_rows must be 0 (all) or more, got {cfg.max_rows}")
     try:
         bench = load_benchmark(
             cfg.data,
@@ -237,13 +245,17 @@ EVAL = Command(
 class SynthCommandConfig(CorpusConfig):
     """``grpo-audio synth``: write the synthetic corpus to a folder."""
 
-    output_dir: str = setting(help="Output folder (clips under audio/, the JSONL manifests beside); required.")
+    output_dir: str = setting(help="Output folder (clips under clips/, the JSONL manifests beside); required.")
 
 
 def run_synth(cfg: SynthCommandConfig, log: CommandLog) -> int:
-    paths = write_corpus(
-        cfg.output_dir, n=cfg.n, seed=cfg.seed, n_eval=cfg.n_eval, space=cfg.label_space(), n_rl=cfg.n_rl
-    )
+    if cfg.n < 1 or cfg.n_eval < 0 or cfg.n_rl < 0:
+        raise ConfigError(
+            f"synth: n must be at least 1, n_eval and n_rl at least 0; got {cfg.n}, {cfg.n_eval}, {cfg.n_rl}"
+        )
+    log.log_to(cfg.output_dir, header(cfg))
+    space = cfg.label_space(prefix="")
+    paths = write_corpus(cfg.output_dir, n=cfg.n, seed=cfg.seed, n_eval=cfg.n_eval, space=space, n_rl=cfg.n_rl)
     for name, path in paths.items():
         print(f"{name:7s} {sum(1 for _ in path.open())} rows  {path}")
     return 0
@@ -391,20 +403,27 @@ CONFIG_HELP = Command(
     arguments=config_help_arguments,
 )
 
+VERBOSE = ("-v", "--verbose")
 COMMANDS = (RECIPE, TRAIN, SFT, EVAL, SYNTH, GENERATE, CHECK_DATA, TINY_MODEL, CONFIG_HELP)
 
 
 # ---- the parser and the entry point -------------------------------------------------------------------------
+def header(cfg: Any) -> str:
+    """The log file's first lines: the command line and the config it resolved to."""
+    resolved = OmegaConf.to_yaml(OmegaConf.structured(cfg)).rstrip()
+    return f"$ grpo-audio {shlex.join(sys.argv[1:])}\n{resolved}\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grpo-audio",
         description="GRPO reinforcement learning for audio-language models (Music Flamingo, Audio Flamingo 3, "
         "Qwen2-Audio): tiny local checkpoints, rollouts through vLLM with audio, custom rewards.",
     )
+    # -v / --verbose is taken anywhere on the line (main strips it); declared here for --help.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-v", "--verbose", action="store_true", help="show every library's output too (vLLM, transformers, warnings)"
-    )
+    common.add_argument(*VERBOSE, action="store_true", help="show every library's output too (vLLM, transformers)")
+    parser.add_argument(*VERBOSE, action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.description, parents=[common])
@@ -432,13 +451,36 @@ def load_command_config(command: Command, settings: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a command. Errors leave as exceptions (``ConfigError``, ``DataError``, ...); :func:`entry`, the
+    ``grpo-audio`` executable, prints those as one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in VERBOSE for a in argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args([a for a in argv if a not in VERBOSE])
+    if unknown:
+        flags = [a for a in unknown if a.startswith("--")]
+        hint = ""
+        if flags and args.command_spec.schema is not None:
+            key = flags[0].lstrip("-").replace("-", "_")
+            hint = f"; this command takes key=value settings: {key}=... (`grpo-audio config-help {args.command}`)"
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     command: Command = args.command_spec
-    with CommandLog(verbose=args.verbose) as log:
+    with CommandLog(verbose=verbose) as log:
         if command.schema is None:
             return command.run(args, log)
         return command.run(load_command_config(command, args.settings), log)
 
 
+def entry() -> None:
+    """The ``grpo-audio`` executable: :func:`main`, with a bad config, bad data or a missing file reported in one
+    line (exit status 2) rather than a traceback."""
+    try:
+        status = main()
+    except (ConfigError, DataError, LayoutError, FileNotFoundError) as e:
+        print(f"grpo-audio: {e}", file=sys.stderr)
+        status = 2
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

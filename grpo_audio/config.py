@@ -474,13 +474,13 @@ class CorpusConfig:
         factory=list,
     )
 
-    def label_space(self) -> LabelSpace:
-        """The corpus's ``data.synthetic.LabelSpace``; a bad value raises, naming the ``synthetic.`` field."""
+    def label_space(self, prefix: str = "synthetic.") -> LabelSpace:
+        """The corpus's ``data.synthetic.LabelSpace``; a bad value raises, naming the field (under ``prefix``)."""
         optional = {"chord_qualities": tuple(self.chord_qualities), "registers": tuple(self.registers)}
         try:
             return LabelSpace(tempo_step=self.tempo_step, **{k: v for k, v in optional.items() if v})
         except ValueError as e:
-            raise ConfigError(f"synthetic.{e}") from None
+            raise ConfigError(f"{prefix}{e}") from None
 
 
 @dataclass

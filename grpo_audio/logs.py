@@ -5,8 +5,8 @@ processes (the main one, the engine core, the worker), warnings from its CPU pla
 (NUMA binding), deprecation warnings, weight-loading progress bars. Inside :class:`CommandLog`:
 
 - the terminal shows the command's own output: what it prints, grpo-audio's log records (``grpo_audio.*``
-  loggers), its progress bars (:func:`terminal`), and errors (ERROR records from anywhere, the command's own
-  error lines, and a traceback, which leaves the command with its exception);
+  loggers), its progress bars (:func:`terminal`), and errors: ERROR records from any library or child process,
+  the command's own error lines, and on a failure the traceback and the libraries' last lines;
 - everything else written to the process's stdout and stderr, by any library, in any child process (they
   inherit the file descriptors), or from C++, goes to the log file only, as do the other libraries' log records
   and Python warnings;
@@ -22,13 +22,18 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import sys
 import threading
 import traceback
+from collections import deque
 from pathlib import Path
 from typing import Any, TextIO
 
 LOG_FILE = "grpo-audio.log"
+TAIL_LINES = 30  # the libraries' last lines shown when a command fails
+# A log record at ERROR or above in the formats of Python's logging, vLLM and C++ (glog, c10) libraries.
+_ERROR_RECORD = re.compile(r"(^|[\s:\]])(ERROR|CRITICAL|FATAL)[\s:\]]|^\[?[EF]\d{4} ")
 _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
 _active: CommandLog | None = None
 
@@ -59,13 +64,13 @@ class _Sink:
             elif self.pending is not None:
                 self.pending.append(text)
 
-    def open(self, path: Path) -> None:
+    def open(self, path: Path, header: str = "") -> None:
         with self.lock:
             if self.file is not None:
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = path.open("a", encoding="utf-8")
-            self.file.write("".join(self.pending or []))
+            self.file.write(header + "".join(self.pending or []))
             self.file.flush()
             self.pending = None
 
@@ -128,6 +133,8 @@ class CommandLog:
         self.verbose = verbose
         self.path: Path | None = None
         self._sink = _Sink()
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._failed = False
 
     # ---- entering and leaving -------------------------------------------------------------------------------
     def __enter__(self) -> CommandLog:
@@ -156,6 +163,7 @@ class CommandLog:
         global _active
         if exc is not None:  # the log file gets the traceback; the terminal gets it as the exception leaves main
             self._sink.write("".join(traceback.format_exception(exc_type, exc, tb)))
+            self._failed = True
         _active = None
         logging.captureWarnings(False)
         root = logging.getLogger()
@@ -170,6 +178,15 @@ class CommandLog:
         for fd in self._saved_fds:
             os.close(fd)
         self._reader.join(timeout=10)  # a child process that outlived the command may still hold the pipe
+        if self._failed and not self.verbose and self._tail:
+            # What the libraries wrote last often says why (a child process's error, vLLM's start-up checks).
+            self.terminal_err.write(
+                f"--- the last {len(self._tail)} lines of the libraries' output"
+                + (f" (all of it in {self.path})" if self.path else "")
+                + " ---\n"
+                + "\n".join(self._tail)
+                + "\n---\n"
+            )
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -181,10 +198,11 @@ class CommandLog:
                 stream.close()
         self._sink.close()
 
-    def log_to(self, folder: str | Path) -> Path:
-        """Write the log to ``folder/grpo-audio.log`` (appended to), starting with what was written so far."""
+    def log_to(self, folder: str | Path, header: str = "") -> Path:
+        """Write the log to ``folder/grpo-audio.log`` (appended to), starting with ``header`` (the command line and
+        its config), then what was written so far."""
         self.path = Path(folder) / LOG_FILE
-        self._sink.open(self.path)
+        self._sink.open(self.path, header)
         return self.path
 
     def error(self, message: str) -> None:
@@ -209,7 +227,9 @@ class CommandLog:
         logging.captureWarnings(True)  # warnings become records of ``py.warnings``: the log file, or -v
 
     def _pump(self, fd: int) -> None:
-        """Copy what arrives on the process's stdout and stderr to the log file (and the terminal if verbose)."""
+        """Copy what arrives on the process's stdout and stderr to the log file; show it on the terminal if
+        verbose, else only its error records (a child process's included); keep its last lines for a failure."""
+        partial = ""
         with open(fd, "rb", buffering=0) as pipe:
             while chunk := pipe.read(65536):
                 text = chunk.decode("utf-8", errors="replace")
@@ -217,3 +237,11 @@ class CommandLog:
                 if self.verbose:
                     self.terminal_err.write(text)
                     self.terminal_err.flush()
+                    continue
+                lines = (partial + text).split("\n")
+                partial = lines.pop()
+                for line in lines:
+                    self._tail.append(line)
+                    if _ERROR_RECORD.search(line):
+                        self.terminal_err.write(line + "\n")
+                        self.terminal_err.flush()

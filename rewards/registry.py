@@ -216,9 +216,17 @@ class RewardSet:
             completions: [N] completion texts; ``completions[j]`` answers ``rows[row_index[j]]``.
             row_index: [N] indices into ``rows``.
 
+        Raises:
+            ValueError: completions and indices differ in number, or an index is outside ``rows``.
+
         Each row's columns are repeated per completion (TRL passes dataset columns the same way), and the
         completions go in as assistant messages (TRL's conversational format), so TRL's rewards run unchanged.
         """
+        if len(completions) != len(row_index) or any(not 0 <= i < len(rows) for i in row_index):
+            raise ValueError(
+                f"score_rows: {len(completions)} completions and {len(row_index)} row indices (each in 0.."
+                f"{len(rows) - 1}) must pair up one to one"
+            )
         columns: dict[str, list] = {}
         for i in row_index:
             for k, v in rows[i].columns().items():

@@ -23,12 +23,14 @@ with CommandLog(verbose={verbose}) as log:
     os.write(2, b"c-level write\\n")
     sys.stderr.write("library stderr\\n")
     subprocess.run([sys.executable, "-c", "import sys; print('child stdout'); print('child stderr', file=sys.stderr)"])
+    child_error = "(EngineCore pid=1) ERROR 11-30 child error"
+    subprocess.run([sys.executable, "-c", f"import sys; print({{child_error!r}}, file=sys.stderr)"])
     terminal().write("own progress bar\\n")
     log.log_to({folder!r})
     log.error("own error line")
     {last}
 """
-OWN = ["own print", "own record", "library error", "own progress bar", "own error line"]
+OWN = ["own print", "own record", "library error", "own progress bar", "own error line", "child error"]
 OTHERS = ["library warning", "a deprecation", "c-level write", "library stderr", "child stdout", "child stderr"]
 
 
@@ -58,3 +60,6 @@ def test_a_failing_command_leaves_its_traceback_in_the_log_and_on_the_terminal(t
     assert done.returncode == 1
     assert "RuntimeError: the run broke" in done.stderr and "Traceback" in done.stderr
     assert "RuntimeError: the run broke" in log and "c-level write" in log
+    # The libraries' last lines come with it (the cause is often there), and where the rest is.
+    tail = done.stderr.split("lines of the libraries' output")[1]
+    assert "c-level write" in tail and "child stderr" in tail and "grpo-audio.log" in tail.splitlines()[0]

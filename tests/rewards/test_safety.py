@@ -129,3 +129,15 @@ def test_rewards_restricted_to_tasks():
     assert out.components["mcq_accuracy"][0] == 1.0 and math.isnan(out.components["mcq_accuracy"][1])
     assert math.isnan(out.components["structured_caption"][0]) and out.components["structured_caption"][1] == 1.0
     assert out.total == [2.0, 2.0]
+
+
+def test_score_rows_pairs_each_completion_with_its_row():
+    from grpo_audio.data.schema import Row
+    from grpo_audio.rewards import RewardSet, format_reward
+
+    rows = [Row(id="a", audio="a.wav", prompt="Q?", answer="x"), Row(id="b", audio="b.wav", prompt="Q?", answer="y")]
+    rewards = RewardSet([format_reward])
+    assert rewards.score_rows(rows, ["<think>t</think><answer>x</answer>", "y"], [1, 0]).total == [1.0, 0.0]
+    for texts, index in ((["x", "y", "z"], [0, 1]), (["x"], [0, 1]), (["x"], [-1]), (["x"], [2])):
+        with pytest.raises(ValueError, match="must pair up one to one"):
+            rewards.score_rows(rows, texts, index)

@@ -1,0 +1,54 @@
+"""The command line's own behaviour: typed settings for every stage command, a hint for flag-style settings,
+``-v`` anywhere, and one-line errors from the ``grpo-audio`` executable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grpo_audio.cli import main
+from grpo_audio.config import ConfigError
+
+GRPO_AUDIO = Path(sys.executable).parent / "grpo-audio"
+
+
+def test_flag_style_settings_get_a_key_value_hint(capsys):
+    with pytest.raises(SystemExit):
+        main(["synth", "--n", "8", "output_dir=x"])
+    assert "this command takes key=value settings: n=..." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_verbose_anywhere_on_the_line(tmp_path, where, capsys):
+    settings = [f"output_dir={tmp_path / where}", "n=1", "n_eval=0"]
+    argv = {"first": ["-v", "synth", *settings], "middle": ["synth", settings[0], "--verbose", *settings[1:]],
+            "last": ["synth", *settings, "-v"]}[where]  # fmt: skip
+    assert main(argv) == 0
+    assert "skills  3 rows" in capsys.readouterr().out
+    assert (tmp_path / where / "grpo-audio.log").read_text().startswith("$ grpo-audio ")
+
+
+def test_nonsense_settings_are_refused_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="n must be at least 1"):
+        main(["synth", f"output_dir={tmp_path / 's'}", "n=0"])
+    with pytest.raises(ConfigError, match="max_rows must be 0"):
+        main(["eval", "model=m", "data=d", "max_rows=-1"])
+    with pytest.raises(ConfigError, match="epochs .* or max_steps"):
+        main(["sft", "model=m", "data=d", f"output_dir={tmp_path / 'o'}", "epochs=0"])
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_executable_reports_bad_input_in_one_line(tmp_path):
+    env = {**os.environ, "PATH": f"{GRPO_AUDIO.parent}{os.pathsep}{os.environ['PATH']}"}
+    for argv, status, message in (
+        (["synth", "output_dir=x", "nn=3"], 2, "grpo-audio: command line: unknown config key 'nn'. Did you mean 'n'?"),
+        (["train", str(tmp_path / "missing.yaml")], 2, "grpo-audio: config file not found"),
+        (["eval", "model=nowhere", "data=nothing.json"], 1, "grpo-audio eval: not a checkpoint directory"),
+    ):
+        done = subprocess.run([str(GRPO_AUDIO), *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert done.returncode == status, done.stderr
+        assert done.stderr.strip().startswith(message) and "Traceback" not in done.stderr, done.stderr
