@@ -507,11 +507,13 @@ class RecipeEvalConfig:
 
 
 @dataclass
-class RecipeConfig:
-    """A recipe: stages (sft -> cold_start -> grpo -> eval) run in order from one YAML."""
+class RecipeConfig(RunConfig):
+    """A recipe: stages (sft -> cold_start -> grpo -> eval) run in order from one YAML.
 
-    output_dir: str = setting(help="Where every stage, the report and the curves go; required.")
-    seed: int = setting(0, help="Seed of every stage.")
+    It is a GRPO run's config (``RunConfig``: model, lora, data, rollout, grpo, train, rewards, which every GRPO stage
+    starts from; ``data.train`` / ``data.eval`` are set by each stage) plus the recipe's own settings.
+    """
+
     tiny_model: str = setting(
         "",
         help="Build a tiny checkpoint of model.family of this size as the base model ('' = use model.path).",
@@ -527,12 +529,6 @@ class RecipeConfig:
         help="Memory for the log-mel features and frozen-encoder outputs every stage shares (audio_cache.py; a 30 s "
         "window's features take 1.5 MB).",
     )
-    model: ModelConfig = setting(help="Base model (path may be empty when tiny_model is set).", factory=ModelConfig)
     synthetic: SyntheticConfig = setting(help="Synthetic corpus generation.", factory=SyntheticConfig)
     eval: RecipeEvalConfig = setting(help="Evaluation after each training stage.", factory=RecipeEvalConfig)
-    lora: LoraConfig = setting(help="LoRA for the GRPO stages.", factory=LoraConfig)
-    rollout: RolloutConfig = setting(help="GRPO rollout settings.", factory=RolloutConfig)
-    grpo: GRPOConfig = setting(help="GRPO algorithm settings.", factory=GRPOConfig)
-    train: TrainConfig = setting(help="GRPO optimisation settings.", factory=TrainConfig)
-    rewards: list[RewardSpec] = setting(help="GRPO rewards.", factory=list)
     stages: list[StageConfig] = setting(help="The stages, in order.", factory=list)

@@ -19,7 +19,7 @@ would force the slow eager/sdpa-with-mask kernels and break with flash attention
 theory says, G(P+C) tokens down to P + GC, with no padding of G prompts. What it does not support, and why
 (the trainer falls back to the per-sample path and logs the reason): gradient checkpointing (transformers turns
 the cache off under it) and distributed wrappers (DDP/FSDP hooks run only through the wrapper's forward; the
-shared path calls the language model and head directly).
+shared path calls the language model and head directly). :func:`choose_path` decides, in one place.
 
 Sequences for the per-sample path are right-aligned: ``[pad ... pad | prompt | completion (right-padded to C)]``,
 so the completion occupies the last C positions. Logits are divided by the sampling temperature, top-k and top-p
@@ -240,3 +240,73 @@ def shared_prefix_logprobs(
     else:
         logits = first_logits[:, None]
     return _token_logprobs(logits, completion_ids, temperature, banned_ids, with_entropy, top_k, top_p)
+
+
+# ---- which path, and one micro-batch on it ----------------------------------------------------------------------
+LOGPROB_PATHS = ("shared_prefix", "per_sample")
+
+
+def choose_path(shared_prefix: bool, gradient_checkpointing: bool, distributed: bool) -> tuple[str, str]:
+    """The logprob path a run takes, and why it is not the one asked for ("" when it is).
+
+    Args:
+        shared_prefix: the run asks for the shared-prefix path (``grpo.shared_prefix``).
+        gradient_checkpointing: transformers' gradient checkpointing is on (it turns the prompt's KV cache off).
+        distributed: the policy is wrapped for several processes (DDP/FSDP hooks run only through the wrapper's
+            forward; the shared path calls the language model and head directly).
+
+    Returns:
+        (``shared_prefix`` | ``per_sample``, reason).
+    """
+    if not shared_prefix:
+        return "per_sample", ""
+    if gradient_checkpointing:
+        return "per_sample", "gradient checkpointing turns the prompt's KV cache off"
+    if distributed:
+        return "per_sample", "distributed wrappers (DDP/FSDP) need every forward to go through the wrapper"
+    return "shared_prefix", ""
+
+
+def micro_batches(n: int, group_size: int, micro_batch_size: int, path: str) -> list[list[int]]:
+    """Index lists over N = B * G completions, one forward and backward each: on the shared-prefix path whole
+    groups (``micro_batch_size // G`` of them, at least one), on the per-sample path up to ``micro_batch_size``
+    completions.
+
+    >>> micro_batches(8, 4, 4, "shared_prefix"), micro_batches(5, 1, 2, "per_sample")
+    ([[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 1], [2, 3], [4]])
+    """
+    mb = max(1, micro_batch_size)
+    if path == "shared_prefix":
+        per = max(1, mb // group_size)
+        return [list(range(s * group_size, min(n, (s + per) * group_size))) for s in range(0, n // group_size, per)]
+    return [list(range(s, min(n, s + mb))) for s in range(0, n, mb)]
+
+
+def batch_logprobs(
+    model: Any,
+    path: str,
+    prompts: PromptBatch,
+    row_index: list[int],
+    group_size: int,
+    idx: list[int],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    pad_id: int,
+    **sampling: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logprobs [len(idx), C] (and entropies) of the completions ``idx`` on ``path``.
+
+    Args:
+        row_index: [N] prompt row of each completion; ``idx``: the micro-batch (whole groups on the shared path).
+        sampling: ``temperature``, ``with_entropy``, ``banned_ids``, ``top_k``, ``top_p`` (see
+            :func:`completion_logprobs`).
+    """
+    if path == "shared_prefix":
+        groups = [row_index[i] for i in idx[::group_size]]
+        return shared_prefix_logprobs(
+            model, prompts, groups, group_size, completion_ids[idx], completion_mask[idx], pad_id, **sampling
+        )
+    if path != "per_sample":
+        raise ValueError(f"unknown logprob path '{path}'; choose one of: {', '.join(LOGPROB_PATHS)}")
+    rows = [row_index[i] for i in idx]
+    return completion_logprobs(model, prompts, rows, completion_ids[idx], completion_mask[idx], pad_id, **sampling)

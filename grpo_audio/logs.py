@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 LOG_FILE = "grpo-audio.log"
+VLLM_LOGGING = {"VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_LOGGING_LEVEL": "INFO"}
 TAIL_LINES = 30  # the libraries' last lines shown when a command fails
 # A log record at ERROR or above in the formats of Python's logging, vLLM and C++ (glog, c10) libraries.
 _ERROR_RECORD = re.compile(r"(^|[\s:\]])(ERROR|CRITICAL|FATAL)[\s:\]]|^\[?[EF]\d{4} ")
@@ -152,9 +153,10 @@ class CommandLog:
         self._reader.start()
         self._saved_stdout = sys.stdout
         sys.stdout = _Tee(self.terminal_out, self._sink)
-        # vLLM writes its records to stdout unless told otherwise; stderr keeps them off the command's output.
-        self._saved_env = {k: os.environ.get(k) for k in ("VLLM_LOGGING_STREAM",)}
-        os.environ["VLLM_LOGGING_STREAM"] = "ext://sys.stderr"
+        # vLLM writes its records to stdout unless told otherwise (stderr keeps them off the command's output), and
+        # importing TRL sets their level to ERROR for every later process: the log file is to have all of them.
+        self._saved_env = {k: os.environ.get(k) for k in VLLM_LOGGING}
+        os.environ.update(VLLM_LOGGING)
         self._install_logging()
         _active = self
         return self

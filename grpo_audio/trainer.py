@@ -1,10 +1,16 @@
 """The GRPO loop for audio-language models.
 
-One step: take P prompts -> the rollout engine samples G completions each (vLLM with audio, or transformers)
--> rewards (through the safety net) -> group-relative advantages (optionally dropping and refilling groups whose
-rewards are all equal, DAPO's dynamic sampling) -> ``num_iterations`` optimiser steps over the rollout batch in
-micro-batches (old-policy logprobs fixed at rollout time, reference logprobs when beta > 0) -> the new weights
-are pushed into the engine -> metrics, evaluation, checkpoints.
+One step, one method per phase (``train_step``), its data in a ``step.StepBatch``:
+
+1. ``collect_rollouts``: take P prompts; the rollout engine samples G completions each (vLLM with audio, or
+   transformers); rewards through the safety net (``RewardSet.score_rows``); with dynamic sampling (DAPO), groups
+   whose rewards are all equal are replaced by new ones;
+2. ``compute_advantages``: group-relative advantages;
+3. ``compute_logprobs``: micro-batches on the logprob path chosen once (``logprobs.choose_path``), the old
+   policy's logprobs (several iterations) and the reference's (beta > 0);
+4. ``update``: ``num_iterations`` optimiser steps over the batch, micro-batch by micro-batch;
+5. ``sync_weights``: the new weights into the engine;
+6. ``step_metrics``; then, in ``train``, evaluation, logging and checkpoints.
 
 Run: ``grpo-audio train CONFIG.yaml [key=value ...]``; from Python, ``GRPOTrainer(config).train()``.
 
@@ -50,7 +56,7 @@ from .config import RunConfig
 from .data.collate import collate_prompts
 from .data.loaders import load_manifest
 from .data.schema import Row
-from .logprobs import completion_logprobs, shared_prefix_logprobs
+from .logprobs import batch_logprobs, choose_path, micro_batches
 from .logs import terminal
 from .loss import LossConfig, policy_loss
 from .metrics import MetricsLogger, MetricsSummary, keep_until, plot_curves, read_metrics, summarize
@@ -59,6 +65,7 @@ from .models.weights import save_model_dir
 from .rewards import RewardOutput, RewardSet
 from .rollout import RolloutBatch, SamplingConfig, build_engine, sampling_config
 from .rollout.base import banned_token_ids
+from .step import StepBatch, UpdateResult
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +172,11 @@ class GRPOTrainer:
         if config.grpo.dynamic_sampling and self.accelerator.num_processes > 1:
             # Refilled groups differ per process, and DDP needs the same number of backward passes everywhere.
             raise ValueError("grpo.dynamic_sampling supports one process only for now")
+        self.logprob_path, reason = choose_path(
+            config.grpo.shared_prefix, config.model.gradient_checkpointing, self.accelerator.num_processes > 1
+        )
+        if reason:
+            logger.warning("shared-prefix logprobs disabled: %s; using the per-sample path", reason)
         self.loss_cfg = LossConfig(
             loss_type=config.grpo.loss_type,
             epsilon=config.grpo.epsilon,
@@ -322,47 +334,72 @@ class GRPOTrainer:
             self.cursor += 1
         return rows[rank * k : (rank + 1) * k]
 
-    # ---- one step -------------------------------------------------------------------------------------------
-    def _score(self, rows: list[Row], batch: RolloutBatch) -> RewardOutput:
-        return self.rewards.score_rows(rows, batch.completion_text, batch.row_index)
+    @contextlib.contextmanager
+    def _ref_context(self):
+        if self.cfg.lora.enabled:
+            with self.policy.disable_adapter():
+                yield self.model
+        else:
+            yield self.ref_model
 
-    def _rollout(self, rows: list[Row], seed: int):
-        g = self.cfg.grpo.num_generations
-        sampling = sampling_config(self.cfg.rollout, seed=seed)
-        batch = self.engine.generate(rows, n=g, sampling=sampling)
-        return batch, self._score(rows, batch)
+    # ---- one step: collect rollouts -> advantages -> logprobs -> update -> sync -> metrics --------------------
+    def train_step(self) -> dict[str, float]:
+        """One GRPO step through its phases; returns its metrics."""
+        t_start = time.perf_counter()
+        batch = self.collect_rollouts()
+        self.compute_advantages(batch)
+        self.compute_logprobs(batch)
+        update = self.update(batch)
+        sync_s = self.sync_weights(update)
+        self.finish_step(update)
+        return self.step_metrics(batch, update, sync_s, time.perf_counter() - t_start)
 
-    def _collect(self) -> tuple[list[Row], RolloutBatch, Any, dict[str, float]]:
-        """Rollouts for one step; with dynamic sampling, groups with equal rewards are replaced by new ones."""
+    def collect_rollouts(self) -> StepBatch:
+        """Sample G completions for each of this process's prompts and score them. With dynamic sampling, groups
+        whose rewards are all equal are replaced by groups of new prompts (up to ``grpo.max_resample_rounds``)."""
         cfg, g = self.cfg, self.cfg.grpo.num_generations
         want = cfg.train.prompts_per_step
         rows = self.next_rows(want)
         t = time.perf_counter()
-        batch, rewards = self._rollout(rows, seed=self.cfg.seed * 100_003 + self.step * 101)
-        extra = {"rollout_s": time.perf_counter() - t, "resample_rounds": 0.0}
+        rollouts, rewards = self._rollout(rows, seed=self.cfg.seed * 100_003 + self.step * 101)
+        rollout_s, rounds = time.perf_counter() - t, 0
         _, zero, stats0 = group_advantages(torch.tensor(rewards.total), g)
-        extra["frac_zero_std_groups"] = stats0.frac_zero_std_groups
-        if not cfg.grpo.dynamic_sampling or not zero.any():
-            return rows, batch, rewards, extra
-        kept = [i for i in range(len(rows)) if not zero[i]]
-        pool = [(rows[i], batch, rewards, i) for i in kept]
-        for round_ in range(cfg.grpo.max_resample_rounds):
-            if len(pool) >= want:
-                break
-            more = self.next_rows(want)
-            t = time.perf_counter()
-            b2, r2 = self._rollout(more, seed=self.cfg.seed * 100_003 + self.step * 101 + round_ + 1)
-            extra["rollout_s"] += time.perf_counter() - t
-            extra["resample_rounds"] += 1
-            _, z2, _ = group_advantages(torch.tensor(r2.total), g)
-            pool += [(more[i], b2, r2, i) for i in range(len(more)) if not z2[i]]
-        if not pool:
-            return rows, batch, rewards, extra
-        pool = pool[:want]
-        return self._merge_groups(pool, extra)
+        if cfg.grpo.dynamic_sampling and zero.any():
+            pool = [(rows[i], rollouts, rewards, i) for i in range(len(rows)) if not zero[i]]
+            for round_ in range(cfg.grpo.max_resample_rounds):
+                if len(pool) >= want:
+                    break
+                more = self.next_rows(want)
+                t = time.perf_counter()
+                more_rollouts, more_rewards = self._rollout(
+                    more, seed=self.cfg.seed * 100_003 + self.step * 101 + round_ + 1
+                )
+                rollout_s += time.perf_counter() - t
+                rounds += 1
+                _, z2, _ = group_advantages(torch.tensor(more_rewards.total), g)
+                pool += [(more[i], more_rollouts, more_rewards, i) for i in range(len(more)) if not z2[i]]
+            if pool:
+                rows, rollouts, rewards = self._merge_groups(pool[:want])
+        completion_ids, completion_mask, sampling_logps = rollouts.padded(self.tokenizer.pad_token_id)
+        return StepBatch(
+            rows=rows,
+            rollouts=rollouts,
+            rewards=rewards,
+            completion_ids=completion_ids,
+            completion_mask=completion_mask,
+            sampling_logps=sampling_logps,
+            frac_zero_std_groups=stats0.frac_zero_std_groups,
+            resample_rounds=rounds,
+            rollout_s=rollout_s,
+        )
 
-    def _merge_groups(self, pool, extra):
-        """Rebuild one RolloutBatch + RewardOutput from groups taken from several rollout rounds."""
+    def _rollout(self, rows: list[Row], seed: int) -> tuple[RolloutBatch, RewardOutput]:
+        sampling = sampling_config(self.cfg.rollout, seed=seed)
+        rollouts = self.engine.generate(rows, n=self.cfg.grpo.num_generations, sampling=sampling)
+        return rollouts, self.rewards.score_rows(rows, rollouts.completion_text, rollouts.row_index)
+
+    def _merge_groups(self, pool: list[tuple[Row, RolloutBatch, RewardOutput, int]]):
+        """One RolloutBatch + RewardOutput from groups taken from several rollout rounds."""
         g = self.cfg.grpo.num_generations
         rows = [p[0] for p in pool]
         clips = [r.load_audio(self.family).wave for r in rows]
@@ -376,170 +413,164 @@ class GRPOTrainer:
             total += r.total[sl]
             for name, vals in r.components.items():
                 components.setdefault(name, []).extend(vals[sl])
-        batch = RolloutBatch(
+        rollouts = RolloutBatch(
             prompts=prompts,
             n=g,
             row_index=[i for i in range(len(rows)) for _ in range(g)],
             row_ids=[r.id for r in rows for _ in range(g)],
             **fields,
         )
-        return rows, batch, RewardOutput(total=total, components=components), extra
+        return rows, rollouts, RewardOutput(total=total, components=components)
 
-    def _use_shared_prefix(self) -> bool:
-        """Whether logprob passes share each prompt across its group (see logprobs.py for what it needs)."""
-        if not self.cfg.grpo.shared_prefix:
-            return False
-        reason = None
-        if self.cfg.model.gradient_checkpointing:
-            reason = "gradient checkpointing turns the prompt's KV cache off"
-        elif self.accelerator.num_processes > 1:
-            reason = "distributed wrappers (DDP/FSDP) need every forward to go through the wrapper"
-        if reason and not getattr(self, "_fallback_logged", False):
-            logger.warning("shared-prefix logprobs disabled: %s; using the per-sample path", reason)
-            self._fallback_logged = True
-        return reason is None
-
-    @contextlib.contextmanager
-    def _ref_context(self):
-        if self.cfg.lora.enabled:
-            with self.policy.disable_adapter():
-                yield self.model
-        else:
-            yield self.ref_model
-
-    def train_step(self) -> dict[str, float]:
-        """One GRPO step; returns its metrics."""
-        cfg = self.cfg
-        t_start = time.perf_counter()
-        rows, batch, rewards, extra = self._collect()
-        g = cfg.grpo.num_generations
-        advantages, _, adv_stats = group_advantages(
-            torch.tensor(rewards.total, dtype=torch.float32), g, cfg.grpo.scale_rewards, cfg.grpo.std_floor
+    def compute_advantages(self, batch: StepBatch) -> None:
+        """Group-relative advantages [N] of the step's rewards."""
+        grpo = self.cfg.grpo
+        rewards = torch.tensor(batch.rewards.total, dtype=torch.float32)
+        batch.advantages, _, batch.advantage_stats = group_advantages(
+            rewards, batch.group_size, grpo.scale_rewards, grpo.std_floor
         )
-        pad = self.tokenizer.pad_token_id
-        comp_ids, comp_mask, sampling_lps = batch.padded(pad)
-        n = comp_ids.shape[0]
-        mb = max(1, cfg.train.micro_batch_size)
-        temp = cfg.rollout.temperature or 1.0
-        shared = self._use_shared_prefix()
-        if shared:  # micro-batches of whole groups
-            per = max(1, mb // g)
-            chunks = [list(range(s * g, min(n, (s + per) * g))) for s in range(0, n // g, per)]
-        else:
-            chunks = [list(range(s, min(n, s + mb))) for s in range(0, n, mb)]
-        t_update = time.perf_counter()
 
-        def score(model, idx, grad: bool, entropy: bool = False):
-            ctx = contextlib.nullcontext() if grad else torch.no_grad()
-            kwargs = {
-                "temperature": temp,
-                "with_entropy": entropy,
-                "banned_ids": self.banned_ids,
-                "top_k": cfg.rollout.top_k,
-                "top_p": cfg.rollout.top_p,
-            }
-            with ctx:
-                if shared:
-                    groups = [batch.row_index[i] for i in idx[::g]]
-                    return shared_prefix_logprobs(
-                        model, batch.prompts, groups, g, comp_ids[idx], comp_mask[idx], pad, **kwargs
-                    )
-                rows_of = [batch.row_index[i] for i in idx]
-                return completion_logprobs(model, batch.prompts, rows_of, comp_ids[idx], comp_mask[idx], pad, **kwargs)
-
-        old_lps = None
-        if cfg.grpo.num_iterations > 1:
-            old_lps = torch.cat([score(self.model, idx, grad=False)[0] for idx in chunks]).cpu()
-        ref_lps = None
-        if cfg.grpo.beta != 0.0:
+    def compute_logprobs(self, batch: StepBatch) -> None:
+        """The micro-batches, then the old policy's (several iterations) and the reference's (beta > 0) logprobs."""
+        t = time.perf_counter()
+        batch.micro_batches = micro_batches(
+            len(batch.rollouts), batch.group_size, self.cfg.train.micro_batch_size, self.logprob_path
+        )
+        if self.cfg.grpo.num_iterations > 1:
+            batch.old_logps = self._logprobs_of(self.model, batch)
+        if self.cfg.grpo.beta != 0.0:
             with self._ref_context() as ref:
-                ref_lps = torch.cat([score(ref, idx, grad=False)[0] for idx in chunks]).cpu()
+                batch.ref_logps = self._logprobs_of(ref, batch)
+        batch.logprob_s = time.perf_counter() - t
 
-        stats_acc: dict[str, list[float]] = {}
-        # Token and sequence normalisers are global; DDP averages gradients over processes, hence the * world.
+    def _logprobs_of(self, model: Any, batch: StepBatch) -> torch.Tensor:
+        """[N, C] logprobs of every completion under ``model``, without gradients."""
+        with torch.no_grad():
+            return torch.cat([self._micro_batch_logprobs(model, batch, idx)[0] for idx in batch.micro_batches]).cpu()
+
+    def _micro_batch_logprobs(
+        self, model: Any, batch: StepBatch, idx: list[int], entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rollout = self.cfg.rollout
+        return batch_logprobs(
+            model,
+            self.logprob_path,
+            batch.rollouts.prompts,
+            batch.rollouts.row_index,
+            batch.group_size,
+            idx,
+            batch.completion_ids,
+            batch.completion_mask,
+            self.tokenizer.pad_token_id,
+            temperature=rollout.temperature or 1.0,
+            with_entropy=entropy,
+            banned_ids=self.banned_ids,
+            top_k=rollout.top_k,
+            top_p=rollout.top_p,
+        )
+
+    def update(self, batch: StepBatch) -> UpdateResult:
+        """``grpo.num_iterations`` optimiser steps over the batch, micro-batch by micro-batch. A non-finite batch
+        loss or gradient norm stops the update before its optimiser step: what earlier iterations applied stays."""
+        cfg = self.cfg
+        result = UpdateResult()
+        t = time.perf_counter()
+        n = len(batch.rollouts)
+        # Token and sequence normalisers are global; DDP averages gradients over processes, hence the / world.
         world = self.accelerator.num_processes
-        num_tokens = self.accelerator.reduce(comp_mask.sum().float(), reduction="sum").clamp(min=1) / world
-        grad_norm = 0.0
-        batch_losses = []  # one per iteration: micro-batch losses are normalised to the batch, so they sum to it
-        non_finite, applied = "", 0  # applied: iterations whose optimiser step ran
+        num_tokens = self.accelerator.reduce(batch.completion_mask.sum().float(), reduction="sum").clamp(min=1) / world
         for _ in range(cfg.grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            batch_losses.append(0.0)
-            for idx in chunks:
-                lps, ent = score(self.model, idx, grad=True, entropy=True)
-                old = old_lps[idx].to(lps.device) if old_lps is not None else lps.detach()
+            result.batch_losses.append(0.0)
+            for idx in batch.micro_batches:
+                lps, ent = self._micro_batch_logprobs(self.model, batch, idx, entropy=True)
+                old = batch.old_logps[idx].to(lps.device) if batch.old_logps is not None else lps.detach()
                 loss, st = policy_loss(
                     lps,
                     old,
-                    advantages[idx].to(lps.device),
-                    comp_mask[idx].to(lps.device),
+                    batch.advantages[idx].to(lps.device),
+                    batch.completion_mask[idx].to(lps.device),
                     self.loss_cfg,
-                    ref_logps=ref_lps[idx].to(lps.device) if ref_lps is not None else None,
-                    sampling_logps=sampling_lps[idx].to(lps.device),
+                    ref_logps=batch.ref_logps[idx].to(lps.device) if batch.ref_logps is not None else None,
+                    sampling_logps=batch.sampling_logps[idx].to(lps.device),
                     entropies=ent,
                     num_sequences=n,
                     num_tokens=num_tokens,
                 )
                 self.accelerator.backward(loss)
-                batch_losses[-1] += st.policy_loss
+                result.batch_losses[-1] += st.policy_loss
                 for k, v in asdict(st).items():
-                    stats_acc.setdefault(k, []).append(v)
-            grad_norm = float(
-                self.accelerator.clip_grad_norm_(
-                    [p for p in self.model.parameters() if p.requires_grad], cfg.train.max_grad_norm
-                )
-            )
-            non_finite = _non_finite(batch_losses[-1], grad_norm)
-            if non_finite:  # no update from this iteration on: weights and optimiser state stay as they are
+                    result.loss_stats.setdefault(k, []).append(v)
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            result.grad_norm = float(self.accelerator.clip_grad_norm_(trainable, cfg.train.max_grad_norm))
+            result.non_finite = _non_finite(result.batch_losses[-1], result.grad_norm)
+            if result.non_finite:  # no update from this iteration on: weights and optimiser state stay as they are
                 self.optimizer.zero_grad(set_to_none=True)
                 break
             self.optimizer.step()
             self.scheduler.step()
-            applied += 1
-        update_s = time.perf_counter() - t_update
-        t_sync = time.perf_counter()
-        if applied:  # the engine samples from the weights the policy has
+            result.applied += 1
+        result.update_s = time.perf_counter() - t
+        return result
+
+    def sync_weights(self, update: UpdateResult) -> float:
+        """Push the updated weights into the rollout engine (nothing to push if no iteration applied); seconds."""
+        t = time.perf_counter()
+        if update.applied:
             self.engine.sync_weights(self.policy)
-        sync_s = time.perf_counter() - t_sync
+        return time.perf_counter() - t
+
+    def finish_step(self, update: UpdateResult) -> None:
+        """Advance the step and its bookkeeping (applied and skipped steps)."""
         self.step += 1
-        skipped = applied == 0
+        skipped = update.applied == 0
         if not skipped:
             self.applied_step = self.step
         self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
         self.skipped_steps += skipped
-        if non_finite:
+        if update.non_finite:
             logger.warning(
-                "step %d: %s; %d of %d iterations applied", self.step, non_finite, applied, cfg.grpo.num_iterations
+                "step %d: %s; %d of %d iterations applied",
+                self.step,
+                update.non_finite,
+                update.applied,
+                self.cfg.grpo.num_iterations,
             )
 
-        lengths = [len(c) for c in batch.completion_ids]
-        all_rewards = self.accelerator.gather(torch.tensor(rewards.total, device=self.accelerator.device)).cpu()
-        total_s = time.perf_counter() - t_start
-        metrics: dict[str, float] = {
-            **rewards.metrics(),
+    def step_metrics(self, batch: StepBatch, update: UpdateResult, sync_s: float, step_s: float) -> dict[str, Any]:
+        """The step's metrics (rewards over every process, advantages, loss statistics, lengths, timings)."""
+        cfg = self.cfg
+        rollouts, adv = batch.rollouts, batch.advantage_stats
+        update_s = batch.logprob_s + update.update_s  # every logprob pass and optimiser step
+        lengths = [len(c) for c in rollouts.completion_ids]
+        all_rewards = self.accelerator.gather(torch.tensor(batch.rewards.total, device=self.accelerator.device)).cpu()
+        skipped = update.applied == 0
+        metrics: dict[str, Any] = {
+            **batch.rewards.metrics(),
             "reward/mean": all_rewards.mean().item(),  # over every process
             "reward/std": all_rewards.std(unbiased=False).item(),
-            "advantages/mean": adv_stats.advantage_mean,
-            "advantages/std": adv_stats.advantage_std,
-            "advantages/abs_mean": adv_stats.advantage_abs_mean,
-            "frac_zero_std_groups": extra["frac_zero_std_groups"],
-            "resample_rounds": extra["resample_rounds"],
-            "loss": float(np.mean(batch_losses)),  # the batch loss, averaged over the iterations
-            **{k: _aggregate(k, v) for k, v in stats_acc.items() if k != "policy_loss"},
+            "advantages/mean": adv.advantage_mean,
+            "advantages/std": adv.advantage_std,
+            "advantages/abs_mean": adv.advantage_abs_mean,
+            "frac_zero_std_groups": batch.frac_zero_std_groups,
+            "resample_rounds": float(batch.resample_rounds),
+            "loss": float(np.mean(update.batch_losses)),  # the batch loss, averaged over the iterations
+            **{k: _aggregate(k, v) for k, v in update.loss_stats.items() if k != "policy_loss"},
             "completions/mean_length": float(np.mean(lengths)),
             "completions/min_length": float(min(lengths)),
             "completions/max_length": float(max(lengths)),
-            "completions/truncation_rate": batch.finish_reason.count("length") / len(batch.finish_reason),
-            "grad_norm": grad_norm,
+            "completions/truncation_rate": rollouts.finish_reason.count("length") / len(rollouts.finish_reason),
+            "grad_norm": update.grad_norm,
             "skipped": float(skipped),
             "skipped_steps": float(self.skipped_steps),
             "lr": self.scheduler.get_last_lr()[0],
-            "tokens_per_s/rollout": sum(lengths) / max(extra["rollout_s"], 1e-9),
+            "tokens_per_s/rollout": sum(lengths) / max(batch.rollout_s, 1e-9),
             "tokens_per_s/update": sum(lengths) * cfg.grpo.num_iterations / max(update_s, 1e-9),
-            "time/rollout_s": extra["rollout_s"],
+            "time/rollout_s": batch.rollout_s,
+            "time/logprob_s": batch.logprob_s,  # old policy and reference
             "time/update_s": update_s,
             "time/sync_s": sync_s,
-            "time/step_s": total_s,
+            "time/step_s": step_s,
         }
         low, high = cfg.grpo.is_ratio_band
         if not skipped and not low <= metrics["is_ratio_mean"] <= high:
@@ -553,7 +584,7 @@ class GRPOTrainer:
                 low,
                 high,
             )
-        metrics["non_finite"] = non_finite  # what was NaN/Inf, "" if nothing (logged as text)
+        metrics["non_finite"] = update.non_finite  # what was NaN/Inf, "" if nothing (logged as text)
         return metrics
 
     # ---- evaluation, checkpoints, loop ----------------------------------------------------------------------
@@ -567,7 +598,7 @@ class GRPOTrainer:
             max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=temperature, seed=self.cfg.seed
         )
         batch = self.engine.generate(rows, n=self.cfg.train.eval_generations, sampling=sampling)
-        rewards = self._score(rows, batch)
+        rewards = self.rewards.score_rows(rows, batch.completion_text, batch.row_index)
         out = {f"eval/{k}": v for k, v in rewards.metrics().items() if k.endswith("/mean")}
         with (self.out / "samples.jsonl").open("a") as f:
             for i in range(min(len(batch.completion_text), self.cfg.train.samples_per_eval)):

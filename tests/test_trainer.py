@@ -183,10 +183,11 @@ def test_dynamic_sampling_drops_groups_without_signal(tmp_path, tiny_checkpoint)
         **{"train.max_steps": 1, "grpo.dynamic_sampling": True, "grpo.max_resample_rounds": 3},
     )
     trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([only_odd]), train_rows=tone_rows(8))
-    rows, batch, rewards, extra = trainer._collect()
+    step = trainer.collect_rollouts()
+    rows = step.rows
     assert len(rows) == 4 and all(int(r.id[1:]) % 2 == 1 for r in rows)
-    assert extra["resample_rounds"] >= 1 and extra["frac_zero_std_groups"] > 0
-    assert batch.row_ids == [r.id for r in rows for _ in range(8)] and len(rewards.total) == 32
+    assert step.resample_rounds >= 1 and step.frac_zero_std_groups > 0
+    assert step.rollouts.row_ids == [r.id for r in rows for _ in range(8)] and len(step.rewards.total) == 32
 
 
 def test_one_step_with_vllm_on_music_flamingo(tmp_path, tiny_checkpoint):
@@ -350,7 +351,7 @@ def test_shared_prefix_and_per_sample_steps_agree(tmp_path, tiny_checkpoint):
         )
         trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(4))
         m = trainer.train_step()
-        assert trainer._use_shared_prefix() is shared and m["kl"] >= 0
+        assert (trainer.logprob_path == "shared_prefix") is shared and m["kl"] >= 0
         losses.append(m["loss"])
         moments.append(
             {

@@ -123,7 +123,7 @@ class Recipe:
         shared = OmegaConf.to_container(OmegaConf.structured(self.cfg))
         shared.pop("stages"), shared.pop("output_dir")
         if stage.kind != "grpo":  # what only GRPO reads (the rewards stay: every stage's evaluation uses them)
-            for key in ("lora", "rollout", "grpo", "train"):
+            for key in ("lora", "data", "rollout", "grpo", "train"):
                 shared.pop(key)
         settings = {"stage": OmegaConf.to_container(OmegaConf.structured(stage)), "recipe": shared}
         return {"settings": _digest(settings), "input_model": model_fingerprint(input_model)}
@@ -183,17 +183,11 @@ class Recipe:
             ConfigError: an override names no setting or has the wrong type (checked when the recipe is built).
         """
         base = OmegaConf.structured(RunConfig)
-        values = {
-            "output_dir": str(self.out / stage.name),
-            "seed": self.cfg.seed,
-            "model": {**OmegaConf.to_container(OmegaConf.structured(self.cfg.model)), "path": str(model_dir)},
-            "lora": OmegaConf.to_container(OmegaConf.structured(self.cfg.lora)),
-            "rollout": OmegaConf.to_container(OmegaConf.structured(self.cfg.rollout)),
-            "grpo": OmegaConf.to_container(OmegaConf.structured(self.cfg.grpo)),
-            "train": OmegaConf.to_container(OmegaConf.structured(self.cfg.train)),
-            "rewards": [OmegaConf.to_container(OmegaConf.structured(r)) for r in self.cfg.rewards],
-            "data": {"train": str(self.data_path(stage.data)), "eval": str(self.data_path(self.cfg.eval.data))},
-        }
+        recipe = OmegaConf.to_container(OmegaConf.structured(self.cfg))
+        values = {f.name: recipe[f.name] for f in dataclasses.fields(RunConfig)}  # the run the recipe holds
+        values["output_dir"] = str(self.out / stage.name)
+        values["model"]["path"] = str(model_dir)
+        values["data"].update(train=str(self.data_path(stage.data)), eval=str(self.data_path(self.cfg.eval.data)))
         # The stage folder belongs to the recipe: a run of another input model or settings replaces what is there.
         values["train"]["overwrite"] = True
         merged = merge_config(RunConfig, base, OmegaConf.create(values), f"stage '{stage.name}'")

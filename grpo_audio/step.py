@@ -1,0 +1,84 @@
+"""The data of one GRPO step, from the rollouts to the update (torchtune's ``GRPOTrajectory``), and what the
+update did. The trainer's phases (``trainer.py``) fill a :class:`StepBatch` in order: collect rollouts and score
+them, advantages, logprobs, update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .advantages import AdvantageStats
+from .data.schema import Row
+from .rewards import RewardOutput
+from .rollout import RolloutBatch
+
+
+@dataclass
+class StepBatch:
+    """One step's rollouts and everything computed from them, on one process.
+
+    N = P * G completions: P prompts of this process, G completions each, completion ``p * G + j`` written for
+    ``rows[p]``. C = the longest completion's token count.
+
+    Attributes:
+        rows: [P] the prompts' dataset rows.
+        rollouts: the engine's output: the prompt batch (token ids and audio features of the P prompts), and [N]
+            completion ids, texts, engine logprobs and finish reasons.
+        rewards: [N] weighted reward totals, and [N] values per reward function.
+        completion_ids: [N, C] int64, right-padded with the pad id.
+        completion_mask: [N, C] int64, 1 on completion tokens.
+        sampling_logps: [N, C] float32, the engine's logprobs of the sampled tokens (0 on padding).
+        advantages: [N] float32, group-relative (``advantages.group_advantages``); None until computed.
+        advantage_stats: the statistics of that computation.
+        old_logps: [N, C] float32, the policy's logprobs before this step's first update; None with one
+            iteration per step (the update's own detached logprobs stand in).
+        ref_logps: [N, C] float32, the reference policy's logprobs; None when ``beta`` is 0.
+        micro_batches: index lists into N, one forward and backward each; whole groups on the shared-prefix path.
+        frac_zero_std_groups: share of this process's first-round groups whose rewards were all equal.
+        resample_rounds: dynamic-sampling rounds run to replace such groups.
+        rollout_s: seconds spent in the engine (all rounds).
+        logprob_s: seconds spent on the old policy's and the reference's logprobs.
+    """
+
+    rows: list[Row]
+    rollouts: RolloutBatch
+    rewards: RewardOutput
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    sampling_logps: torch.Tensor
+    frac_zero_std_groups: float = 0.0
+    resample_rounds: int = 0
+    rollout_s: float = 0.0
+    logprob_s: float = 0.0
+    advantages: torch.Tensor | None = None
+    advantage_stats: AdvantageStats | None = None
+    old_logps: torch.Tensor | None = None
+    ref_logps: torch.Tensor | None = None
+    micro_batches: list[list[int]] = field(default_factory=list)
+
+    @property
+    def group_size(self) -> int:
+        return self.rollouts.n
+
+
+@dataclass
+class UpdateResult:
+    """What ``num_iterations`` optimiser steps over one :class:`StepBatch` did.
+
+    Attributes:
+        batch_losses: per iteration run, the batch loss (the sum of its micro-batch losses, each normalised to
+            the whole batch).
+        grad_norm: the last iteration's gradient norm before clipping.
+        loss_stats: per loss statistic (``policy_loss.LossStats`` fields), its micro-batch values.
+        applied: iterations whose optimiser step ran.
+        non_finite: what was NaN/Inf ("" if nothing); from that iteration on nothing was applied.
+        update_s: seconds spent in logprob passes and optimiser steps.
+    """
+
+    batch_losses: list[float] = field(default_factory=list)
+    grad_norm: float = 0.0
+    loss_stats: dict[str, list[float]] = field(default_factory=dict)
+    applied: int = 0
+    non_finite: str = ""
+    update_s: float = 0.0
