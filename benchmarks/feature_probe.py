@@ -91,7 +91,7 @@ def main() -> None:
     from grpo_audio.config import SyntheticConfig
     from grpo_audio.data.loaders import load_manifest
     from grpo_audio.data.synthetic import TASKS, write_corpus
-    from grpo_audio.models import get_family
+    from grpo_audio.models import ModelSpec, get_family, load_policy
     from grpo_audio.models.tiny import build_tiny_model
     from grpo_audio.recipe.calibrate import standardize_audio_embeddings
 
@@ -102,7 +102,7 @@ def main() -> None:
     ).label_space()
     corpus = write_corpus(tmp / "data", n=args.clips, seed=0, n_eval=args.eval_clips, space=space)
     base = build_tiny_model(family.name, tmp / "base", size=args.size, seed=0)
-    model = family.model_class().from_pretrained(base).eval()
+    model = load_policy(ModelSpec(base, family.name)).eval()
     processor = AutoProcessor.from_pretrained(base)
     train = [r for r in load_manifest(corpus["skills"], family=family) if r.id.endswith("-open")]
     test = [r for r in load_manifest(corpus["eval"], family=family) if r.id.endswith("-mcq")]

@@ -36,7 +36,7 @@ def run(size: str, dtype: torch.dtype, reps: int = 5, audio_s: float = 30.0, g: 
     from grpo_audio.data.collate import collate_prompts
     from grpo_audio.data.schema import Row
     from grpo_audio.logprobs import completion_logprobs, shared_prefix_logprobs
-    from grpo_audio.models import get_family
+    from grpo_audio.models import ModelSpec, get_family, load_policy
     from grpo_audio.models.base import TinySize
     from grpo_audio.models.tiny import SIZES, build_tiny_model
 
@@ -56,7 +56,7 @@ def run(size: str, dtype: torch.dtype, reps: int = 5, audio_s: float = 30.0, g: 
     family = get_family("music_flamingo")
     path = build_tiny_model(family.name, Path(tempfile.mkdtemp()) / size, size=size, seed=0)
     processor = AutoProcessor.from_pretrained(path)
-    model = family.model_class().from_pretrained(path, dtype=dtype, attn_implementation="sdpa").cuda()
+    model = load_policy(ModelSpec(path, family.name, str(dtype).removeprefix("torch."))).cuda()
     t = np.arange(int(audio_s * 16000)) / 16000
     wave = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 0.5 * t))).astype(np.float32)
     rows = [Row(id="g", audio=wave, sampling_rate=16000, prompt="Describe this music in detail.")]

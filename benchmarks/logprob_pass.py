@@ -33,11 +33,11 @@ def _setup(model_dir: Path, audio_s: float, group: int, completion: int, seed: i
     from grpo_audio.data.collate import collate_prompts
     from grpo_audio.data.schema import Row
     from grpo_audio.data.synthetic import make_clip
-    from grpo_audio.models import get_family
+    from grpo_audio.models import ModelSpec, get_family, load_policy
 
     family = get_family("music_flamingo")
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = family.model_class().from_pretrained(model_dir, attn_implementation="sdpa")
+    model = load_policy(ModelSpec(model_dir, family.name, attn_implementation="sdpa"))
     wave = make_clip("key", "bench", np.random.default_rng(seed)).wave
     wave = np.tile(wave, int(np.ceil(audio_s * 16000 / len(wave))))[: int(audio_s * 16000)]
     row = Row(id="bench", audio=wave, sampling_rate=16000, prompt="Describe this music in detail.")

@@ -34,7 +34,7 @@ def main() -> None:
 
     from grpo_audio.data.schema import Row
     from grpo_audio.data.synthetic import TASKS, make_clip
-    from grpo_audio.models import get_family
+    from grpo_audio.models import ModelSpec, get_family, load_policy
     from grpo_audio.models.tiny import build_tiny_model
     from grpo_audio.rollout.base import SamplingConfig
     from grpo_audio.rollout.hf_engine import HFEngine
@@ -44,7 +44,7 @@ def main() -> None:
     family = get_family("music_flamingo")
     path = build_tiny_model(family.name, Path(tempfile.mkdtemp()) / "mf", size=args.size, seed=0)
     processor = AutoProcessor.from_pretrained(path)
-    model = family.model_class().from_pretrained(path).eval()
+    model = load_policy(ModelSpec(path, family.name)).eval()
     rows = []
     for i in range(args.prompts):
         wave = make_clip(TASKS[i % len(TASKS)], f"b{i}", np.random.default_rng(i)).wave

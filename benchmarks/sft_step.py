@@ -56,7 +56,7 @@ def main() -> None:
 
     from grpo_audio.data.loaders import load_manifest
     from grpo_audio.data.synthetic import write_corpus
-    from grpo_audio.models import get_family
+    from grpo_audio.models import ModelSpec, get_family, load_policy
     from grpo_audio.models.tiny import build_tiny_model
     from grpo_audio.sft import SFTConfig, run_sft
 
@@ -73,7 +73,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.rounds):
         for name, (base, extra) in runs.items():
-            model = family.model_class().from_pretrained(base)
+            model = load_policy(ModelSpec(base, family.name))
             settings = SFTConfig(
                 epochs=2, lr=1e-3, batch_size=args.batch_size, logging_steps=1000, freeze_audio_encoder=True, **extra
             )

@@ -33,6 +33,7 @@ from transformers import AutoProcessor
 
 from .audio import LONG_AUDIO
 from .config import (
+    DTYPES,
     ConfigError,
     CorpusConfig,
     RecipeConfig,
@@ -50,7 +51,7 @@ from .data.schema import BAD_ROWS, DataError
 from .data.synthetic import write_corpus
 from .evaluate import evaluate_model
 from .logs import CommandLog
-from .models import FAMILIES, family_of_checkpoint
+from .models import FAMILIES, ModelSpec, family_of_checkpoint, load_policy
 from .models.tiny import build_tiny_model
 from .recipe import Recipe
 from .recipe.calibrate import standardize_checkpoint
@@ -123,6 +124,7 @@ class SFTCommandConfig(SFTConfig):
     """``grpo-audio sft``: one supervised stage on a manifest."""
 
     model: str = setting(help="Checkpoint directory to start from; required.")
+    dtype: str = setting("float32", help="The weights' dtype in training.", choices=DTYPES)
     data: str = setting(help="JSONL manifest; required.")
     output_dir: str = setting(help="Output folder (the model goes to OUTPUT_DIR/model); required.")
 
@@ -133,7 +135,7 @@ def run_sft_command(cfg: SFTCommandConfig, log: CommandLog) -> int:
     log.log_to(cfg.output_dir, header(cfg))
     family = family_of_checkpoint(cfg.model)
     rows = load_manifest(cfg.data, family=family, decode=cfg.target != "text")
-    model = family.model_class().from_pretrained(cfg.model)
+    model = load_policy(ModelSpec(cfg.model, family.name, cfg.dtype))
     model_dir, history = run_sft(model, family, AutoProcessor.from_pretrained(cfg.model), rows, cfg.output_dir, cfg)
     if history:
         print(f"loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
@@ -165,6 +167,7 @@ class EvalCommandConfig(RecipeEvalConfig):
     )
     engine: str = setting("vllm", help="Generation engine (greedy decoding).", choices=ENGINES)
     model: str = setting(help="Checkpoint directory; required.")
+    dtype: str = setting("float32", help="The weights' dtype in the engine.", choices=DTYPES)
     out: str = setting("", help="Write the full report (per-row results) as JSON to this file.")
     predictions_out: str = setting(
         "",
@@ -206,7 +209,12 @@ def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
     shown = f"{len(rows)} rows" + (f" of {len(bench.rows)}" if len(rows) < len(bench.rows) else "")
     print(f"{bench.layout} layout: {shown}")
     report = evaluate_model(
-        cfg.model, rows, engine=cfg.engine, max_new_tokens=cfg.max_new_tokens, prefer=cfg.answer_format
+        cfg.model,
+        rows,
+        engine=cfg.engine,
+        max_new_tokens=cfg.max_new_tokens,
+        prefer=cfg.answer_format,
+        dtype=cfg.dtype,
     )
     for key in ("mcq_accuracy", "choice_rate", "open_accuracy", "format_rate"):
         if report[key] is not None:

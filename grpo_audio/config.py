@@ -38,6 +38,9 @@ from .rollout import ENGINES
 T = TypeVar("T")
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 class ConfigError(ValueError):
     """A configuration could not be loaded: the message names the offending key."""
 
@@ -61,7 +64,11 @@ class ModelConfig:
 
     path: str = setting(help="Model directory (save_pretrained layout) or hub id; required.")
     family: str = setting(help="Model family adapter; required.", choices=tuple(FAMILIES))
-    dtype: str = setting("float32", help="Parameter dtype for training.", choices=("float32", "bfloat16", "float16"))
+    dtype: str = setting(
+        "float32",
+        help="The weights' dtype everywhere: training, supervised stages, evaluation and the rollout engine.",
+        choices=DTYPES,
+    )
     attn_implementation: str = setting(
         "sdpa", help="transformers attention kernel.", choices=("sdpa", "eager", "flash_attention_2")
     )

@@ -102,6 +102,7 @@ def evaluate_model(
     engine_obj: Any = None,
     audio_cache: AudioCache | None = None,
     prefer: str = "text",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Generate one completion per row (greedy by default) and score it.
 
@@ -111,13 +112,14 @@ def evaluate_model(
     and the encoder's weights, so an encoder that changed is run again; the completions are the uncached ones (a
     test compares them).
 
-    ``prefer`` is what the prompts asked for (``letter`` or ``text``): how a completion's bare token that is both a
-    letter and a choice's text is read (see ``score``).
+    ``dtype`` is the weights' dtype in the engine (``float32``, ``bfloat16``). ``prefer`` is what the prompts asked
+    for (``letter`` or ``text``): how a completion's bare token that is both a letter and a choice's text is read
+    (see ``score``).
     """
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
     own = engine_obj is None
     if own:
-        engine_obj = load_engine(model_dir, engine, max_model_len, audio_cache)
+        engine_obj = load_engine(model_dir, engine, max_model_len, audio_cache, dtype=dtype)
     try:
         with _encoder_cache(engine_obj, audio_cache):
             batch = engine_obj.generate(rows, n=1, sampling=sampling)

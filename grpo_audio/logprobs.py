@@ -97,7 +97,7 @@ def completion_logprobs(
     ``banned_ids`` are excluded from the distribution, as the rollout engines exclude them when sampling
     (``rollout.base.banned_token_ids``). Call under ``torch.no_grad()`` for old-policy and reference passes.
     """
-    inputs = _to_model(model, build_sequences(prompts, row_index, completion_ids, completion_mask, pad_id))
+    inputs = to_model(model, build_sequences(prompts, row_index, completion_ids, completion_mask, pad_id))
     device = inputs["input_ids"].device
     c = completion_ids.shape[1]
     out = model(**inputs, use_cache=False, logits_to_keep=c + 1)
@@ -106,7 +106,7 @@ def completion_logprobs(
     )
 
 
-def _to_model(model: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_model(model: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Move inputs to the model's device; audio features (float) to its dtype (bf16 models get bf16 features)."""
     param = next(model.parameters())
     return {
@@ -221,7 +221,7 @@ def shared_prefix_logprobs(
         "position_ids": prefix_pos,
         **prompts.audio_for(rows),
     }
-    out = model(**_to_model(model, inputs), use_cache=True, logits_to_keep=1)
+    out = model(**to_model(model, inputs), use_cache=True, logits_to_keep=1)
     first_logits = out.logits[:, -1].repeat_interleave(g, dim=0)  # [B*G, V]: predicts each completion's token 1
     cache = out.past_key_values
     cache.batch_repeat_interleave(g)

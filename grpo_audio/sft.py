@@ -212,7 +212,7 @@ def run_sft(
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        bf16=next(model.parameters()).dtype == torch.bfloat16,  # the weights' dtype decides (model.dtype)
         gradient_checkpointing=settings.gradient_checkpointing,
         dataloader_num_workers=0,
     )

@@ -60,7 +60,7 @@ from .logprobs import batch_logprobs, choose_path, micro_batches
 from .logs import terminal
 from .loss import LossConfig, policy_loss
 from .metrics import MetricsLogger, MetricsSummary, keep_until, plot_curves, read_metrics, summarize
-from .models import ModelFamily, get_family
+from .models import ModelFamily, get_family, load_policy
 from .models.weights import save_model_dir
 from .rewards import RewardOutput, RewardSet
 from .rollout import RolloutBatch, SamplingConfig, build_engine, sampling_config
@@ -130,12 +130,7 @@ class GRPOTrainer:
         self.tokenizer = self.processor.tokenizer
         self.banned_ids = banned_token_ids(self.family, self.tokenizer)
         if model is None:
-            model = self.family.model_class().from_pretrained(
-                config.model.path,
-                dtype=getattr(torch, config.model.dtype),
-                attn_implementation=config.model.attn_implementation,
-                trust_remote_code=config.model.trust_remote_code,
-            )
+            model = load_policy(config.model)
         self.model = self._prepare_model(model)
         self.ref_model = self._reference_model()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -206,6 +201,7 @@ class GRPOTrainer:
                 self.family,
                 model=self.policy,
                 processor=self.features,
+                dtype=config.model.dtype,
                 seed=config.seed,
             )
         )

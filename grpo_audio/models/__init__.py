@@ -5,7 +5,11 @@ nothing of data or training. Adding a family: one module with a ``ModelFamily`` 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from .audio_flamingo3 import AudioFlamingo3
 from .base import ModelFamily, TinySize
@@ -35,6 +39,35 @@ def family_of_architecture(architecture: str) -> type[ModelFamily]:
     raise ValueError(f"no model family serves architecture '{architecture}'; known families: {', '.join(FAMILIES)}")
 
 
+@dataclass
+class ModelSpec:
+    """What :func:`load_policy` reads, for a checkpoint loaded outside a run's config (evaluation, benchmarks);
+    a run's ``config.ModelConfig`` has the same fields."""
+
+    path: str | Path
+    family: str
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+
+def load_policy(model: Any, path: str | Path | None = None) -> Any:
+    """The one way a model is loaded to train or evaluate: ``model.family``'s transformers class from ``path``
+    (default ``model.path``), its parameters in ``model.dtype``, with ``model.attn_implementation`` ('' = the
+    class's default) and ``model.trust_remote_code``.
+
+    Args:
+        model: a ``config.ModelConfig`` (any object with those fields).
+
+    Raises:
+        ValueError: unknown family.
+    """
+    kwargs = {"dtype": getattr(torch, model.dtype), "trust_remote_code": model.trust_remote_code}
+    if model.attn_implementation:
+        kwargs["attn_implementation"] = model.attn_implementation
+    return get_family(model.family).model_class().from_pretrained(path or model.path, **kwargs)
+
+
 def family_of_checkpoint(model_dir: str | Path) -> type[ModelFamily]:
     """The adapter for a checkpoint directory, from the architecture in its ``config.json``."""
     config = Path(model_dir) / "config.json"
@@ -43,4 +76,13 @@ def family_of_checkpoint(model_dir: str | Path) -> type[ModelFamily]:
     return family_of_architecture(json.loads(config.read_text())["architectures"][0])
 
 
-__all__ = ["FAMILIES", "ModelFamily", "TinySize", "family_of_architecture", "family_of_checkpoint", "get_family"]
+__all__ = [
+    "FAMILIES",
+    "ModelFamily",
+    "ModelSpec",
+    "TinySize",
+    "family_of_architecture",
+    "family_of_checkpoint",
+    "get_family",
+    "load_policy",
+]

@@ -21,7 +21,7 @@ from ..data.loaders import load_manifest
 from ..data.schema import Row
 from ..data.synthetic import write_corpus
 from ..evaluate import evaluate_model
-from ..models import get_family
+from ..models import get_family, load_policy
 from ..models.tiny import build_tiny_model
 from ..rewards import RewardSet
 from ..sft import SFTConfig, run_sft, target_text
@@ -168,7 +168,7 @@ class Recipe:
 
     def sft(self, stage: StageConfig, model_dir: Path) -> tuple[Path, list[dict]]:
         rows, target = self.sft_rows(stage)
-        model = self.family.model_class().from_pretrained(model_dir)
+        model = load_policy(self.cfg.model, model_dir)
         stage_settings = {f.name: getattr(stage, f.name) for f in dataclasses.fields(SupervisedSettings)}
         settings = SFTConfig(target=target, seed=self.cfg.seed, logging_steps=1, **stage_settings)
         processor = AutoProcessor.from_pretrained(model_dir)
@@ -219,6 +219,7 @@ class Recipe:
             max_model_len=self.cfg.rollout.max_model_len,
             audio_cache=self.audio_cache,
             prefer=self.cfg.eval.answer_format,
+            dtype=self.cfg.model.dtype,
         )
         result["reward"] = self.eval_reward(rows, [r["completion"] for r in result["results"]])
         (self.out / "samples").mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from transformers import AutoProcessor
 
 from ..audio_cache import AudioCache
 from ..data.loaders import load_manifest
-from ..models import ModelFamily, family_of_checkpoint
+from ..models import ModelFamily, ModelSpec, family_of_checkpoint, load_policy
 from .base import PromptTooLongError, RolloutBatch, RolloutEngine, SamplingConfig
 from .hf_engine import HFEngine
 
@@ -80,7 +80,11 @@ def build_engine(
 
 
 def load_engine(
-    model_dir: str | Path, engine: str = "vllm", max_model_len: int = 4096, audio_cache: AudioCache | None = None
+    model_dir: str | Path,
+    engine: str = "vllm",
+    max_model_len: int = 4096,
+    audio_cache: AudioCache | None = None,
+    dtype: str = "float32",
 ) -> RolloutEngine:
     """An engine sampling from the checkpoint in ``model_dir`` (its family read from its ``config.json``).
 
@@ -88,6 +92,7 @@ def load_engine(
         engine: ``vllm`` or ``hf`` (transformers ``generate``; the model in eval mode, without gradients).
         max_model_len: prompt + completion tokens at most.
         audio_cache: the ``hf`` engine's log-mel features go through it (see ``audio_cache.py``).
+        dtype: the weights' dtype in either engine (``float32``, ``bfloat16``, ``float16``).
 
     Raises:
         FileNotFoundError: ``model_dir`` has no ``config.json``.
@@ -96,10 +101,10 @@ def load_engine(
     if engine == "vllm":
         from .vllm_engine import VLLMEngine  # vLLM only when asked for (see the package docstring)
 
-        return VLLMEngine(model_dir, family=family, max_model_len=max_model_len)
+        return VLLMEngine(model_dir, family=family, max_model_len=max_model_len, dtype=dtype)
     if engine != "hf":
         raise ValueError(f"unknown rollout engine '{engine}'; choose one of: {', '.join(ENGINES)}")
-    model = family.model_class().from_pretrained(model_dir).eval().requires_grad_(False)
+    model = load_policy(ModelSpec(model_dir, family.name, dtype)).eval().requires_grad_(False)
     processor = AutoProcessor.from_pretrained(model_dir)
     if audio_cache is not None:
         processor = audio_cache.features(processor)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..data.schema import Row
+from ..logprobs import to_model
 from ..models import ModelFamily
 from .base import RolloutBatch, SamplingConfig, banned_token_ids, check_sampling, finish_reason, prepare_prompts
 
@@ -108,7 +109,7 @@ class HFEngine:
             )
         if sampling.ignore_eos:
             kwargs["min_new_tokens"] = sampling.max_new_tokens
-        out = self.model.generate(**inputs, **kwargs)
+        out = self.model.generate(**to_model(self.model, inputs), **kwargs)
         prompt_len = inputs["input_ids"].shape[1]
         seqs = out.sequences[:, prompt_len:]  # [b*n, T]
         scores = torch.stack(out.scores, dim=1).float()  # [b*n, T, V], processed logits
