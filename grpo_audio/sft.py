@@ -63,9 +63,11 @@ class AudioSFTCollator:
         target: str,
         max_audio_seconds: float | None = None,
         audio_cache: AudioCache | None = None,
+        feature_dtype: torch.dtype = torch.float32,
     ):
         # Every epoch revisits the same clips: with a cache, their log-mel features are computed once.
         self.family, self.rows, self.target = family, rows, target
+        self.feature_dtype = feature_dtype  # the model's: a bf16 model gets bf16 audio features
         self.processor = audio_cache.features(processor) if audio_cache is not None else processor
         self.max_audio_seconds = max_audio_seconds
         for row in rows:  # fail before training, naming the row
@@ -77,7 +79,8 @@ class AudioSFTCollator:
         batch = collate_sequences(
             self.family, self.processor, rows, clips, [target_text(r, self.target) for r in rows]
         )
-        return batch.model_inputs(with_labels=True)
+        inputs = batch.model_inputs(with_labels=True)
+        return {k: v.to(self.feature_dtype) if v.is_floating_point() else v for k, v in inputs.items()}
 
 
 class TextCollator:
@@ -212,7 +215,9 @@ def run_sft(
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         use_cpu=not torch.cuda.is_available(),
-        bf16=next(model.parameters()).dtype == torch.bfloat16,  # the weights' dtype decides (model.dtype)
+        # No autocast: the weights are in model.dtype already (load_policy). accelerate keeps one state per process,
+        # so a mixed-precision setting here would stop the recipe's GRPO stage from starting in the same process.
+        bf16=False,
         gradient_checkpointing=settings.gradient_checkpointing,
         dataloader_num_workers=0,
     )
@@ -229,6 +234,7 @@ def run_sft(
                 rows,
                 settings.target,
                 audio_cache=audio_cache,
+                feature_dtype=next(model.parameters()).dtype,
             )
         ),
         processing_class=processor.tokenizer,

@@ -122,8 +122,9 @@ class GRPOTrainer:
         self.out = Path(config.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
-        bf16 = config.model.dtype == "bfloat16"
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
+        # No autocast: the weights are in model.dtype already (load_policy) and inputs follow them (logprobs.to_model).
+        # accelerate's state is one per process, so a second run with another mixed precision could not start.
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
         self.processor = AutoProcessor.from_pretrained(config.model.path)
         self.audio_cache = audio_cache if audio_cache is not None else AudioCache()
         self.features = self.audio_cache.features(self.processor)  # the processor batches are built with
