@@ -193,6 +193,40 @@ def start_run(out: str | Path, base_model: str, config: str, resume: str, overwr
     return lineage, False
 
 
+def check_resume(resume: str, base_model: str, model_path: str | Path) -> None:
+    """``train.resume`` naming a checkpoint: a complete one, made from the base model ``model_path`` whose
+    fingerprint is ``base_model`` (checked before anything is written into the output directory).
+
+    Raises:
+        CheckpointError: not a complete checkpoint folder, no lineage, or another base model.
+    """
+    if resume in ("auto", "never"):
+        return
+    path = Path(resume)
+    if not (path / "COMPLETE").is_file():
+        raise CheckpointError(
+            f"train.resume={path}: not a complete checkpoint folder (a checkpoints/step-NNNNNN folder with its "
+            "COMPLETE marker)"
+        )
+    made_from = Lineage.read(path / LINEAGE)
+    if made_from is None:
+        raise CheckpointError(f"train.resume={path}: the checkpoint records no lineage ({LINEAGE})")
+    if made_from.base_model != base_model:
+        raise CheckpointError(
+            f"train.resume={path}: that checkpoint was made from another base model than model.path {model_path}"
+        )
+
+
+def resume_from(resume: str, out: str | Path, run_id: str, continuing: bool) -> Path | None:
+    """The checkpoint a run starts from: the named one, or with ``auto`` the run's newest when the output directory
+    records this run (``continuing``, from :func:`start_run`); None for a fresh start."""
+    if resume == "never":
+        return None
+    if resume != "auto":
+        return Path(resume)
+    return latest_checkpoint(Path(out) / "checkpoints", run_id) if continuing else None
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)

@@ -41,13 +41,12 @@ from transformers import AutoProcessor, get_scheduler
 from .advantages import group_advantages
 from .audio_cache import AudioCache
 from .checkpoint import (
-    LINEAGE,
-    CheckpointError,
-    Lineage,
+    check_resume,
     config_hash,
     latest_checkpoint,
     load_checkpoint,
     model_fingerprint,
+    resume_from,
     save_checkpoint,
     set_rng_state,
     start_run,
@@ -188,7 +187,7 @@ class GRPOTrainer:
         self.epoch, self.cursor = 0, 0
         self.order = self._permutation(0)
         self.base_fingerprint = model_fingerprint(config.model.path)
-        self._check_resume_path()
+        check_resume(config.train.resume, self.base_fingerprint, config.model.path)
         self.lineage, continuing = start_run(
             self.out, self.base_fingerprint, config_hash(config), config.train.resume, config.train.overwrite
         )
@@ -272,12 +271,7 @@ class GRPOTrainer:
     def _maybe_resume(self, continuing: bool) -> bool:
         """Load this run's newest checkpoint (``resume: auto`` when the run recorded in the output directory is
         this one) or the named checkpoint, which must have been made from the same base model."""
-        resume = self.cfg.train.resume
-        if resume == "never":
-            return False
-        path = Path(resume) if resume != "auto" else None
-        if resume == "auto" and continuing:
-            path = latest_checkpoint(self.out / "checkpoints", self.lineage.run_id)
+        path = resume_from(self.cfg.train.resume, self.out, self.lineage.run_id, continuing)
         if path is None:
             return False
         state = load_checkpoint(path)
@@ -296,27 +290,6 @@ class GRPOTrainer:
         self.order = self._permutation(self.epoch)
         logger.warning("resumed from %s at step %d", path, self.step)
         return True
-
-    def _check_resume_path(self) -> None:
-        """``train.resume`` naming a checkpoint: a complete one, made from ``model.path`` (checked before anything
-        is written into the output directory)."""
-        resume = self.cfg.train.resume
-        if resume in ("auto", "never"):
-            return
-        path = Path(resume)
-        if not (path / "COMPLETE").is_file():
-            raise CheckpointError(
-                f"train.resume={path}: not a complete checkpoint folder (a checkpoints/step-NNNNNN folder with its "
-                "COMPLETE marker)"
-            )
-        made_from = Lineage.read(path / LINEAGE)
-        if made_from is None:
-            raise CheckpointError(f"train.resume={path}: the checkpoint records no lineage ({LINEAGE})")
-        if made_from.base_model != self.base_fingerprint:
-            raise CheckpointError(
-                f"train.resume={path}: that checkpoint was made from another base model than model.path "
-                f"{self.cfg.model.path}"
-            )
 
     # ---- data -----------------------------------------------------------------------------------------------
     def next_rows(self, k: int) -> list[Row]:
