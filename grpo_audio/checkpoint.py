@@ -2,9 +2,12 @@
 
 A checkpoint is a folder ``checkpoints/step-000010/`` holding
 
-- ``model/``: the policy in the layout transformers and vLLM load (LoRA folded in), with its processor;
-- ``policy.safetensors``: the trainable model's exact in-memory state (LoRA adapters included) for resuming;
-- ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` (python, numpy, torch generator states);
+- ``model/``: the policy in the layout transformers and vLLM load (LoRA folded in), with its processor, written by
+  the main process from the gathered weights (tensor by tensor under FSDP2);
+- ``state/``: the policy's exact state (LoRA adapters included) and the optimiser's, for resuming, written by every
+  process with ``torch.distributed.checkpoint`` (DCP): each process its own shards, loadable on any number of
+  processes and any strategy (:func:`load_training_state`);
+- ``scheduler.pt``, ``rng.pt`` (python, numpy, torch generator states of the main process);
 - ``trainer_state.json``: step, data position, seed;
 - ``lineage.json``: the run it belongs to (:class:`Lineage`: run id, the base model's fingerprint, config hash);
 - ``COMPLETE``: written last.
@@ -13,7 +16,8 @@ A run's output directory holds ``run.json``, the lineage of the run that writes 
 ``resume: auto`` see only that run's checkpoints; a new run (another base model or config, or ``resume: never``)
 in a directory holding other checkpoints is refused, naming them, unless ``train.overwrite`` replaces them.
 
-Everything is written into ``.tmp-step-000010-<pid>`` and renamed into place, so a crash while saving leaves a
+Everything is written into ``.tmp-step-000010-<run>`` and renamed into place by the main process once every process
+has written its part, so a crash while saving leaves a
 ``.tmp-*`` folder that is ignored (and removed on the next save), never a half checkpoint. Only the newest
 ``keep_last`` complete checkpoints are kept; older ones are removed after a new one is in place.
 """
@@ -33,7 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from .parallel import Parallel
 
 STEP_RE = re.compile(r"^step-(\d{6,})$")
 MARKER = "COMPLETE"
@@ -243,52 +251,80 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def training_state(model: Any, optimizer: Any) -> dict[str, Any]:
+    """``{"model": ..., "optimizer": ...}``: the state dicts DCP saves and loads in place, keyed by parameter names
+    whatever the wrapping (FSDP2's are sharded ``DTensor`` s, each process holding its shards)."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def load_training_state(path: str | Path, model: Any, optimizer: Any) -> None:
+    """Load a checkpoint's ``state/`` into ``model`` and ``optimizer``, resharded for this run's processes.
+
+    Raises:
+        CheckpointError: the checkpoint's state does not fit the model (another architecture, LoRA on or off).
+    """
+    state = training_state(model, optimizer)
+    try:
+        dcp.load(state, checkpoint_id=str(Path(path) / "state"), no_dist=not dist.is_initialized())
+    except Exception as e:  # DCP wraps a missing or misshapen key in a CheckpointException carrying each rank's error
+        raise CheckpointError(f"checkpoint {path} does not match the model: {e}") from e
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
 def save_checkpoint(
     root: str | Path,
     step: int,
     write_model,
-    policy_state: dict[str, torch.Tensor],
-    optimizer: Any,
+    state: dict[str, Any],
     scheduler: Any,
     trainer_state: dict[str, Any],
     keep_last: int = 2,
     lineage: Lineage | None = None,
+    parallel: Parallel | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and prune the same run's old ones.
+    """Write checkpoint ``step`` atomically and prune the same run's old ones; every process calls it.
 
     Args:
         root: the checkpoints folder.
         step: the optimiser step the state is after.
-        write_model: ``f(folder)`` writing the loadable model into ``folder``.
-        policy_state: the trainable model's state dict (exact, for resuming).
-        optimizer, scheduler: objects with ``state_dict()``.
+        write_model: ``f(folder, write)`` writing the loadable model into ``folder`` (``write``: this is the main
+            process; the others take part in gathering the weights).
+        state: what DCP saves (:func:`training_state`, or any dict of tensors).
+        scheduler: an object with ``state_dict()``.
         trainer_state: JSON-serialisable loop state (step, data position, ...).
         keep_last: complete checkpoints of the run to keep (>= 1).
         lineage: the run the checkpoint belongs to; pruning sees only its checkpoints.
+        parallel: the processes (None: this one alone).
 
     Raises:
         CheckpointError: the checkpoint could not be written (unwritable or full disk); the half-written folder
             is removed, and the previous checkpoints are untouched.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    main = parallel is None or parallel.process.is_main
+    barrier = parallel.barrier if parallel is not None else (lambda: None)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    tmp = root / f".tmp-step-{step:06d}-{lineage.run_id if lineage else os.getpid()}"
     try:
-        tmp.mkdir()
-        write_model(tmp / "model")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in policy_state.items()}
-        save_file(tensors, str(tmp / "policy.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
-        if lineage is not None:
-            (tmp / LINEAGE).write_text(json.dumps(asdict(lineage), indent=2) + "\n")
-        (tmp / MARKER).write_text(f"step {step}\n")
-        _fsync_tree(tmp)
+        if main:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp-step-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        barrier()
+        write_model(tmp / "model", main)
+        dcp.save(state, checkpoint_id=str(tmp / "state"), no_dist=not dist.is_initialized())
+        if main:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(rng_state(), tmp / "rng.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
+            if lineage is not None:
+                (tmp / LINEAGE).write_text(json.dumps(asdict(lineage), indent=2) + "\n")
+        barrier()
+        if main:
+            (tmp / MARKER).write_text(f"step {step}\n")
+            _fsync_tree(tmp)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         kept = latest_checkpoint(root, lineage.run_id if lineage else None)
@@ -296,12 +332,14 @@ def save_checkpoint(
             f"cannot write checkpoint step {step} under {root}: {e.strerror or e}"
             + (f"; the previous checkpoint {kept.name} is intact" if kept else "")
         ) from e
-    _pause_for_tests(step, tmp)
-    if final.exists():  # a checkpoint of the same step left by a run that was replaced
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    for old in checkpoint_dirs(root, lineage.run_id if lineage else None)[: -max(1, keep_last)]:
-        shutil.rmtree(old, ignore_errors=True)
+    if main:
+        _pause_for_tests(step, tmp)
+        if final.exists():  # a checkpoint of the same step left by a run that was replaced
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        for old in checkpoint_dirs(root, lineage.run_id if lineage else None)[: -max(1, keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
 
 
@@ -321,13 +359,12 @@ def _pause_for_tests(step: int, tmp: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read back what :func:`save_checkpoint` wrote (model weights stay on disk in ``model/``)."""
+    """Read back what :func:`save_checkpoint` wrote besides the model and optimiser state (those load in place
+    with :func:`load_training_state`; the model's weights stay on disk in ``model/``)."""
     path = Path(path)
     if not (path / MARKER).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
     return {
-        "policy_state": load_file(str(path / "policy.safetensors")),
-        "optimizer": torch.load(path / "optimizer.pt", weights_only=False),
         "scheduler": torch.load(path / "scheduler.pt", weights_only=False),
         "rng": torch.load(path / "rng.pt", weights_only=False),
         "trainer_state": json.loads((path / "trainer_state.json").read_text()),

@@ -31,6 +31,7 @@ from .data.schema import BAD_ROWS
 from .data.synthetic import LabelSpace
 from .loss import IS_MODES, LOSS_TYPES
 from .models import FAMILIES
+from .parallel import STRATEGIES
 from .rewards.matching import ANSWER_FORMATS
 from .rewards.registry import ON_ERROR, check_reward_spec
 from .rollout import ENGINES
@@ -79,7 +80,11 @@ class ModelConfig:
         "(audio_cache.py).",
     )
     freeze_projector: bool = setting(False, help="Keep the audio-to-text projector's weights fixed.")
-    gradient_checkpointing: bool = setting(False, help="Recompute activations in the backward pass to save memory.")
+    gradient_checkpointing: bool = setting(
+        False,
+        help="Recompute each decoder layer's and encoder block's activations in the backward pass to save memory "
+        "(both logprob paths support it).",
+    )
 
 
 @dataclass
@@ -227,6 +232,27 @@ class TrainConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How several processes (torchrun) share the policy: ``parallel.py``."""
+
+    strategy: str = setting(
+        "ddp",
+        help="none: one process; ddp: every process holds the whole model; fsdp2: parameters, gradients and "
+        "optimiser state sharded per decoder layer / encoder block (torch fully_shard).",
+        choices=STRATEGIES,
+    )
+    compute_dtype: str = setting(
+        "",
+        help="fsdp2: gather parameters in this dtype for compute, reduce gradients in float32 (mixed precision); "
+        "empty: the weights' own dtype.",
+        choices=("", *DTYPES),
+    )
+    cpu_offload: bool = setting(
+        False, help="fsdp2: keep sharded parameters, gradients and optimiser state in CPU memory."
+    )
+
+
+@dataclass
 class RunConfig:
     """A GRPO run: the top-level schema of a training YAML."""
 
@@ -238,6 +264,7 @@ class RunConfig:
     rollout: RolloutConfig = setting(help="Completion sampling.", factory=RolloutConfig)
     grpo: GRPOConfig = setting(help="Algorithm settings.", factory=GRPOConfig)
     train: TrainConfig = setting(help="Optimisation and bookkeeping.", factory=TrainConfig)
+    parallel: ParallelConfig = setting(help="Several processes: DDP or FSDP2.", factory=ParallelConfig)
     rewards: list[RewardSpec] = setting(help="Reward functions and weights.", factory=list)
 
 

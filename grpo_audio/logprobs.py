@@ -16,10 +16,15 @@ Two paths compute the same numbers:
 Why a KV cache rather than packed sequences with a prefix-sharing attention mask: the cache path reuses the
 models' own attention kernels (sdpa, flash) and their mask handling unchanged, needs no custom 4D masks (which
 would force the slow eager/sdpa-with-mask kernels and break with flash attention), and its cost is what the
-theory says, G(P+C) tokens down to P + GC, with no padding of G prompts. What it does not support, and why
-(the trainer falls back to the per-sample path and logs the reason): gradient checkpointing (transformers turns
-the cache off under it) and distributed wrappers (DDP/FSDP hooks run only through the wrapper's forward; the
-shared path calls the language model and head directly). :func:`choose_path` decides, in one place.
+theory says, G(P+C) tokens down to P + GC, with no padding of G prompts.
+
+At scale: both passes run inside one forward of :class:`LogprobModule`, the module DDP and FSDP2 wrap, so their
+hooks (gradient reduction, parameter gathering) see them. Under activation checkpointing (``model.
+gradient_checkpointing``) a decoder layer's forward runs again in the backward pass; transformers' own cache would
+then append the prompt's keys a second time, so the shared path uses two caches of its own that give the same
+answer however often a layer runs: :class:`PromptLayer` (prompt pass: keeps the layer's keys, returns them) and
+:class:`PromptReadLayer` (completions pass: returns the prompt's keys followed by the completions', stores nothing).
+:func:`enable_checkpointing` tells transformers' layers they may keep them under checkpointing.
 
 Sequences for the per-sample path are right-aligned: ``[pad ... pad | prompt | completion (right-padded to C)]``,
 so the completion occupies the last C positions. Logits are divided by the sampling temperature, top-k and top-p
@@ -35,6 +40,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .data.collate import PromptBatch
 
@@ -221,14 +228,14 @@ def shared_prefix_logprobs(
         "position_ids": prefix_pos,
         **prompts.audio_for(rows),
     }
-    out = model(**to_model(model, inputs), use_cache=True, logits_to_keep=1)
+    language_model, lm_head = _parts(model)
+    prompt_cache = Cache(layers=[PromptLayer() for _ in range(language_model.config.num_hidden_layers)])
+    out = model(**to_model(model, inputs), past_key_values=prompt_cache, use_cache=True, logits_to_keep=1)
     first_logits = out.logits[:, -1].repeat_interleave(g, dim=0)  # [B*G, V]: predicts each completion's token 1
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(g)
 
     completion_ids, completion_mask = completion_ids.to(device), completion_mask.to(device)
     if c > 1:
-        language_model, lm_head = _parts(model)
+        cache = Cache(layers=[PromptReadLayer(layer, g) for layer in prompt_cache.layers])
         feed = completion_ids[:, :-1]  # tokens 1..C-1 predict tokens 2..C
         lengths = prefix_mask.sum(-1).to(device).repeat_interleave(g)  # [B*G]
         positions = lengths[:, None] + torch.arange(c - 1, device=device)[None, :]
@@ -246,25 +253,93 @@ def shared_prefix_logprobs(
 LOGPROB_PATHS = ("shared_prefix", "per_sample")
 
 
-def choose_path(shared_prefix: bool, gradient_checkpointing: bool, distributed: bool) -> tuple[str, str]:
-    """The logprob path a run takes, and why it is not the one asked for ("" when it is).
+def choose_path(shared_prefix: bool) -> str:
+    """The logprob path of a run: ``shared_prefix`` when ``grpo.shared_prefix`` asks for it, else ``per_sample``.
+    Both run with or without activation checkpointing (:func:`enable_checkpointing`) and under DDP and FSDP2
+    (through :class:`LogprobModule`)."""
+    return "shared_prefix" if shared_prefix else "per_sample"
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing per decoder layer and audio-encoder block (transformers' non-reentrant
+    ``torch.utils.checkpoint``); the layers keep the shared path's caches (:class:`PromptLayer`,
+    :class:`PromptReadLayer`), which give the same keys when a layer runs again in the backward pass."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module._can_checkpoint_with_cache = True
+
+
+class PromptLayer(DynamicLayer):
+    """The prompt pass's cache of one layer: keeps the prompt's keys and values [B, H, P, D] and returns them.
+    Running the layer again (activation checkpointing) stores the same values again, never appends."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys, self.values = key_states, value_states
+        return key_states, value_states
+
+
+class PromptReadLayer(DynamicLayer):
+    """The completions pass's cache of one layer: the prompt's keys and values, repeated G times [B*G, H, P, D]
+    (gradients flow back into the prompt pass through them), followed by the completions' own; stores nothing,
+    so a layer run again returns the same keys."""
+
+    def __init__(self, prompt: DynamicLayer, group_size: int):
+        super().__init__()
+        self.lazy_initialization(prompt.keys, prompt.values)
+        self.keys = prompt.keys.repeat_interleave(group_size, dim=0)
+        self.values = prompt.values.repeat_interleave(group_size, dim=0)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+class LogprobModule(torch.nn.Module):
+    """The policy behind one ``forward`` per logprob pass: what DDP and FSDP2 wrap (``parallel.Parallel.wrap``).
+
+    The shared path calls the model on the prompts, then its language model and head on the completions; wrapped
+    directly, DDP would reduce no gradient of the second pass and FSDP2 would not gather the root's parameters
+    for it. As one forward of this module, both passes run under the wrappers' hooks.
 
     Args:
-        shared_prefix: the run asks for the shared-prefix path (``grpo.shared_prefix``).
-        gradient_checkpointing: transformers' gradient checkpointing is on (it turns the prompt's KV cache off).
-        distributed: the policy is wrapped for several processes (DDP/FSDP hooks run only through the wrapper's
-            forward; the shared path calls the language model and head directly).
-
-    Returns:
-        (``shared_prefix`` | ``per_sample``, reason).
+        model: the policy (a transformers model of a family, possibly PEFT-wrapped).
+        path: ``shared_prefix`` or ``per_sample`` (:func:`choose_path`).
     """
-    if not shared_prefix:
-        return "per_sample", ""
-    if gradient_checkpointing:
-        return "per_sample", "gradient checkpointing turns the prompt's KV cache off"
-    if distributed:
-        return "per_sample", "distributed wrappers (DDP/FSDP) need every forward to go through the wrapper"
-    return "shared_prefix", ""
+
+    def __init__(self, model: torch.nn.Module, path: str):
+        super().__init__()
+        if path not in LOGPROB_PATHS:
+            raise ValueError(f"unknown logprob path '{path}'; choose one of: {', '.join(LOGPROB_PATHS)}")
+        self.model = model
+        self.path = path
+
+    def forward(
+        self,
+        prompts: PromptBatch,
+        row_index: list[int],
+        group_size: int,
+        idx: list[int],
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        pad_id: int,
+        **sampling: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:func:`batch_logprobs` of the micro-batch ``idx`` on this module's path."""
+        return batch_logprobs(
+            self.model,
+            self.path,
+            prompts,
+            row_index,
+            group_size,
+            idx,
+            completion_ids,
+            completion_mask,
+            pad_id,
+            **sampling,
+        )
 
 
 def micro_batches(n: int, group_size: int, micro_batch_size: int, path: str) -> list[list[int]]:

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_scheduler
@@ -45,25 +44,28 @@ from .checkpoint import (
     config_hash,
     latest_checkpoint,
     load_checkpoint,
+    load_training_state,
     model_fingerprint,
     resume_from,
     save_checkpoint,
     set_rng_state,
     start_run,
+    training_state,
 )
 from .config import RunConfig
 from .data.collate import collate_prompts
 from .data.loaders import load_manifest
 from .data.schema import Row
-from .logprobs import batch_logprobs, choose_path, micro_batches
+from .logprobs import LogprobModule, choose_path, enable_checkpointing, micro_batches
 from .logs import terminal
 from .loss import LossConfig, policy_loss
 from .metrics import MetricsLogger, MetricsSummary, keep_until, plot_curves, read_metrics, summarize
 from .models import ModelFamily, get_family, load_policy
 from .models.weights import save_model_dir
+from .parallel import Parallel
 from .rewards import RewardOutput, RewardSet
 from .rollout import RolloutBatch, SamplingConfig, build_engine, sampling_config
-from .rollout.base import banned_token_ids
+from .rollout.base import banned_token_ids, prompt_seed
 from .step import StepBatch, UpdateResult
 
 logger = logging.getLogger(__name__)
@@ -121,9 +123,10 @@ class GRPOTrainer:
         self.out = Path(config.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
-        # No autocast: the weights are in model.dtype already (load_policy) and inputs follow them (logprobs.to_model).
-        # accelerate's state is one per process, so a second run with another mixed precision could not start.
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+        # No autocast: the weights are in model.dtype already (load_policy) and inputs follow them (logprobs.to_model);
+        # FSDP2's mixed precision (parallel.compute_dtype) gathers them in another dtype if asked.
+        self.parallel = Parallel(config.parallel.strategy, config.parallel.compute_dtype, config.parallel.cpu_offload)
+        self.process = self.parallel.process
         self.processor = AutoProcessor.from_pretrained(config.model.path)
         self.audio_cache = audio_cache if audio_cache is not None else AudioCache()
         self.features = self.audio_cache.features(self.processor)  # the processor batches are built with
@@ -131,14 +134,25 @@ class GRPOTrainer:
         self.banned_ids = banned_token_ids(self.family, self.tokenizer)
         if model is None:
             model = load_policy(config.model)
-        self.model = self._prepare_model(model)
-        self.ref_model = self._reference_model()
+        self.logprob_path = choose_path(config.grpo.shared_prefix)
+        policy = self._prepare_model(model).to(self.process.device)
+        ref = self._reference_model(policy)
+        # A sharded policy cannot generate on one process: the transformers engine samples from a whole copy.
+        engine_copy = copy.deepcopy(policy) if self.parallel.sharded and config.rollout.engine == "hf" else None
+        # Frozen, the encoder's output may come from the audio cache on one process and not on another: it stays
+        # whole in FSDP2's root unit (parallel.py).
+        keep_whole = (self.family.audio_encoder(policy),) if config.model.freeze_audio_encoder else ()
+        self.model = self.parallel.wrap(LogprobModule(policy, self.logprob_path), keep_whole)
+        self.ref_model = (
+            self.parallel.wrap(LogprobModule(ref, self.logprob_path).eval(), keep_whole, trains=False)
+            if ref is not None
+            else None
+        )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("no trainable parameters: check model.freeze_* and lora settings")
         self.optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
         self.scheduler = self._scheduler()
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.rewards = (
             reward_funcs
             if reward_funcs is not None
@@ -164,14 +178,9 @@ class GRPOTrainer:
                 )
         if not self.train_rows:
             raise ValueError("no training rows")
-        if config.grpo.dynamic_sampling and self.accelerator.num_processes > 1:
-            # Refilled groups differ per process, and DDP needs the same number of backward passes everywhere.
+        if config.grpo.dynamic_sampling and self.process.distributed:
+            # Refilled groups differ per process, and DDP and FSDP2 need the same passes on every process.
             raise ValueError("grpo.dynamic_sampling supports one process only for now")
-        self.logprob_path, reason = choose_path(
-            config.grpo.shared_prefix, config.model.gradient_checkpointing, self.accelerator.num_processes > 1
-        )
-        if reason:
-            logger.warning("shared-prefix logprobs disabled: %s; using the per-sample path", reason)
         self.loss_cfg = LossConfig(
             loss_type=config.grpo.loss_type,
             epsilon=config.grpo.epsilon,
@@ -199,10 +208,11 @@ class GRPOTrainer:
                 config.rollout,
                 config.model.path,
                 self.family,
-                model=self.policy,
+                model=engine_copy if engine_copy is not None else self.policy,
                 processor=self.features,
                 dtype=config.model.dtype,
                 seed=config.seed,
+                own_weights=engine_copy is not None,
             )
         )
         if resumed or config.lora.enabled:  # the engine starts from the checkpoint on disk
@@ -210,19 +220,25 @@ class GRPOTrainer:
         # A frozen encoder's output for a clip never changes: computed once, then read in every logprob pass.
         self._lifetime = contextlib.ExitStack()
         if config.model.freeze_audio_encoder:
-            for model in (self.policy, self.ref_model):  # the reference's encoder is the same: same keys
+            for model in (self.policy, self.reference):  # the reference's encoder is the same: same keys
                 if model is not None:
                     self._lifetime.enter_context(self.audio_cache.encoder(model, self.family))
         self.metrics = MetricsLogger(
-            self.out, resume_step=self.step if resumed else None, enabled=self.accelerator.is_main_process
+            self.out, resume_step=self.step if resumed else None, enabled=self.process.is_main
         )
-        if self.accelerator.is_main_process:
+        if self.process.is_main:
             keep_until(self.out / "samples.jsonl", self.step if resumed else None)
 
     # ---- setup ----------------------------------------------------------------------------------------------
     @property
     def policy(self) -> Any:
-        return self.accelerator.unwrap_model(self.model)
+        """The policy itself (PEFT-wrapped with LoRA), without the DDP / logprob wrappers; sharded under FSDP2."""
+        return self.parallel.unwrap(self.model).model
+
+    @property
+    def reference(self) -> Any:
+        """The reference policy's model (None without one, or with LoRA: then the policy with adapters off)."""
+        return self.ref_model.model if self.ref_model is not None else None
 
     def _prepare_model(self, model: Any) -> Any:
         cfg = self.cfg
@@ -244,17 +260,16 @@ class GRPOTrainer:
                 ),
             )
         if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
+            enable_checkpointing(model)
         model.train()
         return model
 
-    def _reference_model(self) -> Any:
+    def _reference_model(self, policy: Any) -> Any:
         if self.cfg.grpo.beta == 0.0:
             return None
         if self.cfg.lora.enabled:
             return None  # the reference is the base model: adapters disabled (see _ref_context)
-        ref = copy.deepcopy(self.model).eval()
+        ref = copy.deepcopy(policy).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
         return ref
@@ -275,13 +290,7 @@ class GRPOTrainer:
         if path is None:
             return False
         state = load_checkpoint(path)
-        missing, unexpected = self.policy.load_state_dict(state["policy_state"], strict=False)
-        trainable = {n for n, p in self.policy.named_parameters() if p.requires_grad}
-        if unexpected or (trainable & set(missing)):
-            raise RuntimeError(
-                f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}"
-            )
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_training_state(path, self.policy, self.optimizer)  # on any number of processes
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         ts = state["trainer_state"]
@@ -294,7 +303,7 @@ class GRPOTrainer:
     # ---- data -----------------------------------------------------------------------------------------------
     def next_rows(self, k: int) -> list[Row]:
         """This process's k prompts: every process walks the same order and takes its own slice of k * world."""
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        world, rank = self.process.world_size, self.process.rank
         rows = []
         while len(rows) < k * world:
             if self.cursor >= len(self.order):
@@ -331,7 +340,7 @@ class GRPOTrainer:
         want = cfg.train.prompts_per_step
         rows = self.next_rows(want)
         t = time.perf_counter()
-        rollouts, rewards = self._rollout(rows, seed=self.cfg.seed * 100_003 + self.step * 101)
+        rollouts, rewards = self._rollout(rows, round_=0)
         rollout_s, rounds = time.perf_counter() - t, 0
         _, zero, stats0 = group_advantages(torch.tensor(rewards.total), g)
         if cfg.grpo.dynamic_sampling and zero.any():
@@ -341,9 +350,7 @@ class GRPOTrainer:
                     break
                 more = self.next_rows(want)
                 t = time.perf_counter()
-                more_rollouts, more_rewards = self._rollout(
-                    more, seed=self.cfg.seed * 100_003 + self.step * 101 + round_ + 1
-                )
+                more_rollouts, more_rewards = self._rollout(more, round_=round_ + 1)
                 rollout_s += time.perf_counter() - t
                 rounds += 1
                 _, z2, _ = group_advantages(torch.tensor(more_rewards.total), g)
@@ -363,8 +370,14 @@ class GRPOTrainer:
             rollout_s=rollout_s,
         )
 
-    def _rollout(self, rows: list[Row], seed: int) -> tuple[RolloutBatch, RewardOutput]:
-        sampling = sampling_config(self.cfg.rollout, seed=seed)
+    def _rollout(self, rows: list[Row], round_: int) -> tuple[RolloutBatch, RewardOutput]:
+        """Sample and score ``rows`` (this process's slice of the step's prompts). Each prompt's seed comes from the
+        run seed, the step, the round and its slot in the global batch, so it gets the same completions whatever
+        the number of processes."""
+        first = self.process.rank * len(rows)
+        seeds = [prompt_seed(self.cfg.seed, self.step, round_, first + i, r.id) for i, r in enumerate(rows)]
+        sampling = sampling_config(self.cfg.rollout)
+        sampling.row_seeds = seeds
         rollouts = self.engine.generate(rows, n=self.cfg.grpo.num_generations, sampling=sampling)
         return rollouts, self.rewards.score_rows(rows, rollouts.completion_text, rollouts.row_index)
 
@@ -414,7 +427,7 @@ class GRPOTrainer:
         batch.logprob_s = time.perf_counter() - t
 
     def _logprobs_of(self, model: Any, batch: StepBatch) -> torch.Tensor:
-        """[N, C] logprobs of every completion under ``model``, without gradients."""
+        """[N, C] logprobs of every completion under ``model`` (a wrapped ``LogprobModule``), without gradients."""
         with torch.no_grad():
             return torch.cat([self._micro_batch_logprobs(model, batch, idx)[0] for idx in batch.micro_batches]).cpu()
 
@@ -422,9 +435,7 @@ class GRPOTrainer:
         self, model: Any, batch: StepBatch, idx: list[int], entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         rollout = self.cfg.rollout
-        return batch_logprobs(
-            model,
-            self.logprob_path,
+        return model(
             batch.rollouts.prompts,
             batch.rollouts.row_index,
             batch.group_size,
@@ -446,13 +457,15 @@ class GRPOTrainer:
         result = UpdateResult()
         t = time.perf_counter()
         n = len(batch.rollouts)
-        # Token and sequence normalisers are global; DDP averages gradients over processes, hence the / world.
-        world = self.accelerator.num_processes
-        num_tokens = self.accelerator.reduce(batch.completion_mask.sum().float(), reduction="sum").clamp(min=1) / world
+        # Token and sequence normalisers are global; DDP and FSDP2 average gradients over processes, hence the / world.
+        world = self.process.world_size
+        num_tokens = self.parallel.sum(batch.completion_mask.sum().float()).clamp(min=1) / world
         for _ in range(cfg.grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             result.batch_losses.append(0.0)
-            for idx in batch.micro_batches:
+            for k, idx in enumerate(batch.micro_batches):
+                # Gradients are reduced over the processes once, in the last micro-batch's backward.
+                self.parallel.sync_gradients(self.model, k == len(batch.micro_batches) - 1)
                 lps, ent = self._micro_batch_logprobs(self.model, batch, idx, entropy=True)
                 old = batch.old_logps[idx].to(lps.device) if batch.old_logps is not None else lps.detach()
                 loss, st = policy_loss(
@@ -467,12 +480,12 @@ class GRPOTrainer:
                     num_sequences=n,
                     num_tokens=num_tokens,
                 )
-                self.accelerator.backward(loss)
+                loss.backward()
                 result.batch_losses[-1] += st.policy_loss
                 for k, v in asdict(st).items():
                     result.loss_stats.setdefault(k, []).append(v)
             trainable = [p for p in self.model.parameters() if p.requires_grad]
-            result.grad_norm = float(self.accelerator.clip_grad_norm_(trainable, cfg.train.max_grad_norm))
+            result.grad_norm = self.parallel.clip_grad_norm(trainable, cfg.train.max_grad_norm)
             result.non_finite = _non_finite(result.batch_losses[-1], result.grad_norm)
             if result.non_finite:  # no update from this iteration on: weights and optimiser state stay as they are
                 self.optimizer.zero_grad(set_to_none=True)
@@ -513,7 +526,7 @@ class GRPOTrainer:
         rollouts, adv = batch.rollouts, batch.advantage_stats
         update_s = batch.logprob_s + update.update_s  # every logprob pass and optimiser step
         lengths = [len(c) for c in rollouts.completion_ids]
-        all_rewards = self.accelerator.gather(torch.tensor(batch.rewards.total, device=self.accelerator.device)).cpu()
+        all_rewards = self.parallel.gather(torch.tensor(batch.rewards.total, device=self.process.device)).cpu()
         skipped = update.applied == 0
         metrics: dict[str, Any] = {
             **batch.rewards.metrics(),
@@ -589,28 +602,20 @@ class GRPOTrainer:
         return out
 
     def save(self) -> Path:
-        def write_model(folder: Path) -> None:
-            save_model_dir(self.policy, self.family, self.processor, folder)
-
-        state = {k: v for k, v in self.policy.state_dict().items()}
-        self.accelerator.wait_for_everyone()
+        """Checkpoint the step (``checkpoint.save_checkpoint``): every process writes its shards of the policy and
+        optimiser state and takes part in gathering the loadable model, which the main process writes."""
         self.saved_step = self.step
-        if not self.accelerator.is_main_process:
-            self.accelerator.wait_for_everyone()
-            return self.out / "checkpoints" / f"step-{self.step:06d}"
-        path = save_checkpoint(
+        return save_checkpoint(
             self.out / "checkpoints",
             self.step,
-            write_model,
-            state,
-            self.optimizer,
+            lambda folder, write: save_model_dir(self.policy, self.family, self.processor, folder, write=write),
+            training_state(self.policy, self.optimizer),
             self.scheduler,
             {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "seed": self.cfg.seed},
             keep_last=self.cfg.train.keep_last,
             lineage=self.lineage,
+            parallel=self.parallel,
         )
-        self.accelerator.wait_for_everyone()
-        return path
 
     def train(self) -> TrainSummary:
         """Run to ``train.max_steps``.
@@ -620,7 +625,7 @@ class GRPOTrainer:
         """
         cfg = self.cfg.train
         last: dict[str, float] = {}
-        main = self.accelerator.is_main_process
+        main = self.process.is_main
         if self.step == 0 and cfg.eval_every and self.eval_rows and main:
             self.metrics.log(0, self.evaluate())
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="grpo", unit="step", disable=not main, file=terminal())
@@ -651,7 +656,7 @@ class GRPOTrainer:
         if main and metrics.exists():
             plot_curves(metrics, self.out / "curves.png")
             summary = summarize(read_metrics(metrics))
-        self.accelerator.wait_for_everyone()
+        self.parallel.barrier()
         checkpoint = latest_checkpoint(self.out / "checkpoints", self.lineage.run_id)
         return TrainSummary(step=self.step, last=last, checkpoint=checkpoint, metrics=summary, output_dir=self.out)
 

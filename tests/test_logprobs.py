@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from grpo_audio.data.collate import collate_prompts
-from grpo_audio.logprobs import completion_logprobs, shared_prefix_logprobs
+from grpo_audio.logprobs import completion_logprobs, enable_checkpointing, shared_prefix_logprobs
 from grpo_audio.models import get_family
 from grpo_audio.rollout.base import banned_token_ids
 from tests.conftest import FAMILY_NAMES
@@ -120,3 +121,23 @@ def test_bf16_model_gets_bf16_audio_features(tiny_checkpoint):
         )
     m = mask.bool()
     assert a.dtype == torch.float32 and (a[m] - b[m]).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("family_name", ["music_flamingo", "qwen2_audio"])
+def test_shared_prefix_under_activation_checkpointing(family_name, tiny_checkpoint):
+    """With every decoder layer and encoder block checkpointed (run again in the backward pass), the shared path
+    still equals the per-sample path, in values and gradients, and equals the gradients without checkpointing."""
+    family, model, processor, prompts, ids, mask, weights, banned = setup(family_name, tiny_checkpoint)
+    pad = processor.tokenizer.pad_token_id
+    model.train()
+    plain = both_paths(model, prompts, ids, mask, pad, banned, weights)
+    enable_checkpointing(model)
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    assert len(layers) == model.config.text_config.num_hidden_layers + model.config.audio_config.num_hidden_layers
+    calls = []
+    layers[-1].register_forward_pre_hook(lambda *_: calls.append(1))  # the language model's last layer
+    checkpointed = both_paths(model, prompts, ids, mask, pad, banned, weights)
+    # premise: each forward runs again in the backward pass: shared (prompt + completions) and per sample, twice
+    assert len(calls) == 2 * (2 + 1)
+    assert_same(checkpointed, mask, model)
+    assert_same([checkpointed[0], plain[0]], mask, model)

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from safetensors.torch import load_file
 
 from grpo_audio.checkpoint import (
     PAUSE_ENV,
@@ -237,20 +236,29 @@ class Opt:
         return {"x": 1}
 
 
-def write_model(folder):
+def write_model(folder, write):
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x")
 
 
+def saved_state(checkpoint: Path) -> dict:
+    """A checkpoint's DCP ``state/`` whole (``{"model": ..., "optimizer": ...}``), without a model to load it into."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    whole = checkpoint.parent / f"{checkpoint.name}.pt"
+    dcp_to_torch_save(checkpoint / "state", whole)
+    return torch.load(whole, weights_only=False)
+
+
 def test_half_written_checkpoints_are_never_picked_up(tmp_path):
     root = tmp_path / "checkpoints"
-    save_checkpoint(root, 2, write_model, {"w": torch.ones(2)}, Opt(), Opt(), {"step": 2}, keep_last=2)
+    save_checkpoint(root, 2, write_model, {"w": torch.ones(2)}, Opt(), {"step": 2}, keep_last=2)
     (root / ".tmp-step-000004-999").mkdir()  # a save killed half-way
     (root / "step-000005").mkdir()  # a folder without the COMPLETE marker
-    (root / "step-000005" / "policy.safetensors").write_bytes(b"")
+    (root / "step-000005" / "scheduler.pt").write_bytes(b"")
     assert latest_checkpoint(root).name == "step-000002"
     for step in (3, 4, 6):
-        save_checkpoint(root, step, write_model, {"w": torch.ones(2) * step}, Opt(), Opt(), {"step": step}, 2)
+        save_checkpoint(root, step, write_model, {"w": torch.ones(2) * step}, Opt(), {"step": step}, 2)
     assert not list(root.glob(".tmp-*"))
     assert sorted(p.name for p in root.iterdir() if (p / "COMPLETE").exists()) == ["step-000004", "step-000006"]
     assert latest_checkpoint(root).name == "step-000006"
@@ -315,8 +323,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_checkpoin
     subprocess.run(cmd("killed"), check=True, env=env, cwd=REPO, capture_output=True)
     assert not half.exists()  # the next save cleared the half-written folder
 
-    a = load_file(str(tmp_path / "straight/checkpoints/step-000006/policy.safetensors"))
-    b = load_file(str(tmp_path / "killed/checkpoints/step-000006/policy.safetensors"))
+    a = saved_state(tmp_path / "straight/checkpoints/step-000006")["model"]
+    b = saved_state(tmp_path / "killed/checkpoints/step-000006")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(x)["step"] for x in (tmp_path / "killed/metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # no duplicated or lost lines after the resume
@@ -533,8 +541,8 @@ def test_rotation_and_resume_see_only_the_runs_own_checkpoints(tmp_path):
     root = tmp_path / "checkpoints"
     old, new = new_lineage("base-a", "cfg"), new_lineage("base-b", "cfg")
     for step in (2, 3):
-        save_checkpoint(root, step, write_model, {"w": torch.ones(2)}, Opt(), Opt(), {"step": step}, 2, lineage=old)
-    save_checkpoint(root, 1, write_model, {"w": torch.zeros(2)}, Opt(), Opt(), {"step": 1}, 2, lineage=new)
+        save_checkpoint(root, step, write_model, {"w": torch.ones(2)}, Opt(), {"step": step}, 2, lineage=old)
+    save_checkpoint(root, 1, write_model, {"w": torch.zeros(2)}, Opt(), {"step": 1}, 2, lineage=new)
     assert sorted(p.name for p in root.iterdir()) == ["step-000001", "step-000002", "step-000003"]
     assert latest_checkpoint(root, new.run_id).name == "step-000001"
     assert latest_checkpoint(root, old.run_id).name == "step-000003"
@@ -612,7 +620,7 @@ def test_a_skipped_last_step_still_saves_the_updates_before_it(tmp_path, tiny_ch
         lambda module, args, output: output * float("nan") if torch.is_grad_enabled() else output
     )
     trainer.train()  # step 2 skipped: the run ends with step 1's weights saved
-    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-000002")["policy_state"]
+    saved = saved_state(tmp_path / "run" / "checkpoints" / "step-000002")["model"]
     assert all(torch.equal(saved[n], weights[n]) for n in weights if n in saved)
 
 

@@ -55,9 +55,11 @@ def build_engine(
     processor: Any = None,
     dtype: str = "float32",
     seed: int = 0,
+    own_weights: bool = False,
 ) -> RolloutEngine:
-    """The engine ``rollout.engine`` names (``vllm`` or ``hf``; ``hf`` samples from ``model`` itself); prompts'
-    batches are built with ``processor`` (loaded from ``model_dir`` by the vLLM engine when None)."""
+    """The engine ``rollout.engine`` names (``vllm`` or ``hf``; ``hf`` samples from ``model`` itself, or with
+    ``own_weights`` from ``model`` as its own copy, see ``HFEngine``); prompts' batches are built with
+    ``processor`` (loaded from ``model_dir`` by the vLLM engine when None)."""
     if rollout.engine == "vllm":
         from .vllm_engine import VLLMEngine  # vLLM only when asked for (see the package docstring)
 
@@ -75,7 +77,7 @@ def build_engine(
     if rollout.engine == "hf":
         if model is None or processor is None:
             raise ValueError("the hf engine samples from the policy: pass model and processor")
-        return HFEngine(model, processor, family, max_model_len=rollout.max_model_len)
+        return HFEngine(model, processor, family, max_model_len=rollout.max_model_len, own_weights=own_weights)
     raise ValueError(f"unknown rollout engine '{rollout.engine}'; choose one of: {', '.join(ENGINES)}")
 
 

@@ -8,6 +8,7 @@ row, before anything is generated.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,7 +29,10 @@ class SamplingConfig:
         temperature: sampling temperature (0 = greedy).
         top_p: nucleus mass.
         top_k: top-k; -1 disables.
-        seed: per-request seed base for reproducible sampling (None = engine's RNG).
+        seed: per-request seed base for reproducible sampling (None = engine's RNG): row i of a ``generate`` call
+            gets ``seed + i``.
+        row_seeds: [B] one seed per row of a ``generate`` call, instead of ``seed + i``: a row's completions then
+            do not depend on which other rows share its batch or process (:func:`prompt_seed`).
         stop_token_ids: extra token ids that end a completion (the end-of-turn token always does).
         ignore_eos: keep generating past the end-of-turn token (benchmarks).
     """
@@ -38,8 +42,27 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = -1
     seed: int | None = None
+    row_seeds: list[int] | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+
+    def request_seed(self, i: int) -> int | None:
+        """The seed of row ``i`` of a ``generate`` call (None: the engine's RNG)."""
+        if self.row_seeds is not None:
+            return self.row_seeds[i]
+        return None if self.seed is None else self.seed + i
+
+
+def prompt_seed(*parts: object) -> int:
+    """A sampling seed in [0, 2**31) from the parts that identify one prompt's draw (run seed, step, round, the
+    prompt's slot in the global batch and its row id): the same prompt gets the same completions on any number
+    of processes.
+
+    >>> prompt_seed(0, 3, 0, 5, "clip-7") == prompt_seed(0, 3, 0, 5, "clip-7") != prompt_seed(0, 4, 0, 5, "clip-7")
+    True
+    """
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 @dataclass
@@ -139,13 +162,15 @@ def banned_token_ids(family: type[ModelFamily], tokenizer: Any) -> list[int]:
     return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
 
 
-def check_sampling(n: int, sampling: SamplingConfig) -> None:
+def check_sampling(n: int, sampling: SamplingConfig, rows: int | None = None) -> None:
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if sampling.temperature == 0 and n > 1:
         raise ValueError(f"greedy decoding gives n identical completions; use temperature > 0 for n={n}")
     if sampling.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {sampling.max_new_tokens}")
+    if sampling.row_seeds is not None and rows is not None and len(sampling.row_seeds) != rows:
+        raise ValueError(f"{len(sampling.row_seeds)} row seeds for {rows} rows")
 
 
 def finish_reason(ids: list[int], stop_ids: set[int]) -> str:

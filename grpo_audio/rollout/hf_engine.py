@@ -1,6 +1,8 @@
 """Rollouts with transformers' ``generate``: for environments without vLLM, and the reference in tests.
 
-The engine samples from the policy model itself, so ``sync_weights`` only swaps the reference. Logprobs are
+The engine samples from the policy model itself, so ``sync_weights`` only swaps the reference; a policy sharded
+over processes (FSDP2) cannot generate on one process alone, so the engine then samples from its own whole copy,
+which ``sync_weights`` refreshes from the gathered shards (``own_weights``). Logprobs are
 those of the sampling distribution (``output_scores``: logits after temperature / top-k / top-p), the same
 quantity vLLM returns with ``logprobs_mode="processed_logprobs"``.
 """
@@ -14,6 +16,7 @@ import torch
 from ..data.schema import Row
 from ..logprobs import to_model
 from ..models import ModelFamily
+from ..parallel import full_state
 from .base import RolloutBatch, SamplingConfig, banned_token_ids, check_sampling, finish_reason, prepare_prompts
 
 
@@ -26,6 +29,8 @@ class HFEngine:
         family: the model family adapter.
         max_model_len: context limit for prompt + completion (prompts that do not fit are rejected).
         batch_size: prompts per ``generate`` call.
+        own_weights: ``model`` is the engine's own copy (not the policy): ``sync_weights`` copies the policy's
+            weights into it, gathered tensor by tensor from its shards.
     """
 
     def __init__(
@@ -35,18 +40,26 @@ class HFEngine:
         family: type[ModelFamily],
         max_model_len: int | None = None,
         batch_size: int = 8,
+        own_weights: bool = False,
     ):
         self.model, self.processor, self.family = model, processor, family
+        self.own_weights = own_weights
         self.max_model_len, self.batch_size = max_model_len, batch_size
         self.tokenizer = processor.tokenizer
         self.banned = banned_token_ids(family, self.tokenizer)
 
+    @torch.no_grad()
     def sync_weights(self, model: Any) -> None:
-        self.model = model
+        if not self.own_weights:
+            self.model = model
+            return
+        target = self.model.state_dict()
+        for name, tensor in full_state(model):  # every process gathers every tensor, in step
+            target[name].copy_(tensor)
 
     @torch.no_grad()
     def generate(self, rows: list[Row], n: int, sampling: SamplingConfig) -> RolloutBatch:
-        check_sampling(n, sampling)
+        check_sampling(n, sampling, len(rows))
         prepared = prepare_prompts(self.family, self.processor, rows, self.max_model_len)
         eos = self.tokenizer.eos_token_id
         stop_ids = {eos, *sampling.stop_token_ids}
@@ -55,10 +68,12 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(rows), self.batch_size):
-                end = min(len(rows), start + self.batch_size)
+            # With a seed per row, each row is sampled on its own: its completions depend on nothing else.
+            size = 1 if sampling.row_seeds is not None else self.batch_size
+            for start in range(0, len(rows), size):
+                end = min(len(rows), start + size)
                 inputs = self._expanded_inputs(prepared.batch, start, end, n)
-                ids, lps = self._generate(inputs, sampling, stop_ids)
+                ids, lps = self._generate(inputs, sampling, stop_ids, sampling.request_seed(start))
                 ids_out += ids
                 lps_out += lps
         finally:
@@ -88,10 +103,10 @@ class HFEngine:
             **batch.audio_for(rows),
         }
 
-    def _generate(self, inputs: dict, sampling: SamplingConfig, stop_ids: set[int]):
+    def _generate(self, inputs: dict, sampling: SamplingConfig, stop_ids: set[int], seed: int | None):
         greedy = sampling.temperature == 0
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
+        if seed is not None:
+            torch.manual_seed(seed)
         kwargs: dict[str, Any] = {
             "max_new_tokens": sampling.max_new_tokens,
             "do_sample": not greedy,

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from ..data.schema import Row
 from ..models import ModelFamily, family_of_checkpoint
-from ..models.weights import checkpoint_state_dict
+from ..models.weights import checkpoint_tensors, write_safetensors
 from .base import (
     PreparedPrompts,
     RolloutBatch,
@@ -39,6 +38,9 @@ from .base import (
     finish_reason,
     prepare_prompts,
 )
+
+# A weight sync writes the model in files of this size: the most of it a trainer process holds at once.
+SYNC_FILE_BYTES = 512 << 20
 
 
 class VLLMEngine:
@@ -114,7 +116,7 @@ class VLLMEngine:
         """Sample ``n`` completions for each row; see :class:`RolloutBatch` for the layout."""
         from vllm import SamplingParams
 
-        check_sampling(n, sampling)
+        check_sampling(n, sampling, len(rows))
         prepared = prepare_prompts(self.family, self.processor, rows, self.max_model_len)
         stop_ids = {self.tokenizer.eos_token_id, *sampling.stop_token_ids}
         params = [
@@ -128,7 +130,7 @@ class VLLMEngine:
                 stop_token_ids=sorted(sampling.stop_token_ids),
                 ignore_eos=sampling.ignore_eos,
                 logit_bias=self.logit_bias,
-                seed=None if sampling.seed is None else sampling.seed + i,
+                seed=sampling.request_seed(i),
             )
             for i in range(len(rows))
         ]
@@ -184,12 +186,13 @@ class VLLMEngine:
 
     # ---- weights ------------------------------------------------------------------------------------------
     def sync_weights(self, model: Any) -> None:
-        """Push ``model``'s current weights (merged LoRA included) into the engine."""
+        """Push ``model``'s current weights (merged LoRA included) into the engine: written in files of at most
+        ``SYNC_FILE_BYTES``, tensor by tensor (gathered from their shards under FSDP2, so the whole model is never
+        in this process's memory besides the engine's own), then loaded by vLLM's ``reload_weights``."""
         start = time.perf_counter()
-        tensors = checkpoint_state_dict(model, self.family)
         tmp = Path(tempfile.mkdtemp(prefix="grpo_audio_sync_", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
         try:
-            save_file(tensors, str(tmp / "model.safetensors"))
+            write_safetensors(checkpoint_tensors(model, self.family), tmp, max_file_bytes=SYNC_FILE_BYTES)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(tmp), "is_checkpoint_format": True})
             # reload_weights clears the worker's encoder and multimodal caches; the scheduler's and the
             # front end's views of them must be cleared too, and cached prompt KV is stale.
