@@ -64,6 +64,8 @@ BOOKKEEPING_KEYS = (
     "train.eval_generations",
     "train.samples_per_eval",
     "train.max_skipped_steps",
+    "parallel.strategy",  # how the processes share the model, not what they compute: a run resumes on another one
+    "parallel.cpu_offload",
 )
 
 

@@ -196,7 +196,11 @@ class TrainConfig:
 
     lr: float = setting(1e-6, help="Peak learning rate.")
     max_steps: int = setting(100, help="Number of optimiser steps.")
-    prompts_per_step: int = setting(8, help="Prompts per step (each sampled G times).")
+    prompts_per_step: int = setting(
+        8,
+        help="Prompts per step over all processes (each sampled G times); each process takes an equal share, so "
+        "the number of processes must divide it.",
+    )
     warmup_ratio: float = setting(0.03, help="Fraction of steps with linear warm-up (paper: 0.03).")
     lr_scheduler: str = setting("cosine", help="Learning-rate schedule.", choices=("cosine", "linear", "constant"))
     max_grad_norm: float = setting(1.0, help="Gradient clipping norm.")

@@ -178,6 +178,11 @@ class GRPOTrainer:
                 )
         if not self.train_rows:
             raise ValueError("no training rows")
+        if config.train.prompts_per_step % self.process.world_size:
+            raise ValueError(
+                f"train.prompts_per_step={config.train.prompts_per_step} does not split over "
+                f"{self.process.world_size} processes"
+            )
         if config.grpo.dynamic_sampling and self.process.distributed:
             # Refilled groups differ per process, and DDP and FSDP2 need the same passes on every process.
             raise ValueError("grpo.dynamic_sampling supports one process only for now")
@@ -337,7 +342,7 @@ class GRPOTrainer:
         """Sample G completions for each of this process's prompts and score them. With dynamic sampling, groups
         whose rewards are all equal are replaced by groups of new prompts (up to ``grpo.max_resample_rounds``)."""
         cfg, g = self.cfg, self.cfg.grpo.num_generations
-        want = cfg.train.prompts_per_step
+        want = cfg.train.prompts_per_step // self.process.world_size  # this process's share
         rows = self.next_rows(want)
         t = time.perf_counter()
         rollouts, rewards = self._rollout(rows, round_=0)

@@ -1,0 +1,144 @@
+"""Data parallelism on the CPU (gloo, torchrun): 2-process DDP and FSDP2 runs, a 2-node launch and a resume on
+another process count, each compared after every step with one process taking the same global batch.
+
+The runs use the transformers engine, whose per-prompt seeds make a prompt's completions independent of the batch
+and process it lands in. Parameters are compared to 1e-5; since Adam's update hardly depends on the gradient's
+scale, AdamW's first moments (linear in the gradients) and the logged gradient norm are compared too, so that a
+wrongly averaged or wrongly split gradient shows.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_trainer import REPO, toy_project
+
+pytestmark = pytest.mark.slow
+
+STEPS = 3
+CONFIG = """
+output_dir: {out}
+seed: 5
+model: {{path: {model}, family: audio_flamingo3}}
+data: {{train: {manifest}}}
+rollout: {{engine: hf, max_new_tokens: 6}}
+grpo: {{num_generations: 4, loss_type: grpo, num_iterations: 2, beta: 0.04, shared_prefix: true}}
+train: {{lr: 1.0e-5, max_steps: {steps}, prompts_per_step: 4, micro_batch_size: 4, warmup_ratio: 0.0,
+         lr_scheduler: constant, resume: auto, save_every: 0}}
+parallel: {{strategy: {strategy}}}
+rewards: [{{name: "toy_rewards:digits"}}]
+"""
+WORKER = str(REPO / "tests" / "parallel_steps.py")
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("parallel")
+    manifest, env = toy_project(root, 6)
+    return root, manifest, env, tiny_checkpoint("audio_flamingo3")
+
+
+def run(project, name, launcher, strategy, steps=STEPS, extra=(), dumps_name=None):
+    """One run of ``parallel_steps.py`` (4 prompts a step over all processes) into ``output_dir`` ``name``;
+    returns its folder of per-rank, per-step dumps."""
+    root, manifest, env, model = project
+    cfg = root / f"{name}.yaml"
+    cfg.write_text(CONFIG.format(out=root / name, model=model, manifest=manifest, steps=steps, strategy=strategy))
+    dumps = root / f"{dumps_name or name}-steps"
+    out = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    procs = [subprocess.Popen([*c, WORKER, str(cfg), str(dumps), *extra], env=env, cwd=REPO, **out) for c in launcher]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    return dumps
+
+
+def setup(dumps: Path, rank: int = 0) -> dict:
+    return json.loads((dumps / f"rank{rank}" / "setup.json").read_text())
+
+
+def load(dumps: Path, rank: int, step: int) -> dict:
+    return torch.load(dumps / f"rank{rank}" / f"step{step}.pt", weights_only=False)
+
+
+def assert_same_step(a: dict, b: dict) -> None:
+    """Two processes' views of one step agree: parameters to 1e-5, first moments and gradient norm to 1e-4
+    (relative), rewards exactly (the same completions were sampled)."""
+    assert a["params"].keys() == b["params"].keys() and len(a["params"]) > 10
+    for name, p in a["params"].items():
+        assert (p - b["params"][name]).abs().max() <= 1e-5, name
+    assert a["moments"].keys() == b["moments"].keys() == a["params"].keys()
+    for name, m in a["moments"].items():
+        assert (m - b["moments"][name]).norm() <= 1e-4 * b["moments"][name].norm().clamp(min=1e-12), name
+    ma, mb = a["metrics"], b["metrics"]
+    assert ma["reward/mean"] == mb["reward/mean"] and ma["reward/std"] == mb["reward/std"]
+    assert abs(ma["grad_norm"] - mb["grad_norm"]) <= 1e-4 * mb["grad_norm"]
+
+
+@pytest.fixture(scope="module")
+def single(project):
+    """One process taking the whole batch."""
+    return run(project, "single", [[sys.executable]], "none")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_equals_one_process(project, single):
+    dumps = run(project, "ddp", [[TORCHRUN, "--nproc_per_node", "2"]], "ddp")
+    assert setup(dumps) == {"world_size": 2, "wrapper": "DistributedDataParallel", "sharded": False,
+                            "logprob_path": "shared_prefix", "layers": setup(single)["layers"],
+                            "checkpointed_layers": 0}  # fmt: skip
+    assert setup(single)["world_size"] == 1 and setup(single)["logprob_path"] == "shared_prefix"
+    moved = 0.0
+    for step in range(1, STEPS + 1):
+        ref = load(single, 0, step)
+        for rank in (0, 1):
+            assert_same_step(load(dumps, rank, step), ref)
+        moved = max(moved, max((p - load(single, 0, 1)["params"][n]).abs().max() for n, p in ref["params"].items()))
+    assert moved > 1e-5  # premise: the steps moved the weights by more than the tolerance
+
+
+def test_two_process_fsdp2_with_activation_checkpointing_equals_one_process(project, single):
+    dumps = run(
+        project,
+        "fsdp2",
+        [[TORCHRUN, "--nproc_per_node", "2"]],
+        "fsdp2",
+        extra=["model.gradient_checkpointing=true", "save_at=2"],
+    )
+    run_setup = setup(dumps)
+    assert run_setup["sharded"] and run_setup["world_size"] == 2 and run_setup["logprob_path"] == "shared_prefix"
+    assert run_setup["checkpointed_layers"] == run_setup["layers"] >= 2  # every decoder layer and encoder block
+    for step in range(1, STEPS + 1):
+        for rank in (0, 1):
+            assert_same_step(load(dumps, rank, step), load(single, 0, step))
+    # The sharded checkpoint of step 2 resumes on one process and continues as the two-process run did.
+    root = project[0]
+    resumed = run(project, "fsdp2", [[sys.executable]], "fsdp2", extra=["model.gradient_checkpointing=true"],
+                  dumps_name="resumed")  # fmt: skip
+    assert sorted(p.name for p in (resumed / "rank0").glob("step*.pt")) == [f"step{STEPS}.pt"]  # from step 2 on
+    assert (root / "fsdp2" / "checkpoints" / "step-000002" / "state").is_dir()
+    assert_same_step(load(resumed, 0, STEPS), load(dumps, 0, STEPS))
+
+
+def test_two_nodes_through_the_rendezvous(project, single):
+    port = free_port()
+    node = [TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes"]  # fmt: skip
+    dumps = run(project, "nodes", [node, node], "fsdp2", steps=2)
+    assert setup(dumps)["world_size"] == 2 and setup(dumps)["sharded"]
+    for step in (1, 2):
+        for rank in (0, 1):
+            assert_same_step(load(dumps, rank, step), load(single, 0, step))
