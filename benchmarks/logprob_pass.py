@@ -7,13 +7,24 @@ sequences. Runs alternate between the two paths (this machine is noisy), medians
 each path is measured in a fresh subprocess (peak RSS during the pass minus RSS before it). With ``--grpo-step``
 it also times whole GRPO steps (vLLM rollouts included) with each path, alternating.
 
-Run: ``.venv/bin/python benchmarks/logprob_pass.py [--sweep] [--grpo-step]``. The main ratio is printed last.
+With ``--distributed`` it measures at scale, on 2 processes (torchrun, gloo):
+
+- the same comparison under FSDP2 with activation checkpointing: each process scores its own group (its own clip)
+  through the wrapped ``LogprobModule``, the two paths alternating, forward + backward;
+- the peak memory of one training step per process (load, wrap, AdamW, forward + backward + optimiser step,
+  activation checkpointing on), under DDP and under FSDP2, each in a fresh job: peak RSS minus RSS before the
+  model loads (the libraries already imported), at the acceptance setting and at a small batch (5 s, G = 2,
+  C = 16) where the model's state rather than the activations decides.
+
+Run: ``.venv/bin/python benchmarks/logprob_pass.py [--sweep] [--grpo-step] [--distributed]``. The main ratio is
+printed last.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -176,12 +187,118 @@ def grpo_steps(model_dir: Path, reps: int) -> dict:
     }
 
 
+def distributed_worker(args) -> None:
+    """One process of a ``--distributed`` job: times the two paths, or measures one step's peak memory."""
+    from torch.distributed.tensor import DTensor
+
+    from grpo_audio.logprobs import LogprobModule, enable_checkpointing
+    from grpo_audio.models import get_family
+    from grpo_audio.parallel import Parallel
+
+    parallel = Parallel(args.strategy)
+    rank = parallel.process.rank
+    _setup(Path(args.model_dir), 1.0, 1, 1, seed=rank)  # every import and its memory before the baseline
+    before = _rss_kb("VmRSS:")
+    model, prompts, ids, mask, pad = _setup(Path(args.model_dir), args.audio, args.group, args.completion, seed=rank)
+    enable_checkpointing(model)
+    model.train()
+    keep_whole = ()
+    if args.freeze_encoder:
+        encoder = get_family("music_flamingo").audio_encoder(model)
+        encoder.requires_grad_(False)
+        keep_whole = (encoder,)
+    module = LogprobModule(model, "shared_prefix")
+    wrapped = parallel.wrap(module, keep_whole)
+    group = ids.shape[0]
+
+    def run(path: str) -> float:
+        module.path = path
+        wrapped.zero_grad(set_to_none=True)
+        parallel.barrier()
+        start = time.perf_counter()
+        lps, _ = wrapped(prompts, [0] * group, group, list(range(group)), ids, mask, pad)
+        (lps * mask).sum().backward()
+        parallel.barrier()
+        return time.perf_counter() - start
+
+    if args.measure == "memory":
+        optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-5)
+        for _ in range(2):  # the second step runs with the optimiser state in place
+            run("shared_prefix")
+            optimizer.step()
+        local = [p.to_local() if isinstance(p, DTensor) else p for p in wrapped.parameters()]
+        local += [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in wrapped.parameters()]
+        local += [
+            t.to_local() if isinstance(t, DTensor) else t for st in optimizer.state.values() for t in st.values()
+        ]
+        state = sum(t.numel() * t.element_size() for t in local if t is not None and t.dim() > 0) / 2**20
+        measured = parallel.gather(torch.tensor([(_rss_kb("VmHWM:") - before) / 1024, state]))
+        if parallel.process.is_main:
+            peak, state = measured.view(-1, 2).max(0).values.tolist()
+            print(json.dumps({"peak_mb": peak, "state_mb": state}))
+        return
+    run("shared_prefix")  # warm-up
+    times = {"shared_prefix": [], "per_sample": []}
+    for _ in range(args.reps):
+        for path in times:
+            times[path].append(run(path))
+    if parallel.process.is_main:
+        print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
+
+
+# glibc returns freed blocks of 64 KiB and more to the system at once, so that the peak RSS follows the live tensors
+# rather than what the allocator kept (the same for every strategy measured).
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"}
+
+
+def torchrun(model_dir: Path, *flags: str) -> dict:
+    """A 2-process ``--worker`` job; the main process's last JSON line."""
+    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", str(HERE), "--worker"]
+    out = subprocess.run(
+        [*command, "--model-dir", str(model_dir), *flags],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ALLOCATOR},
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def distributed(model_dir: Path, args) -> None:
+    sizes = ["--audio", str(args.audio), "--group", str(args.group), "--completion", str(args.completion)]
+    t = torchrun(model_dir, "--strategy", "fsdp2", "--measure", "time", "--reps", str(args.reps), *sizes)
+    ratio = t["per_sample"] / t["shared_prefix"]
+    print(
+        f"2-process FSDP2 + activation checkpointing, G={args.group}, {args.audio:.0f} s, C={args.completion}: "
+        f"shared {t['shared_prefix']:.2f} s, per-sample {t['per_sample']:.2f} s, ratio {ratio:.2f}x",
+        flush=True,
+    )
+    small = ["--audio", "5", "--group", "2", "--completion", "16", "--freeze-encoder"]
+    for name, flags in ((f"G={args.group}, {args.audio:.0f} s, C={args.completion}", sizes),
+                        ("G=2, 5 s, C=16, frozen encoder", small)):  # fmt: skip
+        m = {s: torchrun(model_dir, "--strategy", s, "--measure", "memory", *flags) for s in ("ddp", "fsdp2")}
+        print(
+            f"memory per process, two training steps ({name}; activation checkpointing): peak DDP "
+            f"{m['ddp']['peak_mb']:.0f} MB, FSDP2 {m['fsdp2']['peak_mb']:.0f} MB, FSDP2/DDP "
+            f"{m['fsdp2']['peak_mb'] / m['ddp']['peak_mb']:.2f}; parameters + gradients + AdamW state DDP "
+            f"{m['ddp']['state_mb']:.1f} MB, FSDP2 {m['fsdp2']['state_mb']:.1f} MB, FSDP2/DDP "
+            f"{m['fsdp2']['state_mb'] / m['ddp']['state_mb']:.2f}",
+            flush=True,
+        )
+    print(f"ratio per-sample/shared under 2-process FSDP2 with activation checkpointing: {ratio:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="also G in 4, 8, 16 x audio 10, 30, 120 s")
     parser.add_argument("--grpo-step", action="store_true", help="also whole GRPO steps with vLLM rollouts")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--distributed", action="store_true", help="2 processes: FSDP2 timing, DDP vs FSDP2 memory")
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", help=argparse.SUPPRESS)
+    parser.add_argument("--freeze-encoder", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--audio", type=float, default=30.0)
@@ -190,6 +307,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.memory_probe:
         return memory_probe(args)
+    if args.worker:
+        return distributed_worker(args)
 
     from grpo_audio.models.tiny import build_tiny_model
 
@@ -199,6 +318,8 @@ def main() -> None:
         f"{'audio':>6} {'G':>3} {'P':>5} {'C':>4} {'shared s':>9} {'per-sample s':>12} {'ratio':>6} "
         f"{'theory':>6} {'shared MB':>9} {'per-sample MB':>13}"
     )
+    if args.distributed:
+        return distributed(model_dir, args)
     print(header)
 
     def show(r):

@@ -24,6 +24,7 @@ has written its part, so a crash while saving leaves a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ import random
 import re
 import shutil
 import uuid
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -268,7 +270,8 @@ def load_training_state(path: str | Path, model: Any, optimizer: Any) -> None:
     """
     state = training_state(model, optimizer)
     try:
-        dcp.load(state, checkpoint_id=str(Path(path) / "state"), no_dist=not dist.is_initialized())
+        with _one_process_is_intended():
+            dcp.load(state, checkpoint_id=str(Path(path) / "state"), no_dist=not dist.is_initialized())
     except Exception as e:  # DCP wraps a missing or misshapen key in a CheckpointException carrying each rank's error
         raise CheckpointError(f"checkpoint {path} does not match the model: {e}") from e
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
@@ -316,7 +319,8 @@ def save_checkpoint(
             tmp.mkdir()
         barrier()
         write_model(tmp / "model", main)
-        dcp.save(state, checkpoint_id=str(tmp / "state"), no_dist=not dist.is_initialized())
+        with _one_process_is_intended():
+            dcp.save(state, checkpoint_id=str(tmp / "state"), no_dist=not dist.is_initialized())
         if main:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rng_state(), tmp / "rng.pt")
@@ -371,6 +375,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         "rng": torch.load(path / "rng.pt", weights_only=False),
         "trainer_state": json.loads((path / "trainer_state.json").read_text()),
     }
+
+
+@contextlib.contextmanager
+def _one_process_is_intended():
+    """DCP warns that it assumes one process whenever no process group exists, even when told so (``no_dist``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -183,14 +183,25 @@ class Parallel:
 def shard_units(
     module: torch.nn.Module, keep_whole: tuple[torch.nn.Module, ...] = ()
 ) -> list[tuple[str, torch.nn.Module]]:
-    """The blocks FSDP2 makes units of: transformers' decoder layers and audio-encoder blocks (the modules it can
-    checkpoint, ``GradientCheckpointingLayer``), except those inside ``keep_whole``."""
+    """The blocks FSDP2 makes units of, except those inside ``keep_whole``: transformers' decoder layers and
+    audio-encoder blocks (the modules it can checkpoint, ``GradientCheckpointingLayer``), and the input embedding
+    and output head (torchtune's ``custom_sharded_layers``: a 152k vocabulary is over a billion parameters that
+    the root unit would otherwise hold whole for the whole step), unless they share one weight (tied)."""
     inside = {id(m) for whole in keep_whole for m in whole.modules()}
-    return [
-        (name, m)
-        for name, m in module.named_modules()
-        if isinstance(m, GradientCheckpointingLayer) and id(m) not in inside
-    ]
+    units = [m for m in module.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for m in module.modules():
+        if hasattr(m, "get_output_embeddings") and hasattr(m, "get_input_embeddings"):
+            ends = [m.get_input_embeddings(), m.get_output_embeddings()]
+            if all(e is not None for e in ends) and ends[0].weight is not ends[1].weight:
+                units += ends
+    names = {id(m): name for name, m in module.named_modules()}
+    seen: set[int] = set()
+    found = []
+    for m in units:
+        if id(m) not in inside and id(m) not in seen and id(m) in names:
+            seen.add(id(m))
+            found.append((names[id(m)], m))
+    return found
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
