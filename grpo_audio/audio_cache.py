@@ -32,6 +32,7 @@ from transformers import BatchFeature
 from transformers.modeling_outputs import BaseModelOutput
 
 from .models import ModelFamily
+from .parallel import full_state
 
 # The default budget: 4 GiB holds about 2,700 windows of 30 s (128 mel bins, float32: 1.5 MB each).
 DEFAULT_MAX_BYTES = 4 << 30
@@ -54,8 +55,9 @@ def digest(named: list[tuple[str, torch.Tensor]]) -> bytes:
 
 
 def weights_fingerprint(module: torch.nn.Module) -> bytes:
-    """A digest of a module's parameters and buffers (names, shapes, dtypes and values)."""
-    return digest(list(module.state_dict().items()))
+    """A digest of a module's parameters and buffers (names, shapes, dtypes and values); of the whole tensors
+    when FSDP2 shards them (every process must then call it, in step)."""
+    return digest(list(full_state(module)))
 
 
 def _window_key(chunk: Any, kwargs: dict[str, Any]) -> bytes:

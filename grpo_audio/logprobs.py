@@ -327,8 +327,9 @@ class LogprobModule(torch.nn.Module):
         pad_id: int,
         **sampling: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:func:`batch_logprobs` of the micro-batch ``idx`` on this module's path."""
-        return batch_logprobs(
+        """:func:`batch_logprobs` of the micro-batch ``idx`` on this module's path (new tensors, not views: FSDP2
+        hooks the backward of what its root returns, and an in-place change of a view would skip that hook)."""
+        logps, entropies = batch_logprobs(
             self.model,
             self.path,
             prompts,
@@ -340,6 +341,7 @@ class LogprobModule(torch.nn.Module):
             pad_id,
             **sampling,
         )
+        return logps.clone(), entropies
 
 
 def micro_batches(n: int, group_size: int, micro_batch_size: int, path: str) -> list[list[int]]:

@@ -11,6 +11,8 @@ processes (the main one, the engine core, the worker), warnings from its CPU pla
   inherit the file descriptors), or from C++, goes to the log file only, as do the other libraries' log records
   and Python warnings;
 - ``verbose`` shows that on the terminal too;
+- under torchrun, processes other than the main one (``RANK`` > 0) show only errors, so the terminal reads as one
+  process's; their logs go to ``grpo-audio.rankR.log``;
 - the log file, ``<output folder>/grpo-audio.log`` (:meth:`CommandLog.log_to`), receives all of it, the command's
   own output included; what was written before the folder was known is kept and written first.
 
@@ -39,14 +41,33 @@ _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "
 _active: CommandLog | None = None
 
 
+def log_file_name() -> str:
+    """``grpo-audio.log``, or ``grpo-audio.rankR.log`` for process R > 0 of a torchrun job."""
+    rank = int(os.environ.get("RANK", "0"))
+    return LOG_FILE if rank == 0 else LOG_FILE.replace(".log", f".rank{rank}.log")
+
+
 def redirected() -> bool:
     """Whether a command's output is being sorted (a :class:`CommandLog` is active)."""
     return _active is not None
 
 
 def terminal() -> TextIO:
-    """The stream a progress bar of grpo-audio's own writes to: the terminal under a command, else stderr."""
-    return _active.terminal_err if _active is not None else sys.stderr
+    """The stream a progress bar of grpo-audio's own writes to: the terminal under a command (nowhere on processes
+    other than the main one), else stderr."""
+    if _active is None:
+        return sys.stderr
+    return _NOWHERE if _active.secondary else _active.terminal_err
+
+
+class _Nowhere(io.StringIO):
+    """A stream that keeps nothing: the terminal of a process other than the main one."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+_NOWHERE = _Nowhere()
 
 
 class _Sink:
@@ -132,6 +153,7 @@ class CommandLog:
 
     def __init__(self, verbose: bool = False):
         self.verbose = verbose
+        self.secondary = int(os.environ.get("RANK", "0")) > 0 and not verbose  # errors only on the terminal
         self.path: Path | None = None
         self._sink = _Sink()
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -152,7 +174,7 @@ class CommandLog:
         self._reader = threading.Thread(target=self._pump, args=(read_end,), name="grpo-audio-log", daemon=True)
         self._reader.start()
         self._saved_stdout = sys.stdout
-        sys.stdout = _Tee(self.terminal_out, self._sink)
+        sys.stdout = _Tee(_NOWHERE if self.secondary else self.terminal_out, self._sink)
         # vLLM writes its records to stdout unless told otherwise (stderr keeps them off the command's output), and
         # importing TRL sets their level to ERROR for every later process: the log file is to have all of them.
         self._saved_env = {k: os.environ.get(k) for k in VLLM_LOGGING}
@@ -202,8 +224,8 @@ class CommandLog:
 
     def log_to(self, folder: str | Path, header: str = "") -> Path:
         """Write the log to ``folder/grpo-audio.log`` (appended to), starting with ``header`` (the command line and
-        its config), then what was written so far."""
-        self.path = Path(folder) / LOG_FILE
+        its config), then what was written so far. Under torchrun, process R > 0 writes ``grpo-audio.rankR.log``."""
+        self.path = Path(folder) / log_file_name()
         self._sink.open(self.path, header)
         return self.path
 
@@ -219,7 +241,9 @@ class CommandLog:
         root.setLevel(logging.INFO)
         screen = logging.StreamHandler(self.terminal_err)
         screen.setFormatter(_FORMAT)
-        if not self.verbose:
+        if self.secondary:
+            screen.setLevel(logging.ERROR)
+        elif not self.verbose:
             screen.addFilter(_OwnOrError())
         log = logging.StreamHandler(self._sink)  # type: ignore[arg-type]
         log.setFormatter(_FORMAT)

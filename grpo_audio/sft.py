@@ -12,6 +12,7 @@ Run: ``grpo-audio sft MODEL_DIR MANIFEST OUT [--target answer|think] [--epochs N
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +21,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .audio_cache import AudioCache
-from .config import SupervisedSettings, setting
+from .config import ParallelConfig, SupervisedSettings, setting
 from .data.collate import IGNORE_INDEX, collate_sequences
 from .data.schema import Row
 from .logs import redirected, terminal
 from .models import ModelFamily
 from .models.weights import save_model_dir
+from .parallel import shard_units
 
 logger = logging.getLogger(__name__)
 
@@ -177,12 +180,17 @@ def run_sft(
     settings: SFTConfig,
     callbacks: list[Any] | None = None,
     audio_cache: AudioCache | None = None,
+    parallel: ParallelConfig | None = None,
 ) -> tuple[Path, list[dict[str, float]]]:
     """Train ``model`` on ``rows`` with TRL's SFTTrainer and save it to ``out/model``.
 
     ``callbacks`` are transformers ``TrainerCallback`` objects handed to the trainer. With ``cache_audio``, each
     clip's log-mel features (and, with the encoder frozen, its encoder outputs) go through ``audio_cache``: a
     recipe passes its own, so that a later stage finds them (a new one is made when None).
+
+    Under torchrun every process calls it: TRL (through accelerate) trains data-parallel, and with
+    ``parallel.strategy: fsdp2`` through accelerate's FSDP2 plugin, each decoder layer and encoder block a unit
+    (on the CPU accelerate runs that as DDP). The main process writes the model.
 
     Returns the saved model directory and TRL's log history (loss per logging step).
     """
@@ -220,6 +228,7 @@ def run_sft(
         bf16=False,
         gradient_checkpointing=settings.gradient_checkpointing,
         dataloader_num_workers=0,
+        **_fsdp_arguments(model, parallel),
     )
     trainer = SFTTrainer(
         model=model,
@@ -241,10 +250,28 @@ def run_sft(
         # Under a command transformers' bar goes to the log file: the terminal gets one of its own.
         callbacks=[*([TerminalProgress()] if redirected() else []), *(callbacks or [])],
     )
+    if trainer.accelerator.num_processes > 1:
+        logger.info(
+            "supervised stage on %d processes (accelerate %s)",
+            trainer.accelerator.num_processes,
+            trainer.accelerator.distributed_type.value,
+        )
     reuse_encoder = settings.freeze_audio_encoder and audio_cache is not None and settings.target != "text"
     with audio_cache.encoder(trainer.model, family) if reuse_encoder else nullcontext() as encoder:
         trainer.train()
     if encoder is not None:
         logger.info("audio encoder outputs: %d windows computed, %d reused", encoder.misses, encoder.hits)
-    model_dir = save_model_dir(trainer.model, family, processor, out / "model")
+    # Every process gathers (FSDP2) what the main one writes.
+    model_dir = save_model_dir(trainer.model, family, processor, out / "model", write=trainer.is_world_process_zero())
+    trainer.accelerator.wait_for_everyone()
     return model_dir, [h for h in trainer.state.log_history if "loss" in h]
+
+
+def _fsdp_arguments(model: Any, parallel: ParallelConfig | None) -> dict[str, Any]:
+    """TrainingArguments for ``parallel.strategy: fsdp2`` (transformers' ``fsdp_config``, FSDP2, the same units as
+    the GRPO trainer's: ``parallel.shard_units``); none otherwise (accelerate then runs DDP under torchrun)."""
+    if parallel is None or parallel.strategy != "fsdp2" or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return {}
+    layers = sorted({type(m).__name__ for _, m in shard_units(model) if isinstance(m, GradientCheckpointingLayer)})
+    config = {"version": 2, "transformer_layer_cls_to_wrap": layers, "cpu_offload": parallel.cpu_offload}
+    return {"fsdp": "full_shard auto_wrap", "fsdp_config": config}

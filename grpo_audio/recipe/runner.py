@@ -1,4 +1,10 @@
-"""The recipe runner: stages in order, each from the previous stage's model, skipping completed ones."""
+"""The recipe runner: stages in order, each from the previous stage's model, skipping completed ones.
+
+Under torchrun (``torchrun --nproc_per_node N -m grpo_audio.cli recipe CONFIG.yaml``) every process runs every
+training stage: supervised stages data-parallel through TRL, GRPO stages on ``parallel.strategy`` (DDP or FSDP2).
+The main process alone builds the synthetic corpus and the base model, evaluates after each stage, and writes the
+stage records, the report and the plots; the others wait for it.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from ..data.synthetic import write_corpus
 from ..evaluate import evaluate_model
 from ..models import get_family, load_policy
 from ..models.tiny import build_tiny_model
+from ..parallel import Parallel
 from ..rewards import RewardSet
 from ..sft import SFTConfig, run_sft, target_text
 from ..trainer import GRPOTrainer
@@ -43,6 +50,8 @@ class Recipe:
         self.out = Path(cfg.output_dir)
         self.family = get_family(cfg.model.family)
         self.report: dict[str, Any] = {"stages": [], "family": self.family.name}
+        self.parallel = Parallel(cfg.parallel.strategy, cfg.parallel.compute_dtype, cfg.parallel.cpu_offload)
+        self.main = self.parallel.process.is_main
         # Every stage reads the same clips (training and eval): their features and frozen-encoder outputs once.
         self.audio_cache = AudioCache(int(cfg.audio_cache_gb * (1 << 30)))
         if cfg.synthetic.enabled:
@@ -56,8 +65,20 @@ class Recipe:
             return self.out / "data" / f"{spec.split(':', 1)[1]}.jsonl"
         return Path(spec)
 
+    def say(self, message: str) -> None:
+        """A progress line, from the main process only."""
+        if self.main:
+            print(message, flush=True)
+
     def prepare(self) -> Path:
-        """Synthetic corpus and base model, as the config asks. Returns the base model directory."""
+        """Synthetic corpus and base model, as the config asks, written by the main process. Returns the base model
+        directory."""
+        if self.main:
+            self._prepare()
+        self.parallel.barrier()
+        return self.out / "base" if self.cfg.tiny_model else Path(self.cfg.model.path)
+
+    def _prepare(self) -> None:
         if self.cfg.synthetic.enabled:
             t = time.perf_counter()
             s = self.cfg.synthetic
@@ -70,8 +91,6 @@ class Recipe:
             base = build_tiny_model(self.family.name, self.out / "base", size=self.cfg.tiny_model, seed=self.cfg.seed)
             if self.cfg.standardize_audio:
                 self.standardize_audio(base)
-            return base
-        return Path(self.cfg.model.path)
 
     def standardize_audio(self, model_dir: Path) -> None:
         """Rescale a fresh model's projector on the clips of the first stage that trains on audio."""
@@ -94,11 +113,13 @@ class Recipe:
             key = self.stage_key(stage, current)
             done = self.completed(stage, key)
             if done is not None:
-                print(f"[recipe] stage '{stage.name}' already completed from this input with these settings: skipped")
+                self.say(
+                    f"[recipe] stage '{stage.name}' already completed from this input with these settings: skipped"
+                )
                 current = Path(done["entry"]["model_dir"])
                 self.report["stages"].append(done["entry"])
                 continue
-            print(f"[recipe] stage '{stage.name}' ({stage.kind}) from {current}")
+            self.say(f"[recipe] stage '{stage.name}' ({stage.kind}) from {current}")
             entry: dict[str, Any] = {"name": stage.name, "kind": stage.kind}
             if stage.kind in SFT_KINDS:
                 current, history = self.sft(stage, current)
@@ -111,10 +132,13 @@ class Recipe:
             entry.update(self.evaluate(current, stage.name, data=stage.data if stage.kind == "eval" else None))
             entry["wall_s"] = round(time.perf_counter() - t, 1)
             self.report["stages"].append(entry)
-            self.mark_completed(stage, key, entry)
+            if self.main:
+                self.mark_completed(stage, key, entry)
+                self.write_report(time.perf_counter() - start)
+            self.parallel.barrier()  # every process sees the stage's record before the next stage
+        if self.main:
             self.write_report(time.perf_counter() - start)
-        self.write_report(time.perf_counter() - start)
-        print(f"[recipe] report in {self.out / 'report.md'} ({time.perf_counter() - start:.0f} s)")
+        self.say(f"[recipe] report in {self.out / 'report.md'} ({time.perf_counter() - start:.0f} s)")
         return self.report
 
     def stage_key(self, stage: StageConfig, input_model: Path) -> dict[str, str]:
@@ -163,7 +187,7 @@ class Recipe:
             target_text(row, target)
         replay = self._rows(stage.replay, decode=not text)
         count = min(len(replay), round(stage.replay_ratio * len(rows)))
-        print(f"[recipe] stage '{stage.name}': {count} rows replayed from {stage.replay}")
+        self.say(f"[recipe] stage '{stage.name}': {count} rows replayed from {stage.replay}")
         return rows + random.Random(self.cfg.seed).sample(replay, count), "text" if text else "auto"
 
     def sft(self, stage: StageConfig, model_dir: Path) -> tuple[Path, list[dict]]:
@@ -173,7 +197,14 @@ class Recipe:
         settings = SFTConfig(target=target, seed=self.cfg.seed, logging_steps=1, **stage_settings)
         processor = AutoProcessor.from_pretrained(model_dir)
         return run_sft(
-            model, self.family, processor, rows, self.out / stage.name, settings, audio_cache=self.audio_cache
+            model,
+            self.family,
+            processor,
+            rows,
+            self.out / stage.name,
+            settings,
+            audio_cache=self.audio_cache,
+            parallel=self.cfg.parallel,
         )
 
     def grpo_config(self, stage: StageConfig, model_dir: Path) -> RunConfig:
@@ -205,6 +236,12 @@ class Recipe:
         return summary.checkpoint / "model", grpo_entry(summary, run_cfg.train)
 
     def evaluate(self, model_dir: Path, name: str, data: str | None = None) -> dict[str, Any]:
+        """Evaluate ``model_dir`` on the main process (the others wait and get ``{}``)."""
+        result = self._evaluate(model_dir, name, data) if self.main else {}
+        self.parallel.barrier()
+        return result
+
+    def _evaluate(self, model_dir: Path, name: str, data: str | None = None) -> dict[str, Any]:
         path = self.data_path(data or self.cfg.eval.data)
         if not path.exists():
             return {}

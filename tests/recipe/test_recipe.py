@@ -212,3 +212,66 @@ def test_a_grpo_setting_changes_only_the_grpo_stages_key(tmp_path, tiny_checkpoi
     assert grpo and all(base[s] == changed[s] for s in base if s not in grpo)
     assert all(base[s] != changed[s] for s in grpo)
     assert keys("eval.max_new_tokens=7") != base  # the evaluation every stage runs: every key
+
+
+@pytest.mark.slow
+def test_recipe_under_torchrun(tmp_path):
+    """Two processes: the supervised stage trains data-parallel through TRL, the GRPO stage on FSDP2 (both
+    processes write their shards), the main process alone evaluates and writes the report; one line per stage."""
+    import subprocess
+    import sys
+
+    stages = (
+        '[{name: sft, kind: sft, data: "synthetic:skills", max_steps: 2, lr: 1e-3, batch_size: 4},'
+        ' {name: grpo, kind: grpo, data: "synthetic:rl", grpo_overrides: {train.max_steps: 2}},'
+        " {name: final, kind: eval}]"
+    )
+    overrides = [
+        f"output_dir={tmp_path / 'out'}",
+        "tiny_model=test",
+        "synthetic.n=8",
+        "synthetic.n_eval=4",
+        "synthetic.n_rl=4",
+        "rollout.engine=hf",
+        "rollout.max_new_tokens=6",
+        "eval.engine=hf",
+        "eval.max_new_tokens=6",
+        "train.prompts_per_step=2",
+        "train.eval_every=0",
+        "grpo.num_generations=2",
+        "parallel.strategy=fsdp2",
+        f"stages={stages}",
+    ]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "grpo_audio.cli",
+            "recipe",
+            str(REPO / "examples/music_flamingo/tiny.yaml"),
+            *overrides,
+        ],  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    out = tmp_path / "out"
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stage in ("sft", "grpo", "final"):  # said once, by the main process
+        assert proc.stdout.count(f"[recipe] stage '{stage}'") == 1, proc.stdout
+        assert proc.stdout.count(f"[recipe] eval after '{stage}'") == 1, proc.stdout
+    assert proc.stderr.count("supervised stage on 2 processes") == 1, proc.stderr  # the other process is quiet
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["base", "sft", "grpo", "final"]
+    assert all("eval" in s for s in report["stages"])
+    log, rank1 = (out / "grpo-audio.log").read_text(), (out / "grpo-audio.rank1.log").read_text()
+    assert "supervised stage on 2 processes" in log and "supervised stage on 2 processes" in rank1
+    state = out / "grpo" / "checkpoints" / "step-000002" / "state"
+    assert sorted(p.name for p in state.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    family = get_family("music_flamingo")
+    for stage in report["stages"][1:3]:
+        family.model_class().from_pretrained(stage["model_dir"])
