@@ -53,6 +53,7 @@ from .evaluate import evaluate_model
 from .logs import CommandLog
 from .models import FAMILIES, ModelSpec, family_of_checkpoint, load_policy
 from .models.tiny import build_tiny_model
+from .plan import plan_memory, plan_table
 from .recipe import Recipe
 from .recipe.calibrate import standardize_checkpoint
 from .rollout import ENGINES, SamplingConfig, generate_manifest
@@ -351,6 +352,33 @@ CHECK_DATA = Command(
 )
 
 
+# ---- plan ---------------------------------------------------------------------------------------------------
+def plan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a run or recipe YAML (its model, lengths, micro-batch, dtype, engine share)")
+    p.add_argument("settings", nargs="*", metavar="key=value", help="overrides of the YAML's settings")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs the policy is spread over")
+    p.add_argument("--gpu-memory", type=float, required=True, help="one GPU's memory in GiB (e.g. 80)")
+    p.add_argument("--audio-seconds", type=float, default=30.0, help="the longest clip of a prompt (default 30)")
+
+
+def run_plan(args: argparse.Namespace, log: CommandLog) -> int:
+    cfg = load_config(args.config, args.settings, schema=RecipeConfig)
+    plans = plan_memory(cfg, args.gpus, args.gpu_memory, args.audio_seconds)
+    print(plan_table(cfg, plans, args.gpus, args.gpu_memory))
+    return 0
+
+
+PLAN = Command(
+    "plan",
+    help="per-GPU memory of a run for DDP, FSDP2 and FSDP2 with CPU offload, and what fits",
+    description="Count the model's parameters on the meta device (a local checkpoint or a known one's published "
+    "shape) and print, per GPU, weights, gradients, AdamW state, reference, activations and logits of one "
+    "micro-batch at the configured lengths, and the rollout engine's share, for each strategy (grpo_audio/plan.py).",
+    run=run_plan,
+    arguments=plan_arguments,
+)
+
+
 # ---- tiny-model ---------------------------------------------------------------------------------------------
 def tiny_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("family", choices=sorted(FAMILIES), help="model family")
@@ -412,7 +440,7 @@ CONFIG_HELP = Command(
 )
 
 VERBOSE = ("-v", "--verbose")
-COMMANDS = (RECIPE, TRAIN, SFT, EVAL, SYNTH, GENERATE, CHECK_DATA, TINY_MODEL, CONFIG_HELP)
+COMMANDS = (RECIPE, TRAIN, PLAN, SFT, EVAL, SYNTH, GENERATE, CHECK_DATA, TINY_MODEL, CONFIG_HELP)
 
 
 # ---- the parser and the entry point -------------------------------------------------------------------------

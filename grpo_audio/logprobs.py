@@ -283,18 +283,23 @@ class PromptLayer(DynamicLayer):
 
 
 class PromptReadLayer(DynamicLayer):
-    """The completions pass's cache of one layer: the prompt's keys and values, repeated G times [B*G, H, P, D]
-    (gradients flow back into the prompt pass through them), followed by the completions' own; stores nothing,
-    so a layer run again returns the same keys."""
+    """The completions pass's cache of one layer: the prompt's keys and values [B, H, P, D], each repeated G times
+    when read, followed by the completions' own (gradients flow back into the prompt pass through them); stores
+    nothing, so a layer run again returns the same keys. The repeat happens in ``update``, not here: under
+    activation checkpointing the cache lives until the backward pass, and G copies of the prompt's keys with it."""
 
     def __init__(self, prompt: DynamicLayer, group_size: int):
         super().__init__()
         self.lazy_initialization(prompt.keys, prompt.values)
-        self.keys = prompt.keys.repeat_interleave(group_size, dim=0)
-        self.values = prompt.values.repeat_interleave(group_size, dim=0)
+        self.keys, self.values, self.group_size = prompt.keys, prompt.values, group_size
+
+    def get_seq_length(self) -> int:
+        return self.keys.shape[-2]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+        g = self.group_size
+        keys = torch.cat([self.keys.repeat_interleave(g, dim=0), key_states], dim=-2)
+        return keys, torch.cat([self.values.repeat_interleave(g, dim=0), value_states], dim=-2)
 
 
 class LogprobModule(torch.nn.Module):
