@@ -12,7 +12,10 @@ One step, one method per phase (``train_step``), its data in a ``step.StepBatch`
 5. ``sync_weights``: the new weights into the engine;
 6. ``step_metrics``; then, in ``train``, evaluation, logging and checkpoints.
 
-Run: ``grpo-audio train CONFIG.yaml [key=value ...]``; from Python, ``GRPOTrainer(config).train()``.
+Run: ``grpo-audio train CONFIG.yaml [key=value ...]``; from Python, ``GRPOTrainer(config).train()``; on several
+processes, ``torchrun --nproc_per_node N -m grpo_audio.cli train CONFIG.yaml parallel.strategy=fsdp2``
+(``parallel.py``: each process takes its share of ``train.prompts_per_step``, every logprob pass is one forward of
+the wrapped ``logprobs.LogprobModule``, checkpoints are DCP shards plus a consolidated model).
 
 Departures from the paper / TRL: the IS correction against the rollout engine's logprobs is on by default
 (``grpo.is_mode``), since vLLM and the trainer never compute exactly the same numbers; completions are passed to

@@ -88,3 +88,10 @@ def test_plan_is_within_a_quarter_of_the_measured_peak(tmp_path, checkpointing):
     planned = plan_memory(load_config(config), 1, 80)[0]
     assert planned.engine == 0 and planned.activations > 0
     assert 0.75 <= planned.total / measured <= 1.25, (planned, measured)
+
+
+def test_the_readme_table_is_the_commands(capsys):
+    assert main(["plan", str(FULL), "--gpus", "8", "--gpu-memory", "80"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    readme = (REPO / "README.md").read_text()
+    assert len(table) == 5 and all(f"\n{line}\n" in readme for line in table)
