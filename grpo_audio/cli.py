@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -363,6 +364,11 @@ def plan_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_plan(args: argparse.Namespace, log: CommandLog) -> int:
     cfg = load_config(args.config, args.settings, schema=RecipeConfig)
+    if cfg.tiny_model and not cfg.model.path:
+        raise ConfigError(
+            f"{args.config} builds its model (tiny_model={cfg.tiny_model}) when it runs: plan from that checkpoint "
+            "(model.path=OUTPUT_DIR/base) once it exists"
+        )
     plans = plan_memory(cfg, args.gpus, args.gpu_memory, args.audio_seconds)
     print(plan_table(cfg, plans, args.gpus, args.gpu_memory))
     return 0
@@ -493,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     verbose = any(a in VERBOSE for a in argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args([a for a in argv if a not in VERBOSE])
+    if unknown and hasattr(args, "settings") and all("=" in a and not a.startswith("-") for a in unknown):
+        args.settings += unknown  # key=value after a command's options (argparse stops at the first option)
+        unknown = []
     if unknown:
         flags = [a for a in unknown if a.startswith("--")]
         hint = ""
@@ -513,7 +522,8 @@ def entry() -> None:
     try:
         status = main()
     except (ConfigError, DataError, LayoutError, FileNotFoundError) as e:
-        print(f"grpo-audio: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process meets it: the main one says it
+            print(f"grpo-audio: {e}", file=sys.stderr)
         status = 2
     sys.exit(status)
 

@@ -31,7 +31,7 @@ from .data.schema import BAD_ROWS
 from .data.synthetic import LabelSpace
 from .loss import IS_MODES, LOSS_TYPES
 from .models import FAMILIES
-from .parallel import STRATEGIES
+from .parallel import STRATEGIES, check_settings, launched_processes
 from .rewards.matching import ANSWER_FORMATS
 from .rewards.registry import ON_ERROR, check_reward_spec
 from .rollout import ENGINES
@@ -270,6 +270,26 @@ class RunConfig:
     train: TrainConfig = setting(help="Optimisation and bookkeeping.", factory=TrainConfig)
     parallel: ParallelConfig = setting(help="Several processes: DDP or FSDP2.", factory=ParallelConfig)
     rewards: list[RewardSpec] = setting(help="Reward functions and weights.", factory=list)
+
+
+def check_parallel(cfg: RunConfig, world_size: int | None = None) -> None:
+    """What a run's ``parallel`` and batch settings need from the processes it is launched on (``world_size``,
+    torchrun's by default), checked before anything loads.
+
+    Raises:
+        ConfigError: see ``parallel.check_settings``; a batch that does not split over the processes; dynamic
+            sampling on several processes.
+    """
+    world = launched_processes() if world_size is None else world_size
+    try:
+        check_settings(cfg.parallel.strategy, cfg.parallel.compute_dtype, cfg.parallel.cpu_offload)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.train.prompts_per_step % world:
+        raise ConfigError(f"train.prompts_per_step={cfg.train.prompts_per_step} does not split over {world} processes")
+    if cfg.grpo.dynamic_sampling and world > 1:
+        # Refilled groups differ per process, and DDP and FSDP2 need the same passes on every process.
+        raise ConfigError("grpo.dynamic_sampling supports one process only for now")
 
 
 def _unknown_key_message(node_cls: type | None, full_key: str, key: str) -> str:

@@ -202,7 +202,7 @@ class CommandLog:
         for fd in self._saved_fds:
             os.close(fd)
         self._reader.join(timeout=10)  # a child process that outlived the command may still hold the pipe
-        if self._failed and not self.verbose and self._tail:
+        if self._failed and not self.verbose and not self.secondary and self._tail:
             # What the libraries wrote last often says why (a child process's error, vLLM's start-up checks).
             self.terminal_err.write(
                 f"--- the last {len(self._tail)} lines of the libraries' output"

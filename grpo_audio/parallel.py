@@ -78,13 +78,8 @@ class Parallel:
     """
 
     def __init__(self, strategy: str = "ddp", compute_dtype: str = "", cpu_offload: bool = False):
-        if strategy not in STRATEGIES:
-            raise ValueError(f"parallel.strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")
-        if strategy != "fsdp2" and (compute_dtype or cpu_offload):
-            raise ValueError("parallel.compute_dtype and parallel.cpu_offload need parallel.strategy=fsdp2")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if strategy == "none" and world > 1:
-            raise ValueError(f"launched on {world} processes but parallel.strategy is 'none'; use ddp or fsdp2")
+        check_settings(strategy, compute_dtype, cpu_offload)
+        world = launched_processes()
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
         if torch.cuda.is_available():
@@ -146,9 +141,13 @@ class Parallel:
     # ---- collectives ------------------------------------------------------------------------------------------
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` summed over the processes (a new tensor)."""
+        return self.reduce(value, "sum")
+
+    def reduce(self, value: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``value`` reduced over the processes with ``op`` (``sum``, ``min`` or ``max``; a new tensor)."""
         value = value.detach().clone()
         if self.process.distributed:
-            dist.all_reduce(value)
+            dist.all_reduce(value, {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
         return value
 
     def gather(self, value: torch.Tensor) -> torch.Tensor:
@@ -178,6 +177,31 @@ class Parallel:
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
         return float(norm)
+
+
+def launched_processes() -> int:
+    """The number of processes torchrun launched (``WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_settings(strategy: str, compute_dtype: str = "", cpu_offload: bool = False) -> None:
+    """Refuse settings that cannot run here, before anything loads.
+
+    Raises:
+        ValueError: an unknown strategy; ``none`` on several processes; FSDP2's settings with another strategy;
+            CPU offload without a GPU (FSDP2 keeps the offloaded shards in pinned memory, which needs one).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"parallel.strategy '{strategy}': choose one of {', '.join(STRATEGIES)}")
+    if strategy != "fsdp2" and (compute_dtype or cpu_offload):
+        raise ValueError(
+            f"parallel.compute_dtype and parallel.cpu_offload need parallel.strategy=fsdp2 (it is '{strategy}')"
+        )
+    world = launched_processes()
+    if strategy == "none" and world > 1:
+        raise ValueError(f"launched on {world} processes but parallel.strategy is 'none'; use ddp or fsdp2")
+    if cpu_offload and not torch.cuda.is_available():
+        raise ValueError("parallel.cpu_offload needs GPUs: FSDP2 keeps the offloaded shards in pinned memory")
 
 
 def shard_units(

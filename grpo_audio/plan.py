@@ -21,7 +21,11 @@ How each term is counted:
   one more layer's worth stands for the backward pass's working gradients;
 - logits: the completions' logits over the vocabulary in ``model.dtype`` and three float32 copies (the float
   upcast, the filtered logits and the log-softmax) at the peak of ``logprobs._token_logprobs``;
-- the engine: ``rollout.gpu_memory_utilization`` of the GPU, which vLLM takes for itself.
+- the engine: ``rollout.gpu_memory_utilization`` of the GPU, which vLLM takes for itself; with the transformers
+  engine under FSDP2, the whole copy of the policy it samples from (``rollout/hf_engine.py``).
+
+A strategy fits when its total is at most :data:`USABLE` of the GPU: the rest is for CUDA's context, NCCL's
+buffers and the allocator's fragmentation.
 
 It is a plan, not a measurement: the allocator's fragmentation, NCCL buffers and CUDA's context (about 0.5-1 GB)
 come on top. ``tests/test_plan.py`` checks it against the measured peak of the bench-size model on the CPU.
@@ -37,12 +41,13 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig
-from .models import ModelFamily, get_family
+from .config import ConfigError, RunConfig
+from .models import ModelFamily, family_of_checkpoint, get_family
 from .models.base import TinySize
 from .parallel import shard_units
 
 GB = 1 << 30
+USABLE = 0.95  # of a GPU's memory, for what the plan counts
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 WINDOW_SECONDS = 30.0  # the Whisper-style encoders read audio in 30 s windows
 PROMPT_TEXT_TOKENS = 64  # chat template and question around the audio tokens
@@ -118,7 +123,8 @@ def model_shape(cfg: RunConfig) -> ModelShape:
     """The shape of ``cfg.model`` (local checkpoint or :data:`KNOWN_SHAPES`), with the run's trainable parameters.
 
     Raises:
-        ValueError: ``model.path`` is neither a local checkpoint nor a known checkpoint name.
+        ConfigError: ``model.path`` is neither a local checkpoint nor a known checkpoint name, or a checkpoint of
+            another family than ``model.family``.
     """
     family = get_family(cfg.model.family)
     with torch.device("meta"):
@@ -166,10 +172,13 @@ def _config(path: str, family: type[ModelFamily]) -> Any:
     if (Path(path) / "config.json").is_file():
         from transformers import AutoConfig
 
+        found = family_of_checkpoint(path)
+        if found is not family:
+            raise ConfigError(f"model.path '{path}' is a {found.name} checkpoint, but model.family is {family.name}")
         return AutoConfig.from_pretrained(path)
     if path in KNOWN_SHAPES:
         return family.tiny_config(KNOWN_SHAPES[path], defaultdict(int))
-    raise ValueError(
+    raise ConfigError(
         f"model.path '{path}': no config.json there and not a known checkpoint ({', '.join(KNOWN_SHAPES)}); "
         "give a local checkpoint directory"
     )
@@ -221,18 +230,22 @@ def plan_memory(cfg: RunConfig, gpus: int, gpu_memory_gb: float, audio_seconds: 
         audio_seconds: the longest clip of a prompt.
 
     Raises:
-        ValueError: fewer than one GPU, or no model shape (see :func:`model_shape`).
+        ConfigError: fewer than one GPU, no memory, or no model shape (see :func:`model_shape`).
     """
     if gpus < 1:
-        raise ValueError(f"--gpus must be at least 1, got {gpus}")
+        raise ConfigError(f"--gpus must be at least 1, got {gpus}")
+    if gpu_memory_gb <= 0:
+        raise ConfigError(f"--gpu-memory must be positive (GiB), got {gpu_memory_gb:g}")
     shape = model_shape(cfg)
     b = DTYPE_BYTES[cfg.model.dtype]
     bc = DTYPE_BYTES[cfg.parallel.compute_dtype or cfg.model.dtype]
     activations, logits = activation_bytes(cfg, shape, audio_seconds)
     engine = cfg.rollout.gpu_memory_utilization * gpu_memory_gb * GB if cfg.rollout.engine == "vllm" else 0.0
+    # The transformers engine samples from the policy itself, or under FSDP2 (sharded) from a whole copy.
+    copy = shape.params * b if cfg.rollout.engine == "hf" and gpus > 1 else 0.0
     reference = shape.params * b if cfg.grpo.beta and not cfg.lora.enabled else 0.0
     gathered = (shape.root + 2 * shape.largest_unit) * bc
-    common = {"activations": activations, "logits": logits, "engine": engine}
+    common = {"activations": activations, "logits": logits}
     plans = [
         StrategyPlan(
             "ddp",
@@ -240,6 +253,7 @@ def plan_memory(cfg: RunConfig, gpus: int, gpu_memory_gb: float, audio_seconds: 
             gradients=(2 if gpus > 1 else 1) * shape.trainable * b,  # DDP's buckets: only with several processes
             optimizer=2 * shape.trainable * b,
             reference=reference,
+            engine=engine,
             **common,
         ),
         StrategyPlan(
@@ -248,6 +262,7 @@ def plan_memory(cfg: RunConfig, gpus: int, gpu_memory_gb: float, audio_seconds: 
             gradients=shape.trainable * b / gpus + shape.largest_unit * bc,
             optimizer=2 * shape.trainable * b / gpus,
             reference=reference / gpus,
+            engine=engine + copy,
             **common,
         ),
         StrategyPlan(
@@ -256,6 +271,7 @@ def plan_memory(cfg: RunConfig, gpus: int, gpu_memory_gb: float, audio_seconds: 
             gradients=shape.largest_unit * bc,
             optimizer=0.0,
             reference=0.0,
+            engine=engine + copy,
             **common,
         ),
     ]
@@ -263,19 +279,21 @@ def plan_memory(cfg: RunConfig, gpus: int, gpu_memory_gb: float, audio_seconds: 
 
 
 def plan_table(cfg: RunConfig, plans: list[StrategyPlan], gpus: int, gpu_memory_gb: float) -> str:
-    """The plan as a table in GiB, with what fits and the shape it was computed for."""
+    """The plan as a table (GiB, or MiB for a model under 1 GiB a GPU), with what fits and the shape it was
+    computed for."""
     shape = model_shape(cfg)
+    unit, name = (GB, "GiB") if max(p.total for p in plans) >= GB else (1 << 20, "MiB")
     lines = [
         f"model {cfg.model.path} ({cfg.model.family}): {shape.params / 1e9:.2f} B parameters, "
         f"{shape.trainable / 1e9:.2f} B trained, {cfg.model.dtype}"
         + (", activation checkpointing" if cfg.model.gradient_checkpointing else "")
-        + f"; {gpus} GPU(s) of {gpu_memory_gb:g} GiB",
+        + f"; {gpus} GPU(s) of {gpu_memory_gb:g} GiB; in {name} a GPU; fits: at most {USABLE:.0%} of the GPU",
         "",
         "| strategy | weights | gradients | optimizer | reference | activations | logits | engine | total | fits |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in plans:
         cells = [p.weights, p.gradients, p.optimizer, p.reference, p.activations, p.logits, p.engine, p.total]
-        fits = "yes" if p.total <= gpu_memory_gb * GB else "no"
-        lines.append(f"| {p.strategy} | " + " | ".join(f"{x / GB:.1f}" for x in cells) + f" | {fits} |")
+        fits = "yes" if p.total <= USABLE * gpu_memory_gb * GB else "no"
+        lines.append(f"| {p.strategy} | " + " | ".join(f"{x / unit:.1f}" for x in cells) + f" | {fits} |")
     return "\n".join(lines)

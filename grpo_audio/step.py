@@ -74,6 +74,7 @@ class UpdateResult:
         applied: iterations whose optimiser step ran.
         non_finite: what was NaN/Inf ("" if nothing); from that iteration on nothing was applied.
         update_s: seconds spent in logprob passes and optimiser steps.
+        lr: the learning rate of the step's first optimiser step.
     """
 
     batch_losses: list[float] = field(default_factory=list)
@@ -82,3 +83,4 @@ class UpdateResult:
     applied: int = 0
     non_finite: str = ""
     update_s: float = 0.0
+    lr: float = 0.0

@@ -55,7 +55,7 @@ from .checkpoint import (
     start_run,
     training_state,
 )
-from .config import RunConfig
+from .config import RunConfig, check_parallel
 from .data.collate import collate_prompts
 from .data.loaders import load_manifest
 from .data.schema import Row
@@ -119,6 +119,7 @@ class GRPOTrainer:
         engine: Any = None,
         audio_cache: AudioCache | None = None,
     ):
+        check_parallel(config)  # before anything loads
         if config.train.eval_generations < 1:
             raise ValueError(f"train.eval_generations must be at least 1, got {config.train.eval_generations}")
         self.cfg = config
@@ -181,14 +182,6 @@ class GRPOTrainer:
                 )
         if not self.train_rows:
             raise ValueError("no training rows")
-        if config.train.prompts_per_step % self.process.world_size:
-            raise ValueError(
-                f"train.prompts_per_step={config.train.prompts_per_step} does not split over "
-                f"{self.process.world_size} processes"
-            )
-        if config.grpo.dynamic_sampling and self.process.distributed:
-            # Refilled groups differ per process, and DDP and FSDP2 need the same passes on every process.
-            raise ValueError("grpo.dynamic_sampling supports one process only for now")
         self.loss_cfg = LossConfig(
             loss_type=config.grpo.loss_type,
             epsilon=config.grpo.epsilon,
@@ -414,12 +407,17 @@ class GRPOTrainer:
         return rows, rollouts, RewardOutput(total=total, components=components)
 
     def compute_advantages(self, batch: StepBatch) -> None:
-        """Group-relative advantages [N] of the step's rewards."""
+        """Group-relative advantages [N] of the step's rewards, computed over every process's rewards (each process
+        holds whole groups; ``scale_rewards: batch`` scales by the whole batch's std, as one process would) and this
+        process's share kept; the statistics are the whole batch's."""
         grpo = self.cfg.grpo
-        rewards = torch.tensor(batch.rewards.total, dtype=torch.float32)
-        batch.advantages, _, batch.advantage_stats = group_advantages(
+        local = torch.tensor(batch.rewards.total, dtype=torch.float32, device=self.process.device)
+        rewards = self.parallel.gather(local).cpu()  # [world * N], in rank order
+        advantages, _, batch.advantage_stats = group_advantages(
             rewards, batch.group_size, grpo.scale_rewards, grpo.std_floor
         )
+        n = len(local)
+        batch.advantages = advantages[self.process.rank * n : (self.process.rank + 1) * n]
 
     def compute_logprobs(self, batch: StepBatch) -> None:
         """The micro-batches, then the old policy's (several iterations) and the reference's (beta > 0) logprobs."""
@@ -462,7 +460,7 @@ class GRPOTrainer:
         """``grpo.num_iterations`` optimiser steps over the batch, micro-batch by micro-batch. A non-finite batch
         loss or gradient norm stops the update before its optimiser step: what earlier iterations applied stays."""
         cfg = self.cfg
-        result = UpdateResult()
+        result = UpdateResult(lr=self.scheduler.get_last_lr()[0])  # the rate the first optimiser step uses
         t = time.perf_counter()
         n = len(batch.rollouts)
         # Token and sequence normalisers are global; DDP and FSDP2 average gradients over processes, hence the / world.
@@ -529,34 +527,47 @@ class GRPOTrainer:
             )
 
     def step_metrics(self, batch: StepBatch, update: UpdateResult, sync_s: float, step_s: float) -> dict[str, Any]:
-        """The step's metrics (rewards over every process, advantages, loss statistics, lengths, timings)."""
+        """The step's metrics over every process: rewards (each function's over the completions it applies to),
+        advantages, lengths and truncation over all completions; loss statistics averaged over the processes (the
+        extremes of ``*_min`` / ``*_max``); the learning rate the step's updates used; this process's timings."""
         cfg = self.cfg
-        rollouts, adv = batch.rollouts, batch.advantage_stats
+        world = self.process.world_size
+        adv = batch.advantage_stats
         update_s = batch.logprob_s + update.update_s  # every logprob pass and optimiser step
-        lengths = [len(c) for c in rollouts.completion_ids]
-        all_rewards = self.parallel.gather(torch.tensor(batch.rewards.total, device=self.process.device)).cpu()
+        rewards = self._gathered_rewards(batch.rewards)
+        lengths = self._gather([len(c) for c in batch.rollouts.completion_ids])
+        truncated = self._gather([r == "length" for r in batch.rollouts.finish_reason])
+        all_rewards = torch.tensor(rewards.total)
         skipped = update.applied == 0
+        loss_stats = {}
+        for k, v in update.loss_stats.items():
+            if k != "policy_loss":
+                op = "min" if k.endswith("_min") else "max" if k.endswith("_max") else "sum"
+                value = self.parallel.reduce(torch.tensor(_aggregate(k, v), device=self.process.device), op).item()
+                loss_stats[k] = value / world if op == "sum" else value
+        batch_loss = torch.tensor(float(np.mean(update.batch_losses)), device=self.process.device)
+        zero_std = torch.tensor(batch.frac_zero_std_groups, device=self.process.device)
         metrics: dict[str, Any] = {
-            **batch.rewards.metrics(),
-            "reward/mean": all_rewards.mean().item(),  # over every process
+            **rewards.metrics(),
             "reward/std": all_rewards.std(unbiased=False).item(),
             "advantages/mean": adv.advantage_mean,
             "advantages/std": adv.advantage_std,
             "advantages/abs_mean": adv.advantage_abs_mean,
-            "frac_zero_std_groups": batch.frac_zero_std_groups,
+            "frac_zero_std_groups": self.parallel.sum(zero_std).item() / world,  # equal group counts everywhere
             "resample_rounds": float(batch.resample_rounds),
-            "loss": float(np.mean(update.batch_losses)),  # the batch loss, averaged over the iterations
-            **{k: _aggregate(k, v) for k, v in update.loss_stats.items() if k != "policy_loss"},
-            "completions/mean_length": float(np.mean(lengths)),
-            "completions/min_length": float(min(lengths)),
-            "completions/max_length": float(max(lengths)),
-            "completions/truncation_rate": rollouts.finish_reason.count("length") / len(rollouts.finish_reason),
+            # the batch loss, averaged over the iterations and the processes
+            "loss": self.parallel.sum(batch_loss).item() / world,
+            **loss_stats,
+            "completions/mean_length": lengths.mean().item(),
+            "completions/min_length": lengths.min().item(),
+            "completions/max_length": lengths.max().item(),
+            "completions/truncation_rate": truncated.mean().item(),
             "grad_norm": update.grad_norm,
             "skipped": float(skipped),
             "skipped_steps": float(self.skipped_steps),
-            "lr": self.scheduler.get_last_lr()[0],
-            "tokens_per_s/rollout": sum(lengths) / max(batch.rollout_s, 1e-9),
-            "tokens_per_s/update": sum(lengths) * cfg.grpo.num_iterations / max(update_s, 1e-9),
+            "lr": update.lr,
+            "tokens_per_s/rollout": lengths.sum().item() / world / max(batch.rollout_s, 1e-9),
+            "tokens_per_s/update": lengths.sum().item() / world * cfg.grpo.num_iterations / max(update_s, 1e-9),
             "time/rollout_s": batch.rollout_s,
             "time/logprob_s": batch.logprob_s,  # old policy and reference
             "time/update_s": update_s,
@@ -577,6 +588,21 @@ class GRPOTrainer:
             )
         metrics["non_finite"] = update.non_finite  # what was NaN/Inf, "" if nothing (logged as text)
         return metrics
+
+    def _gather(self, values: list[float]) -> torch.Tensor:
+        """[world * n] float64: every process's ``values`` (n of them everywhere), in rank order."""
+        return self.parallel.gather(torch.tensor(values, dtype=torch.float64, device=self.process.device)).cpu()
+
+    def _gathered_rewards(self, rewards: RewardOutput) -> RewardOutput:
+        """The step's rewards over every process (each process scored the same reward functions)."""
+        if not self.process.distributed:
+            return rewards
+        names = sorted(rewards.components)
+        return RewardOutput(
+            total=self._gather(rewards.total).tolist(),
+            components={n: self._gather(rewards.components[n]).tolist() for n in names},
+            errors={n: int(self._gather([rewards.errors.get(n, 0)]).sum().item()) for n in names},
+        )
 
     # ---- evaluation, checkpoints, loop ----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:

@@ -178,3 +178,30 @@ def test_user_rewards_by_path(tmp_path, monkeypatch):
     assert rewards(["p"], ["c"]).total == [0.5]  # weight 0.5 x Fixed() = 1.0
     with pytest.raises(ConfigError, match="takes no setting 'valeu'"):
         load_config(write(tmp_path, GOOD.replace("name: format", "name: user_rewards:Fixed\n    kwargs: {valeu: 2}")))
+
+
+def test_parallel_settings_are_checked_before_anything_loads(monkeypatch, tmp_path):
+    """What the processes cannot run fails at once, as a config error naming the setting: a batch that does not
+    split over the processes, ``none`` under torchrun, FSDP2's settings with DDP, offload without a GPU; and a
+    recipe checks its GRPO stages before its first stage."""
+    from grpo_audio.config import ConfigError, RecipeConfig, check_parallel
+    from grpo_audio.recipe import Recipe
+
+    base = ["output_dir=x", "model.path=m", "model.family=music_flamingo", "train.prompts_per_step=3"]
+    with pytest.raises(ConfigError, match="prompts_per_step=3 does not split over 2 processes"):
+        check_parallel(load_config(None, base), world_size=2)
+    check_parallel(load_config(None, base), world_size=1)
+    with pytest.raises(ConfigError, match="need parallel.strategy=fsdp2 \\(it is 'ddp'\\)"):
+        check_parallel(load_config(None, [*base, "parallel.compute_dtype=bfloat16"]), world_size=1)
+    with pytest.raises(ConfigError, match="cpu_offload needs GPUs"):  # this suite runs without one
+        check_parallel(load_config(None, [*base, "parallel.strategy=fsdp2", "parallel.cpu_offload=true"]), 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="launched on 2 processes but parallel.strategy is 'none'"):
+        check_parallel(load_config(None, [*base, "train.prompts_per_step=4", "parallel.strategy=none"]))
+    stages = "[{name: grpo, kind: grpo, data: x.jsonl, grpo_overrides: {train.prompts_per_step: 3}}]"
+    settings = [f"output_dir={tmp_path / 'out'}", "model.family=music_flamingo", "model.path=unused",
+                "tiny_model=test", "train.prompts_per_step=4", f"stages={stages}"]  # fmt: skip
+    recipe = load_config(None, settings, schema=RecipeConfig)
+    with pytest.raises(ConfigError, match="prompts_per_step=3 does not split over 2 processes"):
+        Recipe(recipe)
+    assert not (tmp_path / "out").exists()

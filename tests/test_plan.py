@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from grpo_audio.cli import main
-from grpo_audio.config import RecipeConfig, load_config
+from grpo_audio.config import ConfigError, RecipeConfig, load_config
 from grpo_audio.models import get_family
 from grpo_audio.plan import GB, model_shape, plan_memory
 from tests.plan_probe import ALLOCATOR
@@ -95,3 +95,40 @@ def test_the_readme_table_is_the_commands(capsys):
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     readme = (REPO / "README.md").read_text()
     assert len(table) == 5 and all(f"\n{line}\n" in readme for line in table)
+
+
+def test_plan_refuses_what_it_cannot_plan(tiny_checkpoint):
+    with pytest.raises(ConfigError, match="--gpus must be at least 1"):
+        main(["plan", str(FULL), "--gpus", "0", "--gpu-memory", "80"])
+    with pytest.raises(ConfigError, match="--gpu-memory must be positive"):
+        main(["plan", str(FULL), "--gpus", "1", "--gpu-memory", "-5"])
+    with pytest.raises(ConfigError, match="is a audio_flamingo3 checkpoint, but model.family is music_flamingo"):
+        main(
+            [
+                "plan",
+                str(FULL),
+                "--gpus",
+                "1",
+                "--gpu-memory",
+                "80",
+                f"model.path={tiny_checkpoint('audio_flamingo3')}",
+            ]
+        )
+    with pytest.raises(ConfigError, match="builds its model"):
+        main(["plan", str(REPO / "examples/music_flamingo/tiny.yaml"), "--gpus", "1", "--gpu-memory", "8"])
+
+
+def test_what_the_transformers_engine_and_the_margin_add(capsys):
+    """Under FSDP2 the transformers engine samples from a whole copy of the policy on every GPU; a plan fits only
+    within 95% of the GPU."""
+    cfg = load_config(FULL, ["rollout.engine=hf"], schema=RecipeConfig)
+    shape = model_shape(cfg)
+    ddp, fsdp2, _ = plan_memory(cfg, 8, 80)
+    assert ddp.engine == 0 and fsdp2.engine == shape.params * 2
+    total = fsdp2.total / GB
+    main(["plan", str(FULL), "--gpus", "8", "--gpu-memory", str(total / 0.96), "rollout.engine=hf"])
+    assert "| fsdp2 |" in (out := capsys.readouterr().out) and out.split("| fsdp2 |")[1].split("\n")[0].endswith(
+        "| no |"
+    )
+    main(["plan", str(FULL), "--gpus", "8", "--gpu-memory", str(total / 0.94), "rollout.engine=hf"])
+    assert capsys.readouterr().out.split("| fsdp2 |")[1].split("\n")[0].endswith("| yes |")

@@ -33,8 +33,12 @@ def grpo_entry(summary: TrainSummary, train: TrainConfig) -> dict[str, Any]:
         "eval_reward_start": total.eval_start if total else None,
         "eval_reward_end": total.eval_end if total else None,
         "eval_steps": summary.metrics.eval_steps if summary.metrics else [],
-        "eval_setting": f"{train.eval_rows or 'all'} eval rows x {train.eval_generations} completion(s) at "
-        f"temperature {train.eval_temperature:g}" + (" (greedy)" if train.eval_temperature == 0 else ""),
+        "eval_setting": (
+            f"{train.eval_rows or 'all'} eval rows x {train.eval_generations} completion(s) at "
+            f"temperature {train.eval_temperature:g}" + (" (greedy)" if train.eval_temperature == 0 else "")
+            if train.eval_every
+            else "no evaluation during the stage (train.eval_every: 0)"
+        ),
         "rewards": {name: asdict(trend) for name, trend in rewards.items()},
         "curves": str(summary.output_dir / "curves.png"),
     }
@@ -72,8 +76,9 @@ def markdown(report: dict[str, Any], family: str) -> list[str]:
         steps = s.get("eval_steps") or []
         lines += [
             "",
-            f"GRPO stage '{s['name']}': mean reward per function; eval on {s.get('eval_setting')}, at steps "
-            f"{', '.join(map(str, steps)) or '-'}. Curves: {s.get('curves')}",
+            f"GRPO stage '{s['name']}': mean reward per function; "
+            + (f"eval on {s.get('eval_setting')}, at steps {', '.join(map(str, steps))}" if steps else "no eval")
+            + f". Curves: {s.get('curves')}",
             "",
             "| reward | train, first step | train, last step | eval, first | eval, last |",
             "|---|---|---|---|---|",

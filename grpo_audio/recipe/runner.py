@@ -21,7 +21,7 @@ from transformers import AutoProcessor
 
 from ..audio_cache import AudioCache
 from ..checkpoint import model_fingerprint
-from ..config import RecipeConfig, RunConfig, StageConfig, SupervisedSettings, merge_config, to_object
+from ..config import RecipeConfig, RunConfig, StageConfig, SupervisedSettings, check_parallel, merge_config, to_object
 from ..data.benchmarks import load_benchmark
 from ..data.loaders import load_manifest
 from ..data.schema import Row
@@ -50,15 +50,16 @@ class Recipe:
         self.out = Path(cfg.output_dir)
         self.family = get_family(cfg.model.family)
         self.report: dict[str, Any] = {"stages": [], "family": self.family.name}
-        self.parallel = Parallel(cfg.parallel.strategy, cfg.parallel.compute_dtype, cfg.parallel.cpu_offload)
-        self.main = self.parallel.process.is_main
         # Every stage reads the same clips (training and eval): their features and frozen-encoder outputs once.
         self.audio_cache = AudioCache(int(cfg.audio_cache_gb * (1 << 30)))
         if cfg.synthetic.enabled:
             cfg.synthetic.label_space()  # a bad label space fails here, before any stage
-        for stage in cfg.stages:  # and so do a GRPO stage's overrides
+        for stage in cfg.stages:  # and so do a GRPO stage's overrides, and what they need of the processes
             if stage.kind == "grpo":
-                self.grpo_config(stage, self.out / "base")
+                check_parallel(self.grpo_config(stage, self.out / "base"))
+        check_parallel(cfg)
+        self.parallel = Parallel(cfg.parallel.strategy, cfg.parallel.compute_dtype, cfg.parallel.cpu_offload)
+        self.main = self.parallel.process.is_main
 
     def data_path(self, spec: str) -> Path:
         if spec.startswith("synthetic:"):
