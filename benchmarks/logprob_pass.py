@@ -11,10 +11,12 @@ With ``--distributed`` it measures at scale, on 2 processes (torchrun, gloo):
 
 - the same comparison under FSDP2 with activation checkpointing: each process scores its own group (its own clip)
   through the wrapped ``LogprobModule``, the two paths alternating, forward + backward;
-- the peak memory of one training step per process (load, wrap, AdamW, forward + backward + optimiser step,
+- the peak memory per process of three training steps (load, wrap, AdamW, forward + backward + optimiser step,
   activation checkpointing on), under DDP and under FSDP2, each in a fresh job: peak RSS minus RSS before the
-  model loads (the libraries already imported), at the acceptance setting and at a small batch (5 s, G = 2,
-  C = 16) where the model's state rather than the activations decides.
+  model loads (the libraries already imported), at the acceptance setting, and at a small batch (5 s, G = 2,
+  C = 16, the frozen encoder's outputs from the audio cache as the trainer reads them) where the model's state
+  rather than the activations decides: over all three steps, and over the two after the first (the high-water
+  mark reset once the cache is filled and AdamW's state exists).
 
 Run: ``.venv/bin/python benchmarks/logprob_pass.py [--sweep] [--grpo-step] [--distributed]``. The main ratio is
 printed last.
@@ -191,6 +193,7 @@ def distributed_worker(args) -> None:
     """One process of a ``--distributed`` job: times the two paths, or measures one step's peak memory."""
     from torch.distributed.tensor import DTensor
 
+    from grpo_audio.audio_cache import AudioCache
     from grpo_audio.logprobs import LogprobModule, enable_checkpointing
     from grpo_audio.models import get_family
     from grpo_audio.parallel import Parallel
@@ -203,13 +206,16 @@ def distributed_worker(args) -> None:
     enable_checkpointing(model)
     model.train()
     keep_whole = ()
+    family = get_family("music_flamingo")
     if args.freeze_encoder:
-        encoder = get_family("music_flamingo").audio_encoder(model)
+        encoder = family.audio_encoder(model)
         encoder.requires_grad_(False)
         keep_whole = (encoder,)
     module = LogprobModule(model, "shared_prefix")
     wrapped = parallel.wrap(module, keep_whole)
     group = ids.shape[0]
+    if args.freeze_encoder:  # as the trainer does: the frozen encoder's outputs come from the audio cache
+        AudioCache().encoder(model, family).__enter__()
 
     def run(path: str) -> float:
         module.path = path
@@ -223,7 +229,11 @@ def distributed_worker(args) -> None:
 
     if args.measure == "memory":
         optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-5)
-        for _ in range(2):  # the second step runs with the optimiser state in place
+        run("shared_prefix")  # the first step fills the audio cache and creates AdamW's state
+        optimizer.step()
+        if args.steady:  # the peak of the steps that follow: the high-water mark starts again here
+            Path("/proc/self/clear_refs").write_text("5")
+        for _ in range(2):
             run("shared_prefix")
             optimizer.step()
         local = [p.to_local() if isinstance(p, DTensor) else p for p in wrapped.parameters()]
@@ -274,11 +284,15 @@ def distributed(model_dir: Path, args) -> None:
         flush=True,
     )
     small = ["--audio", "5", "--group", "2", "--completion", "16", "--freeze-encoder"]
-    for name, flags in ((f"G={args.group}, {args.audio:.0f} s, C={args.completion}", sizes),
-                        ("G=2, 5 s, C=16, frozen encoder", small)):  # fmt: skip
+    settings = (
+        (f"G={args.group}, {args.audio:.0f} s, C={args.completion}", sizes),
+        ("G=2, 5 s, C=16, frozen encoder read from the audio cache", small),
+        ("the same, steps after the first (the cache filled, AdamW's state made)", [*small, "--steady"]),
+    )
+    for name, flags in settings:
         m = {s: torchrun(model_dir, "--strategy", s, "--measure", "memory", *flags) for s in ("ddp", "fsdp2")}
         print(
-            f"memory per process, two training steps ({name}; activation checkpointing): peak DDP "
+            f"memory per process, training steps ({name}; activation checkpointing): peak DDP "
             f"{m['ddp']['peak_mb']:.0f} MB, FSDP2 {m['fsdp2']['peak_mb']:.0f} MB, FSDP2/DDP "
             f"{m['fsdp2']['peak_mb'] / m['ddp']['peak_mb']:.2f}; parameters + gradients + AdamW state DDP "
             f"{m['ddp']['state_mb']:.1f} MB, FSDP2 {m['fsdp2']['state_mb']:.1f} MB, FSDP2/DDP "
@@ -298,6 +312,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", help=argparse.SUPPRESS)
     parser.add_argument("--freeze-encoder", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--steady", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
