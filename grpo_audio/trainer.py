@@ -70,6 +70,7 @@ from .rewards import RewardOutput, RewardSet
 from .rollout import RolloutBatch, SamplingConfig, build_engine, sampling_config
 from .rollout.base import banned_token_ids, prompt_seed
 from .step import StepBatch, UpdateResult
+from .step_metrics import step_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -527,55 +528,13 @@ class GRPOTrainer:
             )
 
     def step_metrics(self, batch: StepBatch, update: UpdateResult, sync_s: float, step_s: float) -> dict[str, Any]:
-        """The step's metrics over every process: rewards (each function's over the completions it applies to),
-        advantages, lengths and truncation over all completions; loss statistics averaged over the processes (the
-        extremes of ``*_min`` / ``*_max``); the learning rate the step's updates used; this process's timings."""
-        cfg = self.cfg
-        world = self.process.world_size
-        adv = batch.advantage_stats
-        update_s = batch.logprob_s + update.update_s  # every logprob pass and optimiser step
-        rewards = self._gathered_rewards(batch.rewards)
-        lengths = self._gather([len(c) for c in batch.rollouts.completion_ids])
-        truncated = self._gather([r == "length" for r in batch.rollouts.finish_reason])
-        all_rewards = torch.tensor(rewards.total)
-        skipped = update.applied == 0
-        loss_stats = {}
-        for k, v in update.loss_stats.items():
-            if k != "policy_loss":
-                op = "min" if k.endswith("_min") else "max" if k.endswith("_max") else "sum"
-                value = self.parallel.reduce(torch.tensor(_aggregate(k, v), device=self.process.device), op).item()
-                loss_stats[k] = value / world if op == "sum" else value
-        batch_loss = torch.tensor(float(np.mean(update.batch_losses)), device=self.process.device)
-        zero_std = torch.tensor(batch.frac_zero_std_groups, device=self.process.device)
-        metrics: dict[str, Any] = {
-            **rewards.metrics(),
-            "reward/std": all_rewards.std(unbiased=False).item(),
-            "advantages/mean": adv.advantage_mean,
-            "advantages/std": adv.advantage_std,
-            "advantages/abs_mean": adv.advantage_abs_mean,
-            "frac_zero_std_groups": self.parallel.sum(zero_std).item() / world,  # equal group counts everywhere
-            "resample_rounds": float(batch.resample_rounds),
-            # the batch loss, averaged over the iterations and the processes
-            "loss": self.parallel.sum(batch_loss).item() / world,
-            **loss_stats,
-            "completions/mean_length": lengths.mean().item(),
-            "completions/min_length": lengths.min().item(),
-            "completions/max_length": lengths.max().item(),
-            "completions/truncation_rate": truncated.mean().item(),
-            "grad_norm": update.grad_norm,
-            "skipped": float(skipped),
-            "skipped_steps": float(self.skipped_steps),
-            "lr": update.lr,
-            "tokens_per_s/rollout": lengths.sum().item() / world / max(batch.rollout_s, 1e-9),
-            "tokens_per_s/update": lengths.sum().item() / world * cfg.grpo.num_iterations / max(update_s, 1e-9),
-            "time/rollout_s": batch.rollout_s,
-            "time/logprob_s": batch.logprob_s,  # old policy and reference
-            "time/update_s": update_s,
-            "time/sync_s": sync_s,
-            "time/step_s": step_s,
-        }
-        low, high = cfg.grpo.is_ratio_band
-        if not skipped and not low <= metrics["is_ratio_mean"] <= high:
+        """The step's metrics over every process (``step_metrics.step_metrics``); warns when the importance-sampling
+        ratio leaves ``grpo.is_ratio_band``."""
+        metrics = step_metrics(
+            batch, update, self.parallel, self.cfg.grpo.num_iterations, self.skipped_steps, sync_s, step_s
+        )
+        low, high = self.cfg.grpo.is_ratio_band
+        if not metrics["skipped"] and not low <= metrics["is_ratio_mean"] <= high:
             logger.warning(
                 "step %d: mean importance-sampling ratio %.3f (min %.3f, max %.3f) is outside [%g, %g]: the trainer's "
                 "and the rollout engine's distributions differ (sampling settings, weight sync, dtype)",
@@ -586,23 +545,7 @@ class GRPOTrainer:
                 low,
                 high,
             )
-        metrics["non_finite"] = update.non_finite  # what was NaN/Inf, "" if nothing (logged as text)
         return metrics
-
-    def _gather(self, values: list[float]) -> torch.Tensor:
-        """[world * n] float64: every process's ``values`` (n of them everywhere), in rank order."""
-        return self.parallel.gather(torch.tensor(values, dtype=torch.float64, device=self.process.device)).cpu()
-
-    def _gathered_rewards(self, rewards: RewardOutput) -> RewardOutput:
-        """The step's rewards over every process (each process scored the same reward functions)."""
-        if not self.process.distributed:
-            return rewards
-        names = sorted(rewards.components)
-        return RewardOutput(
-            total=self._gather(rewards.total).tolist(),
-            components={n: self._gather(rewards.components[n]).tolist() for n in names},
-            errors={n: int(self._gather([rewards.errors.get(n, 0)]).sum().item()) for n in names},
-        )
 
     # ---- evaluation, checkpoints, loop ----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -707,13 +650,3 @@ def _non_finite(loss: float, grad_norm: float) -> str:
         f"{name} {value}" for name, value in (("loss", loss), ("gradient norm", grad_norm)) if not math.isfinite(value)
     ]
     return " and ".join(bad) + (" not finite" if bad else "")
-
-
-def _aggregate(name: str, values: list[float]) -> float:
-    """One step's value of a loss statistic from its micro-batch values: the extreme of ``*_min`` / ``*_max``
-    statistics, the mean of the others."""
-    if name.endswith("_min"):
-        return float(np.min(values))
-    if name.endswith("_max"):
-        return float(np.max(values))
-    return float(np.mean(values))
