@@ -556,6 +556,12 @@ class RecipeEvalConfig:
     max_rows: int = setting(0, help="Evaluate the first N rows only (0 = all).")
     max_new_tokens: int = setting(128, help="Completion length cap at evaluation.")
     engine: str = setting("hf", help="Engine for evaluation (greedy decoding).", choices=ENGINES)
+    samples: int = setting(
+        0,
+        help="k: also sample k completions per eval prompt at the rollout temperature, for the sampled reward and "
+        "pass@1 / pass@k with 95% bootstrap intervals, and GRPO stages' paired difference from the stage before "
+        "(sampled_eval.py); 0 skips it.",
+    )
     answer_format: str = setting(
         "letter",
         help="What a benchmark file's prompts ask for: the choice's letter or its text (MMAU's and MMAR's scorers "

@@ -121,7 +121,7 @@ def evaluate_model(
     if own:
         engine_obj = load_engine(model_dir, engine, max_model_len, audio_cache, dtype=dtype)
     try:
-        with _encoder_cache(engine_obj, audio_cache):
+        with cached_encoder(engine_obj, audio_cache):
             batch = engine_obj.generate(rows, n=1, sampling=sampling)
     finally:
         if own and hasattr(engine_obj, "close"):
@@ -129,7 +129,7 @@ def evaluate_model(
     return score(rows, batch.completion_text, prefer=prefer)
 
 
-def _encoder_cache(engine_obj: Any, audio_cache: AudioCache | None) -> AbstractContextManager:
+def cached_encoder(engine_obj: Any, audio_cache: AudioCache | None) -> AbstractContextManager:
     """Within the block, a transformers engine's frozen encoder reads ``audio_cache``."""
     if audio_cache is None or not isinstance(engine_obj, HFEngine):
         return nullcontext()

@@ -59,17 +59,27 @@ def markdown(report: dict[str, Any], family: str) -> list[str]:
         f"Total wall time: {report['wall_s'] / 60:.1f} min",
         "",
         "| stage | kind | MCQ acc | MCQ answers naming one choice | open acc | format rate | eval reward | "
-        "per question type |",
-        "|---|---|---|---|---|---|---|---|",
+        "sampled reward [95% CI] | pass@1 | pass@k | per question type |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["stages"]:
         e = s.get("eval", {})
         per = ", ".join(f"{k} {v:.2f}" for k, v in e.get("per_task", {}).items())
+        sampled = e.get("sampled") or {}
         lines.append(
             f"| {s['name']} | {s['kind']} | {_fmt(e.get('mcq_accuracy'))} | {_fmt(e.get('choice_rate'))} | "
             f"{_fmt(e.get('open_accuracy'))} | {_fmt(e.get('format_rate'))} | "
-            f"{_fmt(e.get('reward', {}).get('total'))} | {per} |"
+            f"{_fmt(e.get('reward', {}).get('total'))} | {_interval(sampled.get('reward'))} | "
+            f"{_interval(sampled.get('pass_at_1'))} | {_interval(sampled.get('pass_at_k'))} | {per} |"
         )
+    sampled = next((s["eval"]["sampled"] for s in report["stages"] if s.get("eval", {}).get("sampled")), None)
+    if sampled:
+        lines += [
+            "",
+            f"Sampled: {sampled['k']} completions per eval prompt at temperature {sampled['temperature']:g}, "
+            f"seeded per prompt (seed {sampled['seed']}: every stage draws the same random numbers); pass@k with "
+            f"k = {sampled['k']}; intervals: percentile bootstrap over prompts.",
+        ]
     for s in report["stages"]:
         if s["kind"] != "grpo":
             continue
@@ -88,16 +98,40 @@ def markdown(report: dict[str, Any], family: str) -> list[str]:
                 f"| {name} | {_fmt(r['train_first'])} | {_fmt(r['train_last'])} | {_fmt(r['eval_start'])} | "
                 f"{_fmt(r['eval_end'])} |"
             )
+        vs = s.get("sampled_vs")
+        if vs:
+            lines += [
+                "",
+                f"Against '{vs['stage']}', paired (the same prompts and seeds): sampled reward "
+                f"{_interval(vs['reward'], sign=True)}"
+                + (f", pass@1 {_interval(vs['pass_at_1'], sign=True)}" if vs.get("pass_at_1") else "")
+                + (" (the interval is above 0)" if vs["reward"]["low"] > 0 else " (the interval includes 0 or less)"),
+            ]
     return lines
 
 
+def _interval(value: dict[str, Any] | None, sign: bool = False) -> str:
+    """``value [low, high]`` of a ``sampled_eval.Interval`` dict; ``-`` without one."""
+    if not value:
+        return "-"
+    f = "{:+.3f}" if sign else "{:.3f}"
+    return f"{f.format(value['value'])} [{f.format(value['low'])}, {f.format(value['high'])}]"
+
+
 def plot_stages(stages: list[dict[str, Any]], path: Path) -> None:
-    """Grouped bars: evaluation accuracy per question type, one bar per stage (nothing written without any)."""
+    """Grouped bars: evaluation accuracy per question type, one bar per stage; beside them, with sampled
+    evaluations, each stage's sampled reward and pass@1 with their 95% intervals (nothing written without any)."""
     stages = [s for s in stages if s.get("eval")]
     tasks = sorted({k for s in stages for k in s["eval"].get("per_task", {})})
     if not stages or not tasks:
         return
-    fig, ax = plt.subplots(figsize=(max(6, len(tasks) * 1.2), 4))
+    sampled = [s for s in stages if s["eval"].get("sampled")]
+    fig, axes = plt.subplots(
+        1, 2 if sampled else 1, figsize=(max(6, len(tasks) * 1.2) + (4 if sampled else 0), 4), squeeze=False
+    )
+    ax = axes[0][0]
+    if sampled:
+        _plot_sampled(axes[0][1], sampled)
     width = 0.8 / len(stages)
     for i, s in enumerate(stages):
         vals = [s["eval"]["per_task"].get(t, 0.0) for t in tasks]
@@ -113,3 +147,18 @@ def plot_stages(stages: list[dict[str, Any]], path: Path) -> None:
 
 def _fmt(v: Any) -> str:
     return "-" if v is None or v != v else f"{v:.3f}"  # None or NaN (a reward no sample applied to)
+
+
+def _plot_sampled(ax: Any, stages: list[dict[str, Any]]) -> None:
+    """Sampled reward and pass@1 per stage, with their bootstrap intervals as error bars."""
+    for offset, (key, label) in enumerate((("reward", "sampled reward"), ("pass_at_1", "pass@1"))):
+        points = [(i, s["eval"]["sampled"][key]) for i, s in enumerate(stages) if s["eval"]["sampled"].get(key)]
+        if not points:
+            continue
+        xs = [i + 0.15 * offset for i, _ in points]
+        ys = [p["value"] for _, p in points]
+        err = [[p["value"] - p["low"] for _, p in points], [p["high"] - p["value"] for _, p in points]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=label)
+    ax.set_xticks(range(len(stages)), [s["name"] for s in stages], rotation=30, ha="right", fontsize=8)
+    ax.set(title="Sampled evaluation (95% intervals)")
+    ax.legend(fontsize=7)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import random
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ from ..data.benchmarks import load_benchmark
 from ..data.loaders import load_manifest
 from ..data.schema import Row
 from ..data.synthetic import write_corpus
-from ..evaluate import evaluate_model
+from ..evaluate import cached_encoder, evaluate_model
 from ..models import get_family, load_policy
 from ..models.tiny import build_tiny_model
 from ..parallel import Parallel
 from ..rewards import RewardSet
+from ..rollout import load_engine, sampling_config
+from ..sampled_eval import paired_difference, sampled_eval
 from ..sft import SFTConfig, run_sft, target_text
 from ..trainer import GRPOTrainer
 from .calibrate import standardize_checkpoint
@@ -131,6 +134,8 @@ class Recipe:
                 entry.update(grpo)
             entry["model_dir"] = str(current)
             entry.update(self.evaluate(current, stage.name, data=stage.data if stage.kind == "eval" else None))
+            if stage.kind == "grpo":
+                entry.update(self.compare_sampled(entry))
             entry["wall_s"] = round(time.perf_counter() - t, 1)
             self.report["stages"].append(entry)
             if self.main:
@@ -249,16 +254,31 @@ class Recipe:
         rows = load_benchmark(path, family=self.family, answer_format=self.cfg.eval.answer_format).rows
         if self.cfg.eval.max_rows:
             rows = rows[: self.cfg.eval.max_rows]
-        result = evaluate_model(
-            model_dir,
-            rows,
-            engine=self.cfg.eval.engine,
-            max_new_tokens=self.cfg.eval.max_new_tokens,
-            max_model_len=self.cfg.rollout.max_model_len,
-            audio_cache=self.audio_cache,
-            prefer=self.cfg.eval.answer_format,
-            dtype=self.cfg.model.dtype,
+        ev = self.cfg.eval
+        engine = load_engine(
+            model_dir, ev.engine, self.cfg.rollout.max_model_len, self.audio_cache, self.cfg.model.dtype
         )
+        try:
+            result = evaluate_model(
+                model_dir,
+                rows,
+                max_new_tokens=ev.max_new_tokens,
+                engine_obj=engine,
+                audio_cache=self.audio_cache,
+                prefer=ev.answer_format,
+            )
+            if ev.samples:
+                sampling = sampling_config(self.cfg.rollout)
+                sampling.max_new_tokens = ev.max_new_tokens
+                rewards = RewardSet.from_specs(self.cfg.rewards, on_error=self.cfg.grpo.reward_on_error)
+                with cached_encoder(engine, self.audio_cache):
+                    sampled = sampled_eval(
+                        engine, rows, rewards, ev.samples, sampling, seed=self.cfg.seed, prefer=ev.answer_format
+                    )
+                result["sampled"] = sampled.summary()
+        finally:
+            if hasattr(engine, "close"):
+                engine.close()
         result["reward"] = self.eval_reward(rows, [r["completion"] for r in result["results"]])
         (self.out / "samples").mkdir(parents=True, exist_ok=True)
         with (self.out / "samples" / f"{name}.jsonl").open("w") as f:
@@ -267,8 +287,23 @@ class Recipe:
         print(
             f"[recipe] eval after '{name}': mcq {result['mcq_accuracy']}, open {result['open_accuracy']}, "
             f"format {result['format_rate']}"
+            + (f", sampled reward {sampled.reward} (k={ev.samples})" if ev.samples else "")
         )
         return {"eval": result}
+
+    def compare_sampled(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A GRPO stage's sampled evaluation minus the last earlier stage's on the same eval data (same prompts,
+        same seeds): ``{"sampled_vs": {"stage", "reward", "pass_at_1"}}`` with bootstrap intervals; ``{}`` without
+        both."""
+        after = entry.get("eval", {}).get("sampled")
+        earlier = [s for s in self.report["stages"] if s.get("eval", {}).get("sampled")]
+        if after is None or not earlier:
+            return {}
+        before = earlier[-1]
+        diff = {"stage": before["name"], "reward": asdict(paired_difference(after, before["eval"]["sampled"]))}
+        if after.get("pass_at_1"):
+            diff["pass_at_1"] = asdict(paired_difference(after, before["eval"]["sampled"], field="pass_at_1"))
+        return {"sampled_vs": diff}
 
     def eval_reward(self, rows: list[Row], completions: list[str]) -> dict[str, float]:
         """The GRPO stage's rewards (``rewards:``) on one completion per eval row: the mean of the weighted

@@ -35,6 +35,7 @@ def test_short_recipe_runs_every_stage(tmp_path):
         "eval.max_rows=6",
         "train.prompts_per_step=2",
         "grpo.num_generations=4",
+        "eval.samples=2",
     ]
     cfg = load_config(
         REPO / "examples/music_flamingo/tiny.yaml", [*overrides, f"stages={stages}"], schema=RecipeConfig
@@ -78,6 +79,15 @@ def test_short_recipe_runs_every_stage(tmp_path):
             assert all(c.strip() not in ("-", "nan") for c in line.split("|")[2:6]), line
     assert grpo["reward_first"] == grpo["rewards"]["total"]["train_first"]
     assert (out / "stages.png").stat().st_size > 5000
+    # Sampled evaluation after every stage, and the GRPO stage against the one before, paired.
+    for stage in saved["stages"]:
+        sampled = stage["eval"]["sampled"]
+        assert sampled["k"] == 2 and len(sampled["prompts"]) == 6 and sampled["reward"]["n"] == 6
+        assert sampled["reward"]["low"] <= sampled["reward"]["value"] <= sampled["reward"]["high"]
+        line = next(x for x in text.splitlines() if x.startswith(f"| {stage['name']} | {stage['kind']} |"))
+        assert line.split("|")[8].strip().startswith(f"{sampled['reward']['value']:.3f} ["), line
+    assert grpo["sampled_vs"]["stage"] == "cold_start" and grpo["sampled_vs"]["reward"]["n"] == 6
+    assert "Against 'cold_start', paired (the same prompts and seeds): sampled reward" in text
 
     # The fresh base model's projector was standardised on the first audio stage's clips (all 10 here).
     from transformers import AutoProcessor

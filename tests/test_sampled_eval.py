@@ -1,0 +1,85 @@
+"""Sampled evaluation: pass@k against counting every k-subset, the bootstrap interval's properties, paired
+differences, and the draws seeded per prompt (the same completions for a prompt in any order or company)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from grpo_audio.rewards import RewardSet
+from grpo_audio.rollout.base import SamplingConfig
+from grpo_audio.sampled_eval import bootstrap_interval, paired_difference, pass_at_k, sampled_eval
+
+
+@pytest.mark.parametrize("n,c", [(5, 0), (5, 1), (5, 2), (5, 5), (8, 3)])
+def test_pass_at_k_is_the_share_of_k_subsets_holding_a_correct_one(n, c):
+    samples = [1] * c + [0] * (n - c)
+    for k in range(1, n + 1):
+        subsets = list(itertools.combinations(samples, k))
+        assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets), abs=1e-12)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+
+
+def test_bootstrap_interval():
+    values = np.random.default_rng(0).normal(0.3, 1.0, size=400)
+    interval = bootstrap_interval(values, seed=1)
+    assert interval.value == pytest.approx(values.mean()) and interval.n == 400
+    se = values.std(ddof=1) / math.sqrt(values.size)  # the normal approximation's 95% half-width: 1.96 se
+    assert interval.low < interval.value < interval.high
+    assert (interval.high - interval.low) / 2 == pytest.approx(1.96 * se, rel=0.1)
+    assert bootstrap_interval(values, seed=1) == interval  # seeded
+    with pytest.raises(ValueError):
+        bootstrap_interval(np.array([]))
+
+
+def summary(seed=0, k=4, **prompts):
+    return {"seed": seed, "k": k, "temperature": 1.0, "prompts": prompts}
+
+
+def test_paired_difference_is_per_prompt():
+    before = summary(
+        a={"reward": 0.1, "correct": 1}, b={"reward": 0.9, "correct": 3}, c={"reward": 0.5, "correct": None}
+    )
+    after = summary(
+        a={"reward": 0.2, "correct": 2}, b={"reward": 1.0, "correct": 4}, c={"reward": 0.6, "correct": None}
+    )
+    diff = paired_difference(after, before)
+    # Unpaired, the two means' spread (0.1-0.9) would swamp a +0.1 change; per prompt it is exactly +0.1.
+    assert (diff.value, diff.low, diff.high, diff.n) == pytest.approx((0.1, 0.1, 0.1, 3))
+    assert paired_difference(after, before, field="pass_at_1").value == pytest.approx(0.25)  # over a and b only
+    with pytest.raises(ValueError, match="same seed"):
+        paired_difference(summary(seed=1, **after["prompts"]), before)
+
+
+def test_draws_are_seeded_per_prompt(tiny_checkpoint):
+    """A prompt's k completions are the same whatever rows share the call and in whatever order; correct counts
+    agree with the per-completion score."""
+    from transformers import AutoProcessor
+
+    from grpo_audio.models import get_family
+    from grpo_audio.rollout.hf_engine import HFEngine
+    from tests.test_trainer import tone_rows
+
+    family = get_family("audio_flamingo3")
+    path = tiny_checkpoint("audio_flamingo3")
+    engine = HFEngine(family.model_class().from_pretrained(path), AutoProcessor.from_pretrained(path), family)
+    rows = tone_rows(3)
+    for row in rows:
+        row.choices, row.answer, row.task = ["120", "90", "60", "30"], "120", "tempo"
+
+    def length(prompts, completions, **kw):
+        return [len(c[0]["content"]) / 10 for c in completions]
+
+    sampling = SamplingConfig(max_new_tokens=6, temperature=1.0)
+    together = sampled_eval(engine, rows, RewardSet([length]), 3, sampling, seed=7)
+    alone = sampled_eval(engine, rows[2:][::-1] + rows[:1], RewardSet([length]), 3, sampling, seed=7)
+    for row_id in ("r0", "r2"):
+        assert alone.prompts[row_id] == together.prompts[row_id]
+    other = sampled_eval(engine, rows, RewardSet([length]), 3, sampling, seed=8)
+    assert other.prompts != together.prompts  # premise: the seed decides the draws
+    assert together.pass_at_1.n == 3 and together.reward.n == 3
+    assert together.pass_at_1.value == pytest.approx(sum(p["correct"] for p in together.prompts.values()) / 9)
