@@ -27,6 +27,8 @@ from grpo_audio.config import load_config
 from grpo_audio.data.schema import Row
 from grpo_audio.loss import policy_loss
 from grpo_audio.rewards import RewardSet
+from grpo_audio.rollout import sampling_config
+from grpo_audio.sampled_eval import paired_difference, sampled_eval
 from grpo_audio.trainer import GRPOTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +83,21 @@ def test_learns_a_toy_task_and_writes_metrics_and_plot(tmp_path, tiny_checkpoint
     )
     rewards = RewardSet([digits, (RewardSet.from_specs([{"name": "answer_accuracy"}]).rewards[0][0], 0.0)])
     trainer = GRPOTrainer(cfg, reward_funcs=rewards, train_rows=tone_rows(8), eval_rows=tone_rows(3, "e"))
+    held_out = tone_rows(6, "h")
+
+    def sampled():  # what GRPO optimises: the reward of sampled completions, on prompts it never trained on
+        return sampled_eval(trainer.engine, held_out, rewards, 4, sampling_config(cfg.rollout), seed=1).summary()
+
+    before = sampled()
     trainer.train()
     records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "reward/mean" in r]
     first = np.mean([r["reward/mean"] for r in train[:3]])
     last = np.mean([r["reward/mean"] for r in train[-3:]])
     assert last > first + 0.15, (first, last)  # the policy learned to write digits
+    # The learning check: the held-out sampled reward rose by at least 0.1, and the paired interval is above 0.
+    gain = paired_difference(sampled(), before)
+    assert gain.value >= 0.1 and gain.low > 0, gain
 
     expected = {
         "reward/mean",

@@ -285,3 +285,40 @@ def test_recipe_under_torchrun(tmp_path):
     family = get_family("music_flamingo")
     for stage in report["stages"][1:3]:
         family.model_class().from_pretrained(stage["model_dir"])
+
+
+@pytest.mark.slow
+def test_same_seed_same_report(tmp_path):
+    """A shortened recipe run twice with one seed on one machine: every number of the two reports is the same
+    (the wall times aside); a third run with another seed differs, so the comparison would see a difference."""
+    stages = (
+        '[{name: sft, kind: sft, data: "synthetic:skills", max_steps: 3, lr: 1e-3, batch_size: 4},'
+        ' {name: grpo, kind: grpo, data: "synthetic:rl", grpo_overrides: {train.max_steps: 2, train.eval_every: 1,'
+        " train.eval_rows: 3}}]"
+    )
+
+    def report(name: str, seed: int) -> dict:
+        overrides = [
+            f"output_dir={tmp_path / name}", f"seed={seed}", "tiny_model=test", "synthetic.n=8", "synthetic.n_eval=4",
+            "synthetic.n_rl=4", "rollout.engine=hf", "rollout.max_new_tokens=6", "eval.max_new_tokens=6",
+            "eval.samples=2", "train.prompts_per_step=2", "grpo.num_generations=2", f"stages={stages}",
+        ]  # fmt: skip
+        Recipe(load_config(REPO / "examples/music_flamingo/tiny.yaml", overrides, schema=RecipeConfig)).run()
+        text = (tmp_path / name / "report.json").read_text().replace(str(tmp_path / name), "OUT")
+        return json.loads(text)
+
+    def numbers(value, path=""):
+        if isinstance(value, dict):
+            return {
+                k: v
+                for key, item in value.items()
+                if key != "wall_s"
+                for k, v in numbers(item, f"{path}/{key}").items()
+            }
+        if isinstance(value, list):
+            return {k: v for i, item in enumerate(value) for k, v in numbers(item, f"{path}[{i}]").items()}
+        return {path: value}
+
+    first, again, other = numbers(report("a", 3)), numbers(report("b", 3)), numbers(report("c", 4))
+    assert len(first) > 100 and first == again
+    assert first.keys() == other.keys() and first != other
