@@ -143,7 +143,8 @@ class GRPOTrainer:
         policy = self._prepare_model(model).to(self.process.device)
         ref = self._reference_model(policy)
         # A sharded policy cannot generate on one process: the transformers engine samples from a whole copy.
-        engine_copy = copy.deepcopy(policy) if self.parallel.sharded and config.rollout.engine == "hf" else None
+        own_copy = engine is None and self.parallel.sharded and config.rollout.engine == "hf"
+        engine_copy = copy.deepcopy(policy) if own_copy else None
         # Frozen, the encoder's output may come from the audio cache on one process and not on another: it stays
         # whole in FSDP2's root unit (parallel.py).
         keep_whole = (self.family.audio_encoder(policy),) if config.model.freeze_audio_encoder else ()
