@@ -16,7 +16,9 @@ With ``--distributed`` it measures at scale, on 2 processes (torchrun, gloo):
   model loads (the libraries already imported), at the acceptance setting, and at a small batch (5 s, G = 2,
   C = 16, the frozen encoder's outputs from the audio cache as the trainer reads them) where the model's state
   rather than the activations decides: over all three steps, and over the two after the first (the high-water
-  mark reset once the cache is filled and AdamW's state exists).
+  mark reset once the cache is filled and AdamW's state exists). Each is measured twice, in separate jobs: as
+  peak RSS, and as the peak of the bytes held in live tensors (``TensorPeak``, torch's profiler; the CPU's
+  counterpart of a GPU's ``max_memory_allocated``).
 
 Run: ``.venv/bin/python benchmarks/logprob_pass.py [--sweep] [--grpo-step] [--distributed]``. The main ratio is
 printed last.
@@ -189,6 +191,35 @@ def grpo_steps(model_dir: Path, reps: int) -> dict:
     }
 
 
+class TensorPeak(torch.profiler.profile):
+    """The peak of the bytes held in live tensors while profiling: every allocation and free that torch's CPU
+    allocator records (``profile_memory``), summed in time order. It is the CPU's counterpart of a GPU's
+    ``torch.cuda.max_memory_allocated``: it leaves out what the process holds besides tensors (libraries, oneDNN's
+    own buffers, what the C allocator keeps), which RSS counts.
+    """
+
+    MARK = "tensor-peak-mark"
+
+    def __init__(self) -> None:
+        super().__init__(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+
+    def mark(self) -> None:
+        """Count the peak from here on (the live bytes at this point are its floor)."""
+        with torch.profiler.record_function(self.MARK):
+            pass
+
+    def peak_mb(self) -> float:
+        events = self.profiler.kineto_results.events()
+        since = max((e.start_ns() for e in events if e.name() == self.MARK), default=0)
+        changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+        live = peak = 0
+        for at, nbytes in changes:
+            live += nbytes
+            if at >= since:
+                peak = max(peak, live)
+        return peak / 2**20
+
+
 def distributed_worker(args) -> None:
     """One process of a ``--distributed`` job: times the two paths, or measures one step's peak memory."""
     from torch.distributed.tensor import DTensor
@@ -202,6 +233,9 @@ def distributed_worker(args) -> None:
     rank = parallel.process.rank
     _setup(Path(args.model_dir), 1.0, 1, 1, seed=rank)  # every import and its memory before the baseline
     before = _rss_kb("VmRSS:")
+    tensors = TensorPeak() if args.measure == "tensors" else None  # its own run: the profiler's records take RSS
+    if tensors:
+        tensors.__enter__()
     model, prompts, ids, mask, pad = _setup(Path(args.model_dir), args.audio, args.group, args.completion, seed=rank)
     enable_checkpointing(model)
     model.train()
@@ -227,12 +261,14 @@ def distributed_worker(args) -> None:
         parallel.barrier()
         return time.perf_counter() - start
 
-    if args.measure == "memory":
+    if args.measure in ("memory", "tensors"):
         optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-5)
         run("shared_prefix")  # the first step fills the audio cache and creates AdamW's state
         optimizer.step()
         if args.steady:  # the peak of the steps that follow: the high-water mark starts again here
             Path("/proc/self/clear_refs").write_text("5")
+            if tensors:
+                tensors.mark()
         for _ in range(2):
             run("shared_prefix")
             optimizer.step()
@@ -242,7 +278,11 @@ def distributed_worker(args) -> None:
             t.to_local() if isinstance(t, DTensor) else t for st in optimizer.state.values() for t in st.values()
         ]
         state = sum(t.numel() * t.element_size() for t in local if t is not None and t.dim() > 0) / 2**20
-        measured = parallel.gather(torch.tensor([(_rss_kb("VmHWM:") - before) / 1024, state]))
+        peak = (_rss_kb("VmHWM:") - before) / 1024
+        if tensors:
+            tensors.__exit__(None, None, None)
+            peak = tensors.peak_mb()
+        measured = parallel.gather(torch.tensor([peak, state]))
         if parallel.process.is_main:
             peak, state = measured.view(-1, 2).max(0).values.tolist()
             print(json.dumps({"peak_mb": peak, "state_mb": state}))
@@ -291,10 +331,13 @@ def distributed(model_dir: Path, args) -> None:
     )
     for name, flags in settings:
         m = {s: torchrun(model_dir, "--strategy", s, "--measure", "memory", *flags) for s in ("ddp", "fsdp2")}
+        t = {s: torchrun(model_dir, "--strategy", s, "--measure", "tensors", *flags) for s in ("ddp", "fsdp2")}
         print(
-            f"memory per process, training steps ({name}; activation checkpointing): peak DDP "
+            f"memory per process, training steps ({name}; activation checkpointing): peak RSS DDP "
             f"{m['ddp']['peak_mb']:.0f} MB, FSDP2 {m['fsdp2']['peak_mb']:.0f} MB, FSDP2/DDP "
-            f"{m['fsdp2']['peak_mb'] / m['ddp']['peak_mb']:.2f}; parameters + gradients + AdamW state DDP "
+            f"{m['fsdp2']['peak_mb'] / m['ddp']['peak_mb']:.2f}; peak in live tensors DDP "
+            f"{t['ddp']['peak_mb']:.0f} MB, FSDP2 {t['fsdp2']['peak_mb']:.0f} MB, FSDP2/DDP "
+            f"{t['fsdp2']['peak_mb'] / t['ddp']['peak_mb']:.2f}; parameters + gradients + AdamW state DDP "
             f"{m['ddp']['state_mb']:.1f} MB, FSDP2 {m['fsdp2']['state_mb']:.1f} MB, FSDP2/DDP "
             f"{m['fsdp2']['state_mb'] / m['ddp']['state_mb']:.2f}",
             flush=True,
