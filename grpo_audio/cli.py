@@ -264,10 +264,11 @@ def run_synth(cfg: SynthCommandConfig, log: CommandLog) -> int:
             f"synth: n must be at least 1, n_eval and n_rl at least 0; got {cfg.n}, {cfg.n_eval}, {cfg.n_rl}"
         )
     log.log_to(cfg.output_dir, header(cfg))
-    space = cfg.label_space(prefix="")
-    paths = write_corpus(cfg.output_dir, n=cfg.n, seed=cfg.seed, n_eval=cfg.n_eval, space=space, n_rl=cfg.n_rl)
+    space, formats = cfg.label_space(prefix=""), cfg.formats(prefix="")
+    paths = write_corpus(cfg.output_dir, cfg.n, cfg.seed, cfg.n_eval, space, n_rl=cfg.n_rl, answer_formats=formats)
     for name, path in paths.items():
-        print(f"{name:7s} {sum(1 for _ in path.open())} rows  {path}")
+        rows = len(json.loads(path.read_text())) if path.suffix == ".json" else sum(1 for _ in path.open())
+        print(f"{name:9s} {rows} rows  {path}")
     return 0
 
 

@@ -531,6 +531,11 @@ class CorpusConfig:
         "C2-C6 allowed). Notes from C5 (72) up are resolved by the Whisper front end without overtones.",
         factory=list,
     )
+    answer_formats: list[str] = setting(
+        help="How multiple-choice rows ask for the answer, one drawn per row: 'letter' (the choice's letter) and "
+        "'text' (its text), as `grpo-audio eval` asks a benchmark (default: both).",
+        factory=lambda: list(ANSWER_FORMATS),
+    )
 
     def label_space(self, prefix: str = "synthetic.") -> LabelSpace:
         """The corpus's ``data.synthetic.LabelSpace``; a bad value raises, naming the field (under ``prefix``)."""
@@ -540,12 +545,35 @@ class CorpusConfig:
         except ValueError as e:
             raise ConfigError(f"{prefix}{e}") from None
 
+    def formats(self, prefix: str = "synthetic.") -> tuple[str, ...]:
+        """``answer_formats``, checked: one or more of ``ANSWER_FORMATS``, else ``ConfigError`` naming the field."""
+        bad = [f for f in self.answer_formats if f not in ANSWER_FORMATS]
+        if bad or not self.answer_formats:
+            raise ConfigError(
+                f"{prefix}answer_formats: {list(self.answer_formats)}: choose one or more of {list(ANSWER_FORMATS)}"
+            )
+        return tuple(self.answer_formats)
+
 
 @dataclass
 class SyntheticConfig(CorpusConfig):
     """The synthetic music-theory corpus a recipe can generate for itself."""
 
     enabled: bool = setting(False, help="Generate the corpus into OUTPUT_DIR/data before the stages.")
+
+
+@dataclass
+class FinalEvalConfig:
+    """One more evaluation file the recipe's last model is scored on, asked as ``grpo-audio eval`` asks it."""
+
+    data: str = setting(
+        help="A benchmark file in any layout `grpo-audio eval` reads (MMAU, MMAR, MuChoMusic, a manifest), or "
+        "'synthetic:eval_mmau.json' (the held-out synthetic questions as an MMAU test-mini file)."
+    )
+    answer_format: str = setting(
+        "letter", help="What the prompts ask for: the choice's letter or its text.", choices=ANSWER_FORMATS
+    )
+    think: bool = setting(False, help="The prompts also ask for <think> reasoning, then an <answer> block.")
 
 
 @dataclass
@@ -562,11 +590,22 @@ class RecipeEvalConfig:
         "pass@1 / pass@k with 95% bootstrap intervals, and GRPO stages' paired difference from the stage before "
         "(sampled_eval.py); 0 skips it.",
     )
+    samples_at: str = setting(
+        "grpo",
+        help="Stages with the sampled evaluation (eval.samples): 'grpo', each GRPO stage and the stage it starts "
+        "from (what the paired difference compares), or 'all'.",
+        choices=("grpo", "all"),
+    )
     answer_format: str = setting(
         "letter",
         help="What a benchmark file's prompts ask for: the choice's letter or its text (MMAU's and MMAR's scorers "
         "credit the text); also how a bare token that is both a letter and a choice's text is read.",
         choices=ANSWER_FORMATS,
+    )
+    final: list[FinalEvalConfig] = setting(
+        help="Files the last stage's model is also scored on (greedy, as `grpo-audio eval`): the report's table "
+        "'The last model on other evaluation files'.",
+        factory=list,
     )
 
 

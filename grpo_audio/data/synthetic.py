@@ -15,7 +15,12 @@ From the same ground truth it writes:
   ``<think>...</think><answer>...</answer>``;
 - ``rl.jsonl``: prompts with ground truth for the rewards (the correct MCQ choice, open answer, metadata for
   music-theory and structured-caption rewards);
-- ``eval.jsonl``: held-out clips (no clip shared with the other files), multiple-choice and open questions.
+- ``eval.jsonl``: held-out clips (no clip shared with the other files), multiple-choice and open questions;
+- ``eval_mmau.json``: the held-out multiple-choice questions again, as an MMAU test-mini file.
+
+Every question comes in several wordings, and every multiple-choice row asks, as ``grpo-audio eval`` asks a
+benchmark (``data.benchmarks.build_prompt``), for the correct choice's letter or its text, drawn per row, and is
+answered that way: a model trained on it answers a benchmark's prompt in the form the prompt asks for.
 
 Departure from the paper: MF-Skills and MF-Think are built from real music with captions written by models and
 checked by people; here the music is synthetic, so every label is exact and the whole corpus builds in seconds.
@@ -38,10 +43,11 @@ import numpy as np
 import soundfile as sf
 
 from ..music_vocab import CHORD_QUALITIES, INSTRUMENTS, INTERVAL_NAMES, METERS, MODES, PITCH_CLASSES
+from ..rewards.matching import ANSWER_FORMATS
+from .benchmarks import THINK_INSTRUCTION, build_prompt
 
 SR = 16000
 TASKS = ("chord", "key", "tempo", "meter", "instrument")
-THINK_SUFFIX = " Think step by step inside <think></think>, then give the final answer inside <answer></answer>."
 # mir_eval chord-quality shorthands (reward issue compares chords with mir_eval).
 MIREX_QUALITY = {
     "major": "maj",
@@ -368,12 +374,18 @@ def make_clip(task: str, clip_id: str, rng: np.random.Generator, space: LabelSpa
 
 
 # ---- text: questions, captions, chains of thought ----------------------------------------------------------
+# Each question in several wordings, drawn per row, so that the model follows a question worded as it has not
+# seen it (benchmarks word their questions their own way).
 QUESTIONS = {
-    "chord": "Which chord is played?",
-    "key": "What is the key of this music?",
-    "tempo": "What is the tempo in BPM?",
-    "meter": "What is the time signature?",
-    "instrument": "Which instrument is playing?",
+    "chord": ("Which chord is played?", "What chord do you hear?", "Identify the chord in this clip."),
+    "key": ("What is the key of this music?", "In which key is this piece?", "Identify the key of the music."),
+    "tempo": (
+        "What is the tempo in BPM?",
+        "How fast is this music, in beats per minute?",
+        "Estimate the tempo of this clip in BPM.",
+    ),
+    "meter": ("What is the time signature?", "What meter is this music in?", "Identify the time signature."),
+    "instrument": ("Which instrument is playing?", "What instrument do you hear?", "Identify the instrument."),
 }
 TIMBRE_WORDS = {
     "piano": "a struck attack and a decay with rich overtones, like a piano",
@@ -428,20 +440,34 @@ def _distractors(clip: Clip, rng: np.random.Generator, space: LabelSpace) -> lis
     return [str(x) for x in rng.choice(pool, size=3, replace=False)]
 
 
-MCQ_INSTRUCTION = "Answer with the correct choice."
+def question(clip: Clip, rng: np.random.Generator) -> str:
+    """One of the clip's question wordings (``QUESTIONS``)."""
+    return str(rng.choice(QUESTIONS[clip.task]))
 
 
-def mcq(clip: Clip, rng: np.random.Generator, space: LabelSpace = LabelSpace()) -> tuple[str, list[str], str]:
-    """(question text with lettered choices, choices, the correct choice's text).
+@dataclass(frozen=True)
+class MCQ:
+    """A multiple-choice question about a clip, and how it is asked and answered in each answer format
+    (``ANSWER_FORMATS``: the choice's letter or its text), with the prompt ``grpo-audio eval`` builds for a
+    benchmark file (``data.benchmarks.build_prompt``)."""
 
-    The answer is the choice itself, as MMAU scores answers, rather than its letter: a model then names what
-    it hears instead of also learning to look letters up (``mcq_accuracy`` accepts either).
-    """
+    question: str
+    choices: list[str]  # 4, in the order they are lettered
+    answer: str  # the correct choice's text
+
+    def prompt(self, answer_format: str, think: bool = False) -> str:
+        return build_prompt(self.question, self.choices, answer_format, think)
+
+    def target(self, answer_format: str) -> str:
+        """The answer the prompt asks for: the correct choice's letter, or its text."""
+        return "ABCD"[self.choices.index(self.answer)] if answer_format == "letter" else self.answer
+
+
+def mcq(clip: Clip, rng: np.random.Generator, space: LabelSpace = LabelSpace()) -> MCQ:
+    """A question in one of its wordings, the correct choice and three distractors in a random order."""
     choices = [open_answer(clip), *_distractors(clip, rng, space)]
     order = rng.permutation(len(choices))
-    choices = [choices[i] for i in order]
-    lines = "\n".join(f"({'ABCD'[i]}) {c}" for i, c in enumerate(choices))
-    return f"{QUESTIONS[clip.task]}\n{lines}\n{MCQ_INSTRUCTION}", choices, open_answer(clip)
+    return MCQ(question(clip, rng), [choices[i] for i in order], open_answer(clip))
 
 
 def caption(clip: Clip) -> str:
@@ -528,32 +554,46 @@ def _row(clip: Clip, kind: str, prompt: str, **fields: Any) -> dict[str, Any]:
 
 
 def rows_for_clip(
-    clip: Clip, rng: np.random.Generator, space: LabelSpace = LabelSpace()
+    clip: Clip,
+    rng: np.random.Generator,
+    space: LabelSpace = LabelSpace(),
+    answer_formats: tuple[str, ...] = ANSWER_FORMATS,
 ) -> dict[str, list[dict[str, Any]]]:
-    """The rows each output file gets from one clip."""
-    question, choices, correct = mcq(clip, rng, space)
+    """The rows each output file gets from one clip. Each multiple-choice row asks for the letter or the text of
+    the correct choice (drawn per row from ``answer_formats``) and is trained or scored on that; each row words its
+    question its own way."""
+    q = mcq(clip, rng, space)
     answer = open_answer(clip)
     cap = caption(clip)
     think = thinking(clip)
     cap_prompt = "Describe this music: mention what you can tell about its key, chords, tempo, meter and instrument."
+
+    def ask(kind: str, think_tags: bool, **fields: Any) -> dict[str, Any]:
+        fmt = str(rng.choice(answer_formats))
+        return _row(clip, kind, q.prompt(fmt, think_tags), choices=q.choices, answer=q.target(fmt), **fields)
+
+    def ask_open(kind: str, suffix: str, **fields: Any) -> dict[str, Any]:
+        return _row(clip, kind, question(clip, rng) + suffix, answer=answer, **fields)
+
     skills = [
         _row(clip, "caption", cap_prompt, answer=cap, caption=cap) | {"task": "caption"},
-        _row(clip, "mcq", question, choices=choices, answer=correct),
-        _row(clip, "open", QUESTIONS[clip.task] + " Answer briefly.", answer=answer),
+        ask("mcq", False),
+        ask_open("open", " Answer briefly."),
     ]
-    think_rows = [
-        _row(clip, "think", question + THINK_SUFFIX, choices=choices, answer=correct, thinking=think),
-        _row(clip, "think-open", QUESTIONS[clip.task] + THINK_SUFFIX, answer=answer, thinking=think),
-    ]
+    think_rows = [ask("think", True, thinking=think), ask_open("think-open", THINK_INSTRUCTION, thinking=think)]
     rl = [
-        _row(clip, "rl-mcq", question + THINK_SUFFIX, choices=choices, answer=correct),
-        _row(clip, "rl-caption", cap_prompt + THINK_SUFFIX, caption=cap) | {"task": "caption"},
+        ask("rl-mcq", True),
+        _row(clip, "rl-caption", cap_prompt + THINK_INSTRUCTION, caption=cap) | {"task": "caption"},
     ]
-    evals = [
-        _row(clip, "mcq", question + THINK_SUFFIX, choices=choices, answer=correct),
-        _row(clip, "open", QUESTIONS[clip.task] + THINK_SUFFIX, answer=answer),
-    ]
-    return {"skills": skills, "think": think_rows, "rl": rl, "eval": evals}
+    evals = [ask("mcq", True), ask_open("open", THINK_INSTRUCTION)]
+    return {"skills": skills, "think": think_rows, "rl": rl, "eval": evals, "eval_mmau": [benchmark_item(clip, q)]}
+
+
+def benchmark_item(clip: Clip, q: MCQ) -> dict[str, Any]:
+    """The clip's question as an MMAU test-mini item (``id``, ``audio_id``, ``question``, ``choices``, ``answer``,
+    ``task``), for ``grpo-audio eval`` to build its own prompt from."""
+    return {"id": clip.id, "audio_id": f"clips/{clip.id}.wav", "question": q.question, "choices": q.choices,
+            "answer": q.answer, "task": clip.task}  # fmt: skip
 
 
 def write_corpus(
@@ -563,33 +603,43 @@ def write_corpus(
     n_eval: int | None = None,
     space: LabelSpace = LabelSpace(),
     n_rl: int = 0,
+    answer_formats: tuple[str, ...] = ANSWER_FORMATS,
 ) -> dict[str, Path]:
     """Render ``n`` training clips and ``n_eval`` held-out clips (default n // 4) with labels from ``space`` and
     write the manifests.
 
     ``rl.jsonl`` (the GRPO prompts) asks about the training clips, or with ``n_rl > 0`` about ``n_rl`` clips of
-    its own, which the supervised manifests (``skills``, ``think``) never show. Tasks are assigned round-robin, so
+    its own, which the supervised manifests (``skills``, ``think``) never show. Multiple-choice rows ask for the
+    answer in one of ``answer_formats`` (``letter``, ``text``), drawn per row. Tasks are assigned round-robin, so
     every task gets its share. Same seed, same bytes.
 
+    ``eval_mmau.json`` holds the held-out clips' questions again as an MMAU test-mini file (the question alone, its
+    choices and answer), for ``grpo-audio eval`` to build the prompt a benchmark gets.
+
     Returns:
-        Paths of ``skills``, ``think``, ``rl`` and ``eval`` manifests.
+        Paths of ``skills``, ``think``, ``rl`` and ``eval`` manifests and of ``eval_mmau``.
     """
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     n_eval = max(len(TASKS), n // 4) if n_eval is None else n_eval
-    files: dict[str, list[dict[str, Any]]] = {"skills": [], "think": [], "rl": [], "eval": []}
+    files: dict[str, list[dict[str, Any]]] = {"skills": [], "think": [], "rl": [], "eval": [], "eval_mmau": []}
     # Which manifests each split's clips feed.
-    feeds = {"train": {"skills", "think"} | ({"rl"} if n_rl <= 0 else set()), "eval": {"eval"}, "rl": {"rl"}}
+    feeds = {"train": {"skills", "think"} | ({"rl"} if n_rl <= 0 else set()), "eval": {"eval", "eval_mmau"},
+             "rl": {"rl"}}  # fmt: skip
     for k, (split, count) in enumerate((("train", n), ("eval", n_eval), ("rl", max(0, n_rl)))):
         for i in range(count):
             rng = np.random.default_rng([seed, k, i])
             clip = make_clip(TASKS[i % len(TASKS)], f"{split}-{i:05d}", rng, space)
             sf.write(out / "clips" / f"{clip.id}.wav", clip.wave, SR, subtype="PCM_16", format="WAV")
-            for name, rows in rows_for_clip(clip, rng, space).items():
+            for name, rows in rows_for_clip(clip, rng, space, answer_formats).items():
                 if name in feeds[split]:
                     files[name].extend(rows)
     paths = {}
     for name, rows in files.items():
-        paths[name] = out / f"{name}.jsonl"
-        paths[name].write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
+        if name == "eval_mmau":
+            paths[name] = out / f"{name}.json"
+            paths[name].write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+        else:
+            paths[name] = out / f"{name}.jsonl"
+            paths[name].write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
     return paths

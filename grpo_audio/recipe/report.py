@@ -1,7 +1,8 @@
 """A recipe's report: ``report.json`` (everything), ``report.md`` (the tables a person reads) and ``stages.png``
 (evaluation accuracy per stage and question type).
 
-The report is a dict: ``family``, ``wall_s`` and ``stages``, one entry per stage in order (``name``, ``kind``,
+The report is a dict: ``family``, ``wall_s``, ``final`` (the last model on ``eval.final``'s files, see
+``Recipe.evaluate_final``) and ``stages``, one entry per stage in order (``name``, ``kind``,
 ``model_dir``, ``wall_s``; ``eval`` with the stage's evaluation, see ``evaluate.score``, plus ``eval.reward``;
 supervised stages add ``loss_first`` / ``loss_last``, GRPO stages the fields of :func:`grpo_entry`).
 """
@@ -107,6 +108,34 @@ def markdown(report: dict[str, Any], family: str) -> list[str]:
                 + (f", pass@1 {_interval(vs['pass_at_1'], sign=True)}" if vs.get("pass_at_1") else "")
                 + (" (the interval is above 0)" if vs["reward"]["low"] > 0 else " (the interval includes 0 or less)"),
             ]
+    lines += _final_lines(report)
+    return lines
+
+
+def _final_lines(report: dict[str, Any]) -> list[str]:
+    """The table of the last model on ``eval.final``'s files, against its MCQ accuracy on the eval split."""
+    finals = report.get("final") or []
+    if not finals:
+        return []
+    last = next((s for s in reversed(report["stages"]) if s.get("eval")), None)
+    own = last["eval"].get("mcq_accuracy") if last else None
+    lines = [
+        "",
+        "The last model on other evaluation files (greedy; the prompt `grpo-audio eval` builds for the file"
+        + (f"; its MCQ accuracy on the eval split: {_fmt(own)}" if own is not None else "")
+        + "):",
+        "",
+        "| file | layout | answer format | think | questions | MCQ acc | minus eval split | one choice | format rate "
+        "|",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in finals:
+        acc = f.get("mcq_accuracy")
+        diff = "-" if acc is None or own is None else f"{acc - own:+.3f}"
+        lines.append(
+            f"| {f['data']} | {f['layout']} | {f['answer_format']} | {'yes' if f['think'] else 'no'} | {f['n']} | "
+            f"{_fmt(acc)} | {diff} | {_fmt(f.get('choice_rate'))} | {_fmt(f.get('format_rate'))} |"
+        )
     return lines
 
 

@@ -22,7 +22,16 @@ from transformers import AutoProcessor
 
 from ..audio_cache import AudioCache
 from ..checkpoint import model_fingerprint
-from ..config import RecipeConfig, RunConfig, StageConfig, SupervisedSettings, check_parallel, merge_config, to_object
+from ..config import (
+    ConfigError,
+    RecipeConfig,
+    RunConfig,
+    StageConfig,
+    SupervisedSettings,
+    check_parallel,
+    merge_config,
+    to_object,
+)
 from ..data.benchmarks import load_benchmark
 from ..data.loaders import load_manifest
 from ..data.schema import Row
@@ -57,6 +66,12 @@ class Recipe:
         self.audio_cache = AudioCache(int(cfg.audio_cache_gb * (1 << 30)))
         if cfg.synthetic.enabled:
             cfg.synthetic.label_space()  # a bad label space fails here, before any stage
+            cfg.synthetic.formats()
+        for i, final in enumerate(cfg.eval.final):  # and so does a final evaluation file that is not there
+            synthetic = final.data.startswith("synthetic:")
+            if (synthetic and not cfg.synthetic.enabled) or (not synthetic and not Path(final.data).exists()):
+                why = "synthetic.enabled is false" if synthetic else "no such file"
+                raise ConfigError(f"eval.final[{i}].data: {final.data!r}: {why}")
         for stage in cfg.stages:  # and so do a GRPO stage's overrides, and what they need of the processes
             if stage.kind == "grpo":
                 check_parallel(self.grpo_config(stage, self.out / "base"))
@@ -65,8 +80,10 @@ class Recipe:
         self.main = self.parallel.process.is_main
 
     def data_path(self, spec: str) -> Path:
+        """``synthetic:NAME`` is the synthetic corpus's ``NAME.jsonl`` (or ``NAME`` with its own suffix)."""
         if spec.startswith("synthetic:"):
-            return self.out / "data" / f"{spec.split(':', 1)[1]}.jsonl"
+            name = spec.split(":", 1)[1]
+            return self.out / "data" / (name if Path(name).suffix else f"{name}.jsonl")
         return Path(spec)
 
     def say(self, message: str) -> None:
@@ -86,7 +103,9 @@ class Recipe:
         if self.cfg.synthetic.enabled:
             t = time.perf_counter()
             s = self.cfg.synthetic
-            write_corpus(self.out / "data", n=s.n, seed=s.seed, n_eval=s.n_eval, space=s.label_space(), n_rl=s.n_rl)
+            write_corpus(
+                self.out / "data", s.n, s.seed, s.n_eval, s.label_space(), n_rl=s.n_rl, answer_formats=s.formats()
+            )
             rl = f" + {s.n_rl} for GRPO" if s.n_rl > 0 else ""
             print(
                 f"[recipe] synthetic corpus: {s.n} + {s.n_eval} held-out{rl} clips ({time.perf_counter() - t:.0f} s)"
@@ -111,8 +130,10 @@ class Recipe:
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         current = self.prepare()
-        self.report["stages"].append({"name": "base", "kind": "base", **self.evaluate(current, "base")})
-        for stage in self.cfg.stages:
+        self.report["stages"].append(
+            {"name": "base", "kind": "base", **self.evaluate(current, "base", sampled=self.sampled_after(-1))}
+        )
+        for i, stage in enumerate(self.cfg.stages):
             t = time.perf_counter()
             key = self.stage_key(stage, current)
             done = self.completed(stage, key)
@@ -133,7 +154,8 @@ class Recipe:
                 current, grpo = self.grpo(stage, current)
                 entry.update(grpo)
             entry["model_dir"] = str(current)
-            entry.update(self.evaluate(current, stage.name, data=stage.data if stage.kind == "eval" else None))
+            data = stage.data if stage.kind == "eval" else None
+            entry.update(self.evaluate(current, stage.name, data, sampled=self.sampled_after(i)))
             if stage.kind == "grpo":
                 entry.update(self.compare_sampled(entry))
             entry["wall_s"] = round(time.perf_counter() - t, 1)
@@ -142,6 +164,8 @@ class Recipe:
                 self.mark_completed(stage, key, entry)
                 self.write_report(time.perf_counter() - start)
             self.parallel.barrier()  # every process sees the stage's record before the next stage
+        if self.cfg.eval.final:
+            self.report["final"] = self.evaluate_final(current)
         if self.main:
             self.write_report(time.perf_counter() - start)
         self.say(f"[recipe] report in {self.out / 'report.md'} ({time.perf_counter() - start:.0f} s)")
@@ -241,13 +265,23 @@ class Recipe:
             trainer.close()
         return summary.checkpoint / "model", grpo_entry(summary, run_cfg.train)
 
-    def evaluate(self, model_dir: Path, name: str, data: str | None = None) -> dict[str, Any]:
-        """Evaluate ``model_dir`` on the main process (the others wait and get ``{}``)."""
-        result = self._evaluate(model_dir, name, data) if self.main else {}
+    def sampled_after(self, index: int) -> bool:
+        """Whether the evaluation after stage ``index`` (-1: the base model) samples (``eval.samples``,
+        ``eval.samples_at``)."""
+        ev, stages = self.cfg.eval, self.cfg.stages
+        if not ev.samples:
+            return False
+        grpo = lambda i: 0 <= i < len(stages) and stages[i].kind == "grpo"  # noqa: E731
+        return ev.samples_at == "all" or grpo(index) or grpo(index + 1)
+
+    def evaluate(self, model_dir: Path, name: str, data: str | None = None, sampled: bool = False) -> dict[str, Any]:
+        """Evaluate ``model_dir`` on the main process (the others wait and get ``{}``); ``sampled``: also the
+        sampled evaluation."""
+        result = self._evaluate(model_dir, name, data, sampled) if self.main else {}
         self.parallel.barrier()
         return result
 
-    def _evaluate(self, model_dir: Path, name: str, data: str | None = None) -> dict[str, Any]:
+    def _evaluate(self, model_dir: Path, name: str, data: str | None, sampled: bool) -> dict[str, Any]:
         path = self.data_path(data or self.cfg.eval.data)
         if not path.exists():
             return {}
@@ -267,15 +301,15 @@ class Recipe:
                 audio_cache=self.audio_cache,
                 prefer=ev.answer_format,
             )
-            if ev.samples:
+            if sampled:
                 sampling = sampling_config(self.cfg.rollout)
                 sampling.max_new_tokens = ev.max_new_tokens
                 rewards = RewardSet.from_specs(self.cfg.rewards, on_error=self.cfg.grpo.reward_on_error)
                 with cached_encoder(engine, self.audio_cache):
-                    sampled = sampled_eval(
+                    draws = sampled_eval(
                         engine, rows, rewards, ev.samples, sampling, seed=self.cfg.seed, prefer=ev.answer_format
                     )
-                result["sampled"] = sampled.summary()
+                result["sampled"] = draws.summary()
         finally:
             if hasattr(engine, "close"):
                 engine.close()
@@ -287,9 +321,49 @@ class Recipe:
         print(
             f"[recipe] eval after '{name}': mcq {result['mcq_accuracy']}, open {result['open_accuracy']}, "
             f"format {result['format_rate']}"
-            + (f", sampled reward {sampled.reward} (k={ev.samples})" if ev.samples else "")
+            + (f", sampled reward {result['sampled']['reward']['value']:.3f} (k={ev.samples})" if sampled else "")
         )
         return {"eval": result}
+
+    def evaluate_final(self, model_dir: Path) -> list[dict[str, Any]]:
+        """The last model on each ``eval.final`` file, greedy, asked as ``grpo-audio eval`` asks it (main process;
+        the others get ``[]``): per file its settings, ``n``, ``mcq_accuracy``, ``choice_rate``, ``format_rate``;
+        per-row results in ``samples/final-I.jsonl``."""
+        results: list[dict[str, Any]] = []
+        if self.main:
+            ev = self.cfg.eval
+            engine = load_engine(
+                model_dir, ev.engine, self.cfg.rollout.max_model_len, self.audio_cache, self.cfg.model.dtype
+            )
+            try:
+                for i, final in enumerate(ev.final):
+                    bench = load_benchmark(
+                        self.data_path(final.data), self.family, answer_format=final.answer_format, think=final.think
+                    )
+                    scored = evaluate_model(
+                        model_dir,
+                        bench.rows,
+                        max_new_tokens=ev.max_new_tokens,
+                        engine_obj=engine,
+                        audio_cache=self.audio_cache,
+                        prefer=final.answer_format,
+                    )
+                    (self.out / "samples").mkdir(parents=True, exist_ok=True)
+                    with (self.out / "samples" / f"final-{i}.jsonl").open("w") as f:
+                        f.writelines(json.dumps(r) + "\n" for r in scored["results"])
+                    entry = {**asdict(final), "layout": bench.layout, "n": len(bench.rows)}
+                    entry.update({k: scored[k] for k in ("mcq_accuracy", "choice_rate", "format_rate")})
+                    results.append(entry)
+                    self.say(
+                        f"[recipe] last model on {final.data} ({bench.layout}, {final.answer_format}"
+                        f"{', think' if final.think else ''}): mcq {entry['mcq_accuracy']}, "
+                        f"one choice {entry['choice_rate']}"
+                    )
+            finally:
+                if hasattr(engine, "close"):
+                    engine.close()
+        self.parallel.barrier()
+        return results
 
     def compare_sampled(self, entry: dict[str, Any]) -> dict[str, Any]:
         """A GRPO stage's sampled evaluation minus the last earlier stage's on the same eval data (same prompts,

@@ -11,9 +11,12 @@ import pytest
 import soundfile as sf
 
 from grpo_audio.cli import main
+from grpo_audio.config import ConfigError
+from grpo_audio.data.benchmarks import THINK_INSTRUCTION, build_prompt, read_benchmark
 from grpo_audio.data.loaders import load_manifest
 from grpo_audio.data.synthetic import (
     BEATS_PER_BAR,
+    QUESTIONS,
     SR,
     TIMBRES,
     midi_to_hz,
@@ -24,6 +27,7 @@ from grpo_audio.data.synthetic import (
     write_corpus,
 )
 from grpo_audio.music_vocab import PITCH_CLASSES
+from grpo_audio.rewards.matching import ANSWER_FORMATS, Choices
 
 C4 = 261.6256
 
@@ -35,6 +39,11 @@ def chroma(wave: np.ndarray, sr: int = SR) -> np.ndarray:
     keep = (freqs > 25) & (freqs < 5000)
     pcs = np.round(12 * np.log2(freqs[keep] / C4)).astype(int) % 12
     return np.bincount(pcs, weights=spec[keep], minlength=12)
+
+
+def correct(row) -> str:
+    """The text of the choice a row's answer (a letter or a choice's text) designates."""
+    return row.choices[Choices(row.choices).answer_index(row.answer)]
 
 
 def onsets(wave: np.ndarray, sr: int = SR) -> np.ndarray:
@@ -146,10 +155,10 @@ def test_corpus_files_rows_and_loaders(corpus):
     assert all(r.thinking and r.answer for r in think)
     mcq_think = [r for r in think if r.choices]
     assert len(mcq_think) * 2 == len(think)  # a multiple-choice and an open question per clip
-    assert all(r.answer in r.choices for r in mcq_think)
+    assert all(r.answer in r.choices or r.answer in "ABCD" for r in mcq_think)
     mcq = [r for r in load_manifest(corpus["skills"], decode=False) if r.choices]
     assert {r.task for r in mcq} == {"chord", "key", "tempo", "meter", "instrument"}
-    assert {r.choices.index(r.answer) for r in mcq} == {0, 1, 2, 3}  # the answer's place is shuffled
+    assert {r.choices.index(correct(r)) for r in mcq} == {0, 1, 2, 3}  # the answer's place is shuffled
     for r in mcq:
         assert len(set(r.choices)) == 4
 
@@ -219,9 +228,14 @@ def test_rl_prompts_on_clips_of_their_own(tmp_path):
 def test_synth_cli(tmp_path, capsys):
     assert main(["synth", f"output_dir={tmp_path / 's'}", "n=5", "n_eval=1", "seed=3"]) == 0
     out = capsys.readouterr().out
-    assert "skills  15 rows" in out and (tmp_path / "s" / "eval.jsonl").exists()
+    assert "skills    15 rows" in out and "eval_mmau 1 rows" in out and (tmp_path / "s" / "eval.jsonl").exists()
     assert main(["synth", f"output_dir={tmp_path / 'r'}", "n=5", "n_eval=1", "n_rl=3"]) == 0
-    assert "rl      6 rows" in capsys.readouterr().out
+    assert "rl        6 rows" in capsys.readouterr().out
+    assert main(["synth", f"output_dir={tmp_path / 't'}", "n=5", "answer_formats=[text]"]) == 0
+    text_only = [r for r in load_manifest(tmp_path / "t" / "skills.jsonl", decode=False) if r.choices]
+    assert text_only and all(r.answer in r.choices for r in text_only)
+    with pytest.raises(ConfigError, match=r"answer_formats: \['letters'\]: choose one or more of"):
+        main(["synth", f"output_dir={tmp_path / 'u'}", "n=5", "answer_formats=[letters]"])
     args = [
         "synth",
         f"output_dir={tmp_path / 'm'}",
@@ -320,10 +334,55 @@ def test_chains_start_from_what_is_heard_and_end_on_the_answer(corpus):
             "instrument": m.get("instrument"),
         }[r.task]
         assert expect in first, (r.id, r.thinking)
-        assert r.thinking.rstrip(".").endswith(r.answer) or r.thinking.rstrip(".").endswith(f"{r.answer} BPM"), (
-            r.thinking
-        )
+        answer = correct(r) if r.choices else r.answer
+        assert r.thinking.rstrip(".").endswith(answer) or r.thinking.rstrip(".").endswith(f"{answer} BPM"), r.thinking
         if r.task == "chord":
             root, bitmap, _ = mir_eval.chord.encode(m["chord"])
             named = r.thinking.split("Its notes are ")[1].split(":")[0].replace(" and ", ", ").split(", ")
             assert {PITCH_CLASSES.index(n) for n in named} == {(root + i) % 12 for i in np.flatnonzero(bitmap)}
+
+
+def _asked(row, think: bool) -> tuple[str, str]:
+    """(wording, answer format) of a multiple-choice row whose prompt is ``build_prompt``'s for one of its task's
+    wordings; fails otherwise."""
+    for wording in QUESTIONS[row.task]:
+        for fmt in ANSWER_FORMATS:
+            if row.prompt == build_prompt(wording, row.choices, fmt, think):
+                return wording, fmt
+    raise AssertionError(f"{row.id}: not a benchmark prompt: {row.prompt!r}")
+
+
+@pytest.mark.parametrize("name, think", [("skills", False), ("think", True), ("rl", True), ("eval", True)])
+def test_questions_are_asked_as_benchmarks_ask_them(corpus, name, think):
+    """Every multiple-choice row is the prompt `grpo-audio eval` builds for a benchmark item (one of the task's
+    wordings, lettered choices, the letter or text instruction, the think instruction where chains are asked
+    for), answered in the form it asks for; open rows word their question in every way too."""
+    rows = load_manifest(corpus[name], decode=False)
+    asked = []
+    for r in (r for r in rows if r.choices):
+        wording, fmt = _asked(r, think)
+        assert (r.answer in "ABCD") == (fmt == "letter"), (r.id, fmt, r.answer)
+        truth = {"chord": "chord_name", "key": "key", "tempo": "tempo", "meter": "meter", "instrument": "instrument"}
+        assert correct(r) == str(r.metadata[truth[r.task]]), r.id
+        asked.append((r.task, wording, fmt))
+    assert {fmt for _, _, fmt in asked} == set(ANSWER_FORMATS)
+    if name != "eval":  # 30 clips (the eval split has 7): several wordings a task
+        assert len({(task, wording) for task, wording, _ in asked}) >= 2 * len(QUESTIONS)
+    for r in (r for r in rows if not r.choices and r.task != "caption"):
+        assert any(r.prompt.startswith(w) for w in QUESTIONS[r.task]), r.prompt
+        assert r.prompt.endswith(THINK_INSTRUCTION) == think, r.prompt
+
+
+@pytest.mark.parametrize("fmt", ANSWER_FORMATS)
+def test_held_out_questions_as_an_mmau_file(corpus, fmt):
+    """eval_mmau.json reads as MMAU test-mini; each item is the eval split's question about the same clip, with
+    the same choices and the same correct choice, asked as `grpo-audio eval` asks in either answer format."""
+    bench = read_benchmark(corpus["eval_mmau"], answer_format=fmt, think=True)
+    assert bench.layout == "mmau" and not bench.bad
+    own = {r.audio: r for r in load_manifest(corpus["eval"], decode=False) if r.choices}
+    assert len(bench.rows) == len(own) > 0
+    for r in bench.rows:
+        mine = own[str(corpus["eval"].parent / bench.items[bench.item_of[r.id]]["audio_id"])]
+        wording, _ = _asked(mine, think=True)
+        assert r.prompt == build_prompt(wording, mine.choices, fmt, think=True)
+        assert r.choices == mine.choices and correct(r) == correct(mine)

@@ -79,8 +79,10 @@ def test_short_recipe_runs_every_stage(tmp_path):
             assert all(c.strip() not in ("-", "nan") for c in line.split("|")[2:6]), line
     assert grpo["reward_first"] == grpo["rewards"]["total"]["train_first"]
     assert (out / "stages.png").stat().st_size > 5000
-    # Sampled evaluation after every stage, and the GRPO stage against the one before, paired.
-    for stage in saved["stages"]:
+    # Sampled evaluation where GRPO acts (eval.samples_at: grpo): after the GRPO stage and the stage it starts
+    # from, and the GRPO stage against that one, paired.
+    assert [s["name"] for s in saved["stages"] if "sampled" in s["eval"]] == ["cold_start", "grpo"]
+    for stage in saved["stages"][3:5]:
         sampled = stage["eval"]["sampled"]
         assert sampled["k"] == 2 and len(sampled["prompts"]) == 6 and sampled["reward"]["n"] == 6
         assert sampled["reward"]["low"] <= sampled["reward"]["value"] <= sampled["reward"]["high"]
@@ -88,6 +90,21 @@ def test_short_recipe_runs_every_stage(tmp_path):
         assert line.split("|")[8].strip().startswith(f"{sampled['reward']['value']:.3f} ["), line
     assert grpo["sampled_vs"]["stage"] == "cold_start" and grpo["sampled_vs"]["reward"]["n"] == 6
     assert "Against 'cold_start', paired (the same prompts and seeds): sampled reward" in text
+    # The last model on the held-out questions as an MMAU file, in each answer format of tiny.yaml's eval.final.
+    finals = saved["final"]
+    assert [(f["answer_format"], f["think"]) for f in finals] == [
+        ("letter", False), ("text", False), ("letter", True), ("text", True)
+    ]  # fmt: skip
+    for i, f in enumerate(finals):
+        assert f["layout"] == "mmau" and f["n"] == 5
+        rows = [json.loads(x) for x in (out / "samples" / f"final-{i}.jsonl").read_text().splitlines()]
+        assert len(rows) == 5 and f["mcq_accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 5)
+        assert f["choice_rate"] == pytest.approx(sum(r["picked_one_choice"] for r in rows) / 5)
+        think = "yes" if f["think"] else "no"
+        head = f"| synthetic:eval_mmau.json | mmau | {f['answer_format']} | {think} | 5 |"
+        line = next(x for x in text.splitlines() if x.startswith(head))
+        own = saved["stages"][-1]["eval"]["mcq_accuracy"]
+        assert f"| {f['mcq_accuracy']:.3f} | {f['mcq_accuracy'] - own:+.3f} |" in line, line
 
     # The fresh base model's projector was standardised on the first audio stage's clips (all 10 here).
     from transformers import AutoProcessor
