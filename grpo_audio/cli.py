@@ -40,6 +40,7 @@ from .config import (
     RecipeConfig,
     RecipeEvalConfig,
     RunConfig,
+    checked_answer_formats,
     describe,
     help_of,
     load_config,
@@ -264,7 +265,7 @@ def run_synth(cfg: SynthCommandConfig, log: CommandLog) -> int:
             f"synth: n must be at least 1, n_eval and n_rl at least 0; got {cfg.n}, {cfg.n_eval}, {cfg.n_rl}"
         )
     log.log_to(cfg.output_dir, header(cfg))
-    space, formats = cfg.label_space(prefix=""), cfg.formats(prefix="")
+    space, formats = cfg.label_space(prefix=""), checked_answer_formats(cfg.answer_formats, prefix="")
     paths = write_corpus(cfg.output_dir, cfg.n, cfg.seed, cfg.n_eval, space, n_rl=cfg.n_rl, answer_formats=formats)
     for name, path in paths.items():
         rows = len(json.loads(path.read_text())) if path.suffix == ".json" else sum(1 for _ in path.open())

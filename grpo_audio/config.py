@@ -545,14 +545,12 @@ class CorpusConfig:
         except ValueError as e:
             raise ConfigError(f"{prefix}{e}") from None
 
-    def formats(self, prefix: str = "synthetic.") -> tuple[str, ...]:
-        """``answer_formats``, checked: one or more of ``ANSWER_FORMATS``, else ``ConfigError`` naming the field."""
-        bad = [f for f in self.answer_formats if f not in ANSWER_FORMATS]
-        if bad or not self.answer_formats:
-            raise ConfigError(
-                f"{prefix}answer_formats: {list(self.answer_formats)}: choose one or more of {list(ANSWER_FORMATS)}"
-            )
-        return tuple(self.answer_formats)
+
+def checked_answer_formats(formats: list[str], prefix: str = "synthetic.") -> tuple[str, ...]:
+    """A corpus's ``answer_formats``: one or more of ``ANSWER_FORMATS``, else ``ConfigError`` naming the field."""
+    if not formats or any(f not in ANSWER_FORMATS for f in formats):
+        raise ConfigError(f"{prefix}answer_formats: {list(formats)}: choose one or more of {list(ANSWER_FORMATS)}")
+    return tuple(formats)
 
 
 @dataclass

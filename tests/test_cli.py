@@ -28,7 +28,7 @@ def test_verbose_anywhere_on_the_line(tmp_path, where, capsys):
     argv = {"first": ["-v", "synth", *settings], "middle": ["synth", settings[0], "--verbose", *settings[1:]],
             "last": ["synth", *settings, "-v"]}[where]  # fmt: skip
     assert main(argv) == 0
-    assert "skills  3 rows" in capsys.readouterr().out
+    assert "skills    3 rows" in capsys.readouterr().out
     assert (tmp_path / where / "grpo-audio.log").read_text().startswith("$ grpo-audio ")
 
 

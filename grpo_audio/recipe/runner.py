@@ -29,6 +29,7 @@ from ..config import (
     StageConfig,
     SupervisedSettings,
     check_parallel,
+    checked_answer_formats,
     merge_config,
     to_object,
 )
@@ -66,7 +67,7 @@ class Recipe:
         self.audio_cache = AudioCache(int(cfg.audio_cache_gb * (1 << 30)))
         if cfg.synthetic.enabled:
             cfg.synthetic.label_space()  # a bad label space fails here, before any stage
-            cfg.synthetic.formats()
+            checked_answer_formats(cfg.synthetic.answer_formats)
         for i, final in enumerate(cfg.eval.final):  # and so does a final evaluation file that is not there
             synthetic = final.data.startswith("synthetic:")
             if (synthetic and not cfg.synthetic.enabled) or (not synthetic and not Path(final.data).exists()):
@@ -103,9 +104,8 @@ class Recipe:
         if self.cfg.synthetic.enabled:
             t = time.perf_counter()
             s = self.cfg.synthetic
-            write_corpus(
-                self.out / "data", s.n, s.seed, s.n_eval, s.label_space(), n_rl=s.n_rl, answer_formats=s.formats()
-            )
+            fmts = checked_answer_formats(s.answer_formats)
+            write_corpus(self.out / "data", s.n, s.seed, s.n_eval, s.label_space(), n_rl=s.n_rl, answer_formats=fmts)
             rl = f" + {s.n_rl} for GRPO" if s.n_rl > 0 else ""
             print(
                 f"[recipe] synthetic corpus: {s.n} + {s.n_eval} held-out{rl} clips ({time.perf_counter() - t:.0f} s)"
