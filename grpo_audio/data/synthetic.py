@@ -460,7 +460,7 @@ class MCQ:
 
     def target(self, answer_format: str) -> str:
         """The answer the prompt asks for: the correct choice's letter, or its text."""
-        return "ABCD"[self.choices.index(self.answer)] if answer_format == "letter" else self.answer
+        return chr(65 + self.choices.index(self.answer)) if answer_format == "letter" else self.answer
 
 
 def mcq(clip: Clip, rng: np.random.Generator, space: LabelSpace = LabelSpace()) -> MCQ:

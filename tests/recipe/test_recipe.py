@@ -214,6 +214,23 @@ def test_a_bad_label_space_fails_before_any_stage(tmp_path, override, field):
     assert not any(tmp_path.iterdir())  # nothing generated
 
 
+@pytest.mark.parametrize(
+    "final, why",
+    [
+        ("{data: /no/such/mmau.json}", "no such file"),
+        ("{data: 'synthetic:eval_mmau.json'}", "synthetic.enabled is false"),
+    ],
+)
+def test_a_final_evaluation_file_that_is_not_there_fails_before_any_stage(tmp_path, final, why):
+    from grpo_audio.config import ConfigError
+
+    overrides = [f"output_dir={tmp_path}", f"eval.final=[{final}]", "synthetic.enabled=false", "tiny_model=test"]
+    cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", overrides, schema=RecipeConfig)
+    with pytest.raises(ConfigError, match=rf"eval.final\[0\].data: .*: {why}"):
+        Recipe(cfg)
+    assert not any(tmp_path.iterdir())  # nothing generated
+
+
 def test_grpo_overrides_are_checked_when_the_recipe_is_built(tmp_path):
     from grpo_audio.config import ConfigError
 
