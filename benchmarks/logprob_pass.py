@@ -18,7 +18,10 @@ With ``--distributed`` it measures at scale, on 2 processes (torchrun, gloo):
   rather than the activations decides: over all three steps, and over the two after the first (the high-water
   mark reset once the cache is filled and AdamW's state exists). Each is measured twice, in separate jobs: as
   peak RSS, and as the peak of the bytes held in live tensors (``TensorPeak``, torch's profiler; the CPU's
-  counterpart of a GPU's ``max_memory_allocated``).
+  counterpart of a GPU's ``max_memory_allocated``);
+- the same two peaks at the acceptance setting for the scale-size model (56.4 M parameters, 24 units), whose state,
+  as a real checkpoint's, is most of its memory: on the bench-size model, activations and buffers that no strategy
+  shards outweigh the state, and the ratio says little about a real checkpoint.
 
 Run: ``.venv/bin/python benchmarks/logprob_pass.py [--sweep] [--grpo-step] [--distributed]``. The main ratio is
 printed last.
@@ -330,19 +333,29 @@ def distributed(model_dir: Path, args) -> None:
         ("the same, steps after the first (the cache filled, AdamW's state made)", [*small, "--steady"]),
     )
     for name, flags in settings:
-        m = {s: torchrun(model_dir, "--strategy", s, "--measure", "memory", *flags) for s in ("ddp", "fsdp2")}
-        t = {s: torchrun(model_dir, "--strategy", s, "--measure", "tensors", *flags) for s in ("ddp", "fsdp2")}
-        print(
-            f"memory per process, training steps ({name}; activation checkpointing): peak RSS DDP "
-            f"{m['ddp']['peak_mb']:.0f} MB, FSDP2 {m['fsdp2']['peak_mb']:.0f} MB, FSDP2/DDP "
-            f"{m['fsdp2']['peak_mb'] / m['ddp']['peak_mb']:.2f}; peak in live tensors DDP "
-            f"{t['ddp']['peak_mb']:.0f} MB, FSDP2 {t['fsdp2']['peak_mb']:.0f} MB, FSDP2/DDP "
-            f"{t['fsdp2']['peak_mb'] / t['ddp']['peak_mb']:.2f}; parameters + gradients + AdamW state DDP "
-            f"{m['ddp']['state_mb']:.1f} MB, FSDP2 {m['fsdp2']['state_mb']:.1f} MB, FSDP2/DDP "
-            f"{m['fsdp2']['state_mb'] / m['ddp']['state_mb']:.2f}",
-            flush=True,
-        )
+        compare_memory(model_dir, f"bench size, {name}", flags)
+    from grpo_audio.models.tiny import build_tiny_model
+
+    scale = build_tiny_model("music_flamingo", model_dir.parent / "scale", size="scale", seed=0)
+    compare_memory(scale, f"scale size, G={args.group}, {args.audio:.0f} s, C={args.completion}", sizes)
     print(f"ratio per-sample/shared under 2-process FSDP2 with activation checkpointing: {ratio:.2f}x")
+
+
+def compare_memory(model_dir: Path, name: str, flags: list[str]) -> None:
+    """Peak memory per process of three training steps under DDP and under FSDP2 (each a fresh 2-process job): peak
+    RSS, the peak in live tensors, and the parameters + gradients + AdamW state."""
+    m = {s: torchrun(model_dir, "--strategy", s, "--measure", "memory", *flags) for s in ("ddp", "fsdp2")}
+    t = {s: torchrun(model_dir, "--strategy", s, "--measure", "tensors", *flags) for s in ("ddp", "fsdp2")}
+    print(
+        f"memory per process, training steps ({name}; activation checkpointing): peak RSS DDP "
+        f"{m['ddp']['peak_mb']:.0f} MB, FSDP2 {m['fsdp2']['peak_mb']:.0f} MB, FSDP2/DDP "
+        f"{m['fsdp2']['peak_mb'] / m['ddp']['peak_mb']:.2f}; peak in live tensors DDP "
+        f"{t['ddp']['peak_mb']:.0f} MB, FSDP2 {t['fsdp2']['peak_mb']:.0f} MB, FSDP2/DDP "
+        f"{t['fsdp2']['peak_mb'] / t['ddp']['peak_mb']:.2f}; parameters + gradients + AdamW state DDP "
+        f"{m['ddp']['state_mb']:.1f} MB, FSDP2 {m['fsdp2']['state_mb']:.1f} MB, FSDP2/DDP "
+        f"{m['fsdp2']['state_mb'] / m['ddp']['state_mb']:.2f}",
+        flush=True,
+    )
 
 
 def main() -> None:

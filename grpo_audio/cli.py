@@ -54,7 +54,7 @@ from .data.synthetic import write_corpus
 from .evaluate import evaluate_model
 from .logs import CommandLog
 from .models import FAMILIES, ModelSpec, family_of_checkpoint, load_policy
-from .models.tiny import build_tiny_model
+from .models.tiny import SIZES, build_tiny_model
 from .plan import plan_memory, plan_table
 from .recipe import Recipe
 from .recipe.calibrate import standardize_checkpoint
@@ -393,9 +393,10 @@ def tiny_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output directory (replaced if it exists)")
     p.add_argument(
         "--size",
-        choices=["test", "demo", "bench"],
+        choices=list(SIZES),
         default="test",
-        help="test: fastest; demo: the embedded recipe's model; bench: the benchmarks' model (default test)",
+        help="test: fastest; demo: the embedded recipe's model; bench: the benchmarks' model; scale: the FSDP2 "
+        "memory comparison's (default test)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument(

@@ -31,6 +31,7 @@ from .data.schema import BAD_ROWS
 from .data.synthetic import LabelSpace
 from .loss import IS_MODES, LOSS_TYPES
 from .models import FAMILIES
+from .models.tiny import SIZES
 from .parallel import STRATEGIES, check_settings, launched_processes
 from .rewards.matching import ANSWER_FORMATS
 from .rewards.registry import ON_ERROR, check_reward_spec
@@ -618,7 +619,7 @@ class RecipeConfig(RunConfig):
     tiny_model: str = setting(
         "",
         help="Build a tiny checkpoint of model.family of this size as the base model ('' = use model.path).",
-        choices=("", "test", "demo", "bench"),
+        choices=("", *SIZES),
     )
     standardize_audio: bool = setting(
         True,

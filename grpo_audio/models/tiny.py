@@ -6,9 +6,10 @@ chat and ``<think>``/``<answer>`` text, the family's processor and chat template
 ``AutoProcessor`` and the model class in transformers, and with vLLM (weights are written in the checkpoint key
 layout vLLM expects, see ``ModelFamily.checkpoint_key_map``).
 
-Three sizes: ``test`` keeps unit tests fast; ``demo`` is the embedded default recipe's model (2.0 M parameters,
-trained in minutes on two CPU cores); ``bench`` is the larger one the benchmarks measured. Same family, size and
-seed give byte-identical files.
+Four sizes: ``test`` keeps unit tests fast; ``demo`` is the embedded default recipe's model (2.0 M parameters,
+trained in minutes on two CPU cores); ``bench`` is the larger one the benchmarks measured; ``scale`` is the one
+whose memory is mostly its training state, as a real checkpoint's is (the FSDP2 memory comparison). Same family,
+size and seed give byte-identical files.
 
 Run: ``grpo-audio tiny-model music_flamingo /tmp/mf-tiny --size demo --seed 0``.
 """
@@ -69,6 +70,21 @@ SIZES: dict[str, TinySize] = {
         audio_layers=2,
         audio_heads=4,
         audio_intermediate=512,
+    ),
+    # The model the FSDP2 memory comparison measures (benchmarks/logprob_pass.py --distributed): 16 decoder layers
+    # and 8 encoder blocks, 56 M parameters, so that, as in a real checkpoint, the parameters, gradients and AdamW
+    # state are most of a training step's memory and one FSDP2 unit is a small part of the model.
+    "scale": TinySize(
+        vocab_size=0,
+        text_hidden=512,
+        text_layers=16,
+        text_heads=8,
+        text_kv_heads=2,
+        text_intermediate=1536,
+        audio_hidden=256,
+        audio_layers=8,
+        audio_heads=4,
+        audio_intermediate=1024,
     ),
 }
 BPE_VOCAB_SIZE = 2000
@@ -177,7 +193,7 @@ def build_tiny_model(family: str, out: str | Path, size: str = "test", seed: int
     Args:
         family: a key of ``grpo_audio.models.FAMILIES``.
         out: output directory.
-        size: ``test`` or ``demo`` (see ``SIZES``).
+        size: a name in ``SIZES``.
         seed: seeds the weights (and the tokenizer's corpus).
 
     Returns:
