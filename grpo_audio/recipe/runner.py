@@ -53,6 +53,9 @@ from .report import grpo_entry, write_report
 AUDIO_SFT_KINDS = ("sft", "cold_start")
 SFT_KINDS = ("text_pretrain", *AUDIO_SFT_KINDS)
 STAGE_MARKER = "STAGE_COMPLETE.json"
+# What a stage's evaluation adds to its report entry (done again, without training, when only the evaluation
+# settings changed).
+EVAL_FIELDS = ("eval", "sampled_vs")
 
 
 class Recipe:
@@ -135,14 +138,25 @@ class Recipe:
         )
         for i, stage in enumerate(self.cfg.stages):
             t = time.perf_counter()
-            key = self.stage_key(stage, current)
+            key, eval_key = self.stage_key(stage, current), self.eval_key(i)
             done = self.completed(stage, key)
             if done is not None:
-                self.say(
-                    f"[recipe] stage '{stage.name}' already completed from this input with these settings: skipped"
-                )
                 current = Path(done["entry"]["model_dir"])
-                self.report["stages"].append(done["entry"])
+                if done.get("eval_key") == eval_key:
+                    self.say(
+                        f"[recipe] stage '{stage.name}' already completed from this input with these settings: skipped"
+                    )
+                    self.report["stages"].append(done["entry"])
+                    continue
+                self.say(
+                    f"[recipe] stage '{stage.name}' already completed; its evaluation settings changed: evaluated"
+                )
+                trained = {k: v for k, v in done["entry"].items() if k not in EVAL_FIELDS}
+                self.report["stages"].append(self.evaluate_stage(i, trained, current))
+                if self.main:
+                    self.mark_completed(stage, key, eval_key, self.report["stages"][-1])
+                    self.write_report(time.perf_counter() - start)
+                self.parallel.barrier()
                 continue
             self.say(f"[recipe] stage '{stage.name}' ({stage.kind}) from {current}")
             entry: dict[str, Any] = {"name": stage.name, "kind": stage.kind}
@@ -154,14 +168,11 @@ class Recipe:
                 current, grpo = self.grpo(stage, current)
                 entry.update(grpo)
             entry["model_dir"] = str(current)
-            data = stage.data if stage.kind == "eval" else None
-            entry.update(self.evaluate(current, stage.name, data, sampled=self.sampled_after(i)))
-            if stage.kind == "grpo":
-                entry.update(self.compare_sampled(entry))
+            self.evaluate_stage(i, entry, current)
             entry["wall_s"] = round(time.perf_counter() - t, 1)
             self.report["stages"].append(entry)
             if self.main:
-                self.mark_completed(stage, key, entry)
+                self.mark_completed(stage, key, eval_key, entry)
                 self.write_report(time.perf_counter() - start)
             self.parallel.barrier()  # every process sees the stage's record before the next stage
         if self.cfg.eval.final:
@@ -172,15 +183,41 @@ class Recipe:
         return self.report
 
     def stage_key(self, stage: StageConfig, input_model: Path) -> dict[str, str]:
-        """What a stage's result depends on: its settings and the recipe's settings it reads (other stages, the
-        output folder, and for a supervised stage the GRPO settings, aside), and its input model's fingerprint."""
+        """What a stage's model depends on: its settings and the recipe's settings it reads (other stages, the
+        output folder and the evaluation settings aside; for a supervised stage the GRPO settings and the rewards
+        too), and its input model's fingerprint. What its evaluation depends on is :meth:`eval_key`."""
         shared = OmegaConf.to_container(OmegaConf.structured(self.cfg))
         shared.pop("stages"), shared.pop("output_dir")
-        if stage.kind != "grpo":  # what only GRPO reads (the rewards stay: every stage's evaluation uses them)
-            for key in ("lora", "data", "rollout", "grpo", "train"):
+        evaluation = shared.pop("eval")
+        if stage.kind == "grpo":  # the run's own evaluation data (its curves)
+            shared["eval_data"] = evaluation["data"]
+        else:  # what only GRPO reads
+            for key in ("lora", "data", "rollout", "grpo", "train", "rewards"):
                 shared.pop(key)
         settings = {"stage": OmegaConf.to_container(OmegaConf.structured(stage)), "recipe": shared}
         return {"settings": _digest(settings), "input_model": model_fingerprint(input_model)}
+
+    def eval_key(self, index: int) -> str:
+        """What the evaluation after stage ``index`` depends on besides its model: the evaluation settings, the
+        rewards that score it, the sampling of the sampled evaluation (and whether it runs there), the seed."""
+        cfg = OmegaConf.to_container(OmegaConf.structured(self.cfg))
+        reads = {name: cfg[name] for name in ("eval", "rewards", "rollout", "seed")}
+        reads.update(
+            reward_on_error=cfg["grpo"]["reward_on_error"],
+            dtype=cfg["model"]["dtype"],
+            sampled=self.sampled_after(index),
+            stage=OmegaConf.to_container(OmegaConf.structured(self.cfg.stages[index])),
+        )
+        return _digest(reads)
+
+    def evaluate_stage(self, index: int, entry: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+        """The evaluation after stage ``index`` added to its ``entry`` (``EVAL_FIELDS``); returns the entry."""
+        stage = self.cfg.stages[index]
+        data = stage.data if stage.kind == "eval" else None
+        entry.update(self.evaluate(model_dir, stage.name, data, sampled=self.sampled_after(index)))
+        if stage.kind == "grpo":
+            entry.update(self.compare_sampled(entry))
+        return entry
 
     def completed(self, stage: StageConfig, key: dict[str, str]) -> dict[str, Any] | None:
         """The stage's completion record if it was completed with ``key`` and its output model is still there."""
@@ -192,11 +229,11 @@ class Recipe:
             return None
         return done
 
-    def mark_completed(self, stage: StageConfig, key: dict[str, str], entry: dict[str, Any]) -> None:
+    def mark_completed(self, stage: StageConfig, key: dict[str, str], eval_key: str, entry: dict[str, Any]) -> None:
         folder = self.out / stage.name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{STAGE_MARKER}.tmp"
-        tmp.write_text(json.dumps({"key": key, "entry": entry}, indent=2) + "\n")
+        tmp.write_text(json.dumps({"key": key, "eval_key": eval_key, "entry": entry}, indent=2) + "\n")
         tmp.replace(folder / STAGE_MARKER)
 
     def _paths(self, specs: str) -> list[Path]:

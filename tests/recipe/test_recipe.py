@@ -142,6 +142,18 @@ def test_short_recipe_runs_every_stage(tmp_path):
     assert json.dumps(again["stages"][1:], sort_keys=True) == json.dumps(report["stages"][1:], sort_keys=True)
     assert trained() == stamps  # nothing retrained
 
+    # Other evaluation settings: every stage is evaluated again (6 -> 4 rows), none is trained again.
+    fewer = load_config(
+        REPO / "examples/music_flamingo/tiny.yaml", [*overrides, "eval.max_rows=4", f"stages={stages}"],
+        schema=RecipeConfig,
+    )  # fmt: skip
+    evaluated = Recipe(fewer).run()
+    assert trained() == stamps
+    assert [s["model_dir"] for s in evaluated["stages"][1:]] == [s["model_dir"] for s in report["stages"][1:]]
+    for stage in evaluated["stages"][1:]:
+        assert len((out / "samples" / f"{stage['name']}.jsonl").read_text().splitlines()) == 4, stage["name"]
+    assert evaluated["stages"][4]["sampled_vs"]["stage"] == "cold_start"
+
     # An interrupted GRPO stage (its completion record gone, its checkpoints there) resumes from its checkpoint.
     (out / "grpo" / "STAGE_COMPLETE.json").unlink()
     run_id = json.loads((out / "grpo" / "run.json").read_text())["run_id"]
@@ -249,13 +261,18 @@ def test_a_grpo_setting_changes_only_the_grpo_stages_key(tmp_path, tiny_checkpoi
         cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}", *overrides],
                           schema=RecipeConfig)  # fmt: skip
         recipe = Recipe(cfg)
-        return {s.name: recipe.stage_key(s, model) for s in cfg.stages}
+        return {s.name: (recipe.stage_key(s, model), recipe.eval_key(i)) for i, s in enumerate(cfg.stages)}
 
     base, changed = keys(), keys("train.lr=0.5")
     grpo = [s for s in base if s.startswith("grpo")]
     assert grpo and all(base[s] == changed[s] for s in base if s not in grpo)
-    assert all(base[s] != changed[s] for s in grpo)
-    assert keys("eval.max_new_tokens=7") != base  # the evaluation every stage runs: every key
+    assert all(base[s][0] != changed[s][0] and base[s][1] == changed[s][1] for s in grpo)
+    # An evaluation setting changes every stage's evaluation key and no stage's model key.
+    evaluation = keys("eval.max_new_tokens=7")
+    assert all(evaluation[s][0] == base[s][0] and evaluation[s][1] != base[s][1] for s in base)
+    # A reward changes the GRPO stages' model keys, and every evaluation key.
+    rewarded = keys("rewards=[{name: format, weight: 1.0}]")
+    assert all((rewarded[s][0] != base[s][0]) == (s in grpo) and rewarded[s][1] != base[s][1] for s in base)
 
 
 @pytest.mark.slow
