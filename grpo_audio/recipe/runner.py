@@ -53,6 +53,7 @@ from .report import grpo_entry, write_report
 AUDIO_SFT_KINDS = ("sft", "cold_start")
 SFT_KINDS = ("text_pretrain", *AUDIO_SFT_KINDS)
 STAGE_MARKER = "STAGE_COMPLETE.json"
+BASE_MARKER = "BASE_EVALUATED.json"  # in the output folder (a tiny base model's folder is rebuilt by every run)
 # What a stage's evaluation adds to its report entry (done again, without training, when only the evaluation
 # settings changed).
 EVAL_FIELDS = ("eval", "sampled_vs")
@@ -133,9 +134,7 @@ class Recipe:
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         current = self.prepare()
-        self.report["stages"].append(
-            {"name": "base", "kind": "base", **self.evaluate(current, "base", sampled=self.sampled_after(-1))}
-        )
+        self.report["stages"].append(self.evaluate_base(current))
         for i, stage in enumerate(self.cfg.stages):
             t = time.perf_counter()
             key, eval_key = self.stage_key(stage, current), self.eval_key(i)
@@ -198,17 +197,38 @@ class Recipe:
         return {"settings": _digest(settings), "input_model": model_fingerprint(input_model)}
 
     def eval_key(self, index: int) -> str:
-        """What the evaluation after stage ``index`` depends on besides its model: the evaluation settings, the
-        rewards that score it, the sampling of the sampled evaluation (and whether it runs there), the seed."""
+        """What the evaluation after stage ``index`` (-1: the base model) depends on besides its model: the
+        evaluation settings, the rewards that score it, the sampling of the sampled evaluation (and whether it runs
+        there), the seed, and the stage's own settings (an ``eval`` stage's data)."""
         cfg = OmegaConf.to_container(OmegaConf.structured(self.cfg))
         reads = {name: cfg[name] for name in ("eval", "rewards", "rollout", "seed")}
+        stage = OmegaConf.to_container(OmegaConf.structured(self.cfg.stages[index])) if index >= 0 else None
         reads.update(
             reward_on_error=cfg["grpo"]["reward_on_error"],
             dtype=cfg["model"]["dtype"],
             sampled=self.sampled_after(index),
-            stage=OmegaConf.to_container(OmegaConf.structured(self.cfg.stages[index])),
+            stage=stage,
         )
         return _digest(reads)
+
+    def evaluate_base(self, model_dir: Path) -> dict[str, Any]:
+        """The base model's report entry: its evaluation, or the one recorded by an earlier run of the same base
+        model with the same evaluation settings (``base/STAGE_COMPLETE.json``)."""
+        key = {"input_model": model_fingerprint(model_dir), "eval_key": self.eval_key(-1)}
+        marker = self.out / BASE_MARKER
+        try:
+            done = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            done = {}
+        if done.get("key") == key:
+            self.say("[recipe] base model already evaluated with these settings: skipped")
+            return done["entry"]
+        entry = {"name": "base", "kind": "base", **self.evaluate(model_dir, "base", sampled=self.sampled_after(-1))}
+        if self.main:
+            tmp = marker.with_name(f".{BASE_MARKER}.tmp")
+            tmp.write_text(json.dumps({"key": key, "entry": entry}, indent=2) + "\n")
+            tmp.replace(marker)
+        return entry
 
     def evaluate_stage(self, index: int, entry: dict[str, Any], model_dir: Path) -> dict[str, Any]:
         """The evaluation after stage ``index`` added to its ``entry`` (``EVAL_FIELDS``); returns the entry."""
