@@ -225,9 +225,7 @@ class Recipe:
             return done["entry"]
         entry = {"name": "base", "kind": "base", **self.evaluate(model_dir, "base", sampled=self.sampled_after(-1))}
         if self.main:
-            tmp = marker.with_name(f".{BASE_MARKER}.tmp")
-            tmp.write_text(json.dumps({"key": key, "entry": entry}, indent=2) + "\n")
-            tmp.replace(marker)
+            _write_record(marker, {"key": key, "entry": entry})
         return entry
 
     def evaluate_stage(self, index: int, entry: dict[str, Any], model_dir: Path) -> dict[str, Any]:
@@ -250,11 +248,7 @@ class Recipe:
         return done
 
     def mark_completed(self, stage: StageConfig, key: dict[str, str], eval_key: str, entry: dict[str, Any]) -> None:
-        folder = self.out / stage.name
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{STAGE_MARKER}.tmp"
-        tmp.write_text(json.dumps({"key": key, "eval_key": eval_key, "entry": entry}, indent=2) + "\n")
-        tmp.replace(folder / STAGE_MARKER)
+        _write_record(self.out / stage.name / STAGE_MARKER, {"key": key, "eval_key": eval_key, "entry": entry})
 
     def _paths(self, specs: str) -> list[Path]:
         """The manifests a stage's comma-separated data specs name."""
@@ -446,6 +440,14 @@ class Recipe:
     def write_report(self, wall_s: float) -> None:
         self.report["wall_s"] = round(wall_s, 1)
         write_report(self.out, self.report, self.family.name)
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` as JSON to ``path`` whole or not at all (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _digest(value: Any) -> str:
