@@ -150,25 +150,20 @@ class Recipe:
                 self.say(
                     f"[recipe] stage '{stage.name}' already completed; its evaluation settings changed: evaluated"
                 )
-                trained = {k: v for k, v in done["entry"].items() if k not in EVAL_FIELDS}
-                self.report["stages"].append(self.evaluate_stage(i, trained, current))
-                if self.main:
-                    self.mark_completed(stage, key, eval_key, self.report["stages"][-1])
-                    self.write_report(time.perf_counter() - start)
-                self.parallel.barrier()
-                continue
-            self.say(f"[recipe] stage '{stage.name}' ({stage.kind}) from {current}")
-            entry: dict[str, Any] = {"name": stage.name, "kind": stage.kind}
-            if stage.kind in SFT_KINDS:
-                current, history = self.sft(stage, current)
-                if history:
-                    entry["loss_first"], entry["loss_last"] = history[0]["loss"], history[-1]["loss"]
-            elif stage.kind == "grpo":
-                current, grpo = self.grpo(stage, current)
-                entry.update(grpo)
-            entry["model_dir"] = str(current)
+                entry = {k: v for k, v in done["entry"].items() if k not in EVAL_FIELDS}  # its training's record
+            else:
+                self.say(f"[recipe] stage '{stage.name}' ({stage.kind}) from {current}")
+                entry = {"name": stage.name, "kind": stage.kind}
+                if stage.kind in SFT_KINDS:
+                    current, history = self.sft(stage, current)
+                    if history:
+                        entry["loss_first"], entry["loss_last"] = history[0]["loss"], history[-1]["loss"]
+                elif stage.kind == "grpo":
+                    current, grpo = self.grpo(stage, current)
+                    entry.update(grpo)
+                entry["model_dir"] = str(current)
             self.evaluate_stage(i, entry, current)
-            entry["wall_s"] = round(time.perf_counter() - t, 1)
+            entry.setdefault("wall_s", round(time.perf_counter() - t, 1))  # a re-evaluated stage keeps its own
             self.report["stages"].append(entry)
             if self.main:
                 self.mark_completed(stage, key, eval_key, entry)
