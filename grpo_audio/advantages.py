@@ -10,6 +10,11 @@ hard prompts). The 1e-4 matches TRL; ``std_floor`` (default 0) keeps a group who
 from getting advantages of +-2 out of noise. Groups whose rewards are all equal give zero advantages and no
 gradient; they are reported (``frac_zero_std_groups``) and can be dropped and refilled by the trainer (DAPO's
 dynamic sampling, arXiv 2503.14476).
+
+``negative_weight`` (default 1, GRPO) multiplies the negative advantages after scaling, the positive ones kept:
+0 is positive-sample reinforcement alone and values between weight what NSR and PSR each do, after Zhu et al.,
+"The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning" (arXiv 2506.01347): pushing down
+failed samples keeps the policy's entropy (and pass@k), pushing up the successful ones sharpens it (pass@1).
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ class AdvantageStats:
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, scale_rewards: str = "group", std_floor: float = 0.0
+    rewards: torch.Tensor,
+    group_size: int,
+    scale_rewards: str = "group",
+    std_floor: float = 0.0,
+    negative_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, AdvantageStats]:
     """Group-relative advantages.
 
@@ -45,6 +54,7 @@ def group_advantages(
         group_size: G.
         scale_rewards: ``group`` | ``batch`` | ``none``.
         std_floor: lower bound on the std used for scaling.
+        negative_weight: factor on negative advantages (>= 0; 1 is GRPO, 0 reinforces successes only).
 
     Returns:
         advantages [B*G], zero_std [B] (True for groups whose rewards are all equal), stats.
@@ -55,6 +65,8 @@ def group_advantages(
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be group, batch or none, got {scale_rewards!r}")
+    if negative_weight < 0:
+        raise ValueError(f"negative_weight must be >= 0, got {negative_weight}")
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     grouped = rewards.view(-1, group_size)  # [B, G]
@@ -67,7 +79,7 @@ def group_advantages(
     elif scale_rewards == "batch":
         batch_std = rewards.std() if rewards.numel() > 1 else torch.zeros(())
         advantages = advantages / (batch_std.clamp(min=std_floor) + EPS)
-    advantages = advantages.reshape(-1)
+    advantages = torch.where(advantages < 0, advantages * negative_weight, advantages).reshape(-1)
     stats = AdvantageStats(
         reward_mean=rewards.mean().item(),
         reward_std=rewards.std().item() if rewards.numel() > 1 else 0.0,

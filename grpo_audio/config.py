@@ -159,6 +159,11 @@ class GRPOConfig:
         True, help="Logprob passes run each prompt and its audio once per group (false: per sample, the reference)."
     )
     std_floor: float = setting(0.0, help="Lower bound on the reward std used to scale advantages.")
+    negative_weight: float = setting(
+        1.0,
+        help="Factor on negative advantages (1: GRPO; 0: successes only, positive-sample reinforcement, which "
+        "sharpens the policy; arXiv 2506.01347).",
+    )
     dynamic_sampling: bool = setting(False, help="Drop groups with equal rewards and refill from new prompts (DAPO).")
     max_resample_rounds: int = setting(2, help="Extra rollout rounds dynamic sampling may spend per step.")
     is_mode: str = setting(

@@ -416,7 +416,7 @@ class GRPOTrainer:
         local = torch.tensor(batch.rewards.total, dtype=torch.float32, device=self.process.device)
         rewards = self.parallel.gather(local).cpu()  # [world * N], in rank order
         advantages, _, batch.advantage_stats = group_advantages(
-            rewards, batch.group_size, grpo.scale_rewards, grpo.std_floor
+            rewards, batch.group_size, grpo.scale_rewards, grpo.std_floor, grpo.negative_weight
         )
         n = len(local)
         batch.advantages = advantages[self.process.rank * n : (self.process.rank + 1) * n]

@@ -183,3 +183,27 @@ def test_advantages_hand_computed():
     assert floored.abs().max().item() < 0.002  # a hair of difference does not become +-0.7
     with pytest.raises(ValueError, match="do not split"):
         group_advantages(torch.zeros(5), 2)
+    # negative advantages scaled, positive ones and the zero-variance group untouched
+    half, _, half_stats = group_advantages(r, 4, "none", negative_weight=0.5)
+    assert half.tolist() == pytest.approx([0.75, -0.125, -0.125, -0.125, 0, 0, 0, 0])
+    assert half_stats.advantage_mean == pytest.approx((0.75 - 0.375) / 8)
+    positive_only, _, _ = group_advantages(r, 4, "group", negative_weight=0.0)
+    assert positive_only.tolist() == pytest.approx([0.75 / (std + 1e-4)] + [0.0] * 7)
+    with pytest.raises(ValueError, match="negative_weight"):
+        group_advantages(r, 4, negative_weight=-1.0)
+
+
+def test_trainer_advantages_read_the_grpo_settings():
+    """The trainer's advantage stage passes scale_rewards, std_floor and negative_weight from its config."""
+    from grpo_audio.config import GRPOConfig
+    from grpo_audio.trainer import GRPOTrainer
+
+    grpo = GRPOConfig(scale_rewards="none", negative_weight=0.5)
+    trainer = SimpleNamespace(
+        cfg=SimpleNamespace(grpo=grpo),
+        process=SimpleNamespace(device="cpu", rank=0),
+        parallel=SimpleNamespace(gather=lambda t: t),
+    )
+    batch = SimpleNamespace(rewards=SimpleNamespace(total=[1.0, 0.0, 0.0, 0.0]), group_size=4)
+    GRPOTrainer.compute_advantages(trainer, batch)
+    assert batch.advantages.tolist() == pytest.approx([0.75, -0.125, -0.125, -0.125])
