@@ -14,7 +14,9 @@ dynamic sampling, arXiv 2503.14476).
 ``negative_weight`` (default 1, GRPO) multiplies the negative advantages after scaling, the positive ones kept:
 0 is positive-sample reinforcement alone and values between weight what NSR and PSR each do, after Zhu et al.,
 "The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning" (arXiv 2506.01347): pushing down
-failed samples keeps the policy's entropy (and pass@k), pushing up the successful ones sharpens it (pass@1).
+failed samples keeps the policy's entropy (and pass@k), pushing up the successful ones sharpens it (pass@1). In
+the embedded recipe's small model the entropy rose under either (benchmarks/results.md, "Positive-sample
+reinforcement").
 """
 
 from __future__ import annotations

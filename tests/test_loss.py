@@ -194,7 +194,7 @@ def test_advantages_hand_computed():
 
 
 def test_trainer_advantages_read_the_grpo_settings():
-    """The trainer's advantage stage passes scale_rewards, std_floor and negative_weight from its config."""
+    """The trainer's advantage stage passes scale_rewards and negative_weight from its config."""
     from grpo_audio.config import GRPOConfig
     from grpo_audio.trainer import GRPOTrainer
 
