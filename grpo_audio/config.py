@@ -578,6 +578,7 @@ class FinalEvalConfig:
         "letter", help="What the prompts ask for: the choice's letter or its text.", choices=ANSWER_FORMATS
     )
     think: bool = setting(False, help="The prompts also ask for <think> reasoning, then an <answer> block.")
+    max_rows: int = setting(0, help="Score the file's first N questions only (0 = all).")
 
 
 @dataclass

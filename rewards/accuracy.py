@@ -63,7 +63,10 @@ class MCQAccuracy:
 
 
 class AnswerAccuracy:
-    """Normalised exact match of an open answer (the paper's accuracy reward). ``None`` without ``answer``.
+    """Normalised exact match of an open answer (the paper's accuracy reward). ``None`` without ``answer``, and
+    for a multiple-choice row (one with ``choices``): those are ``mcq_accuracy``'s, which reads a letter as the
+    choice it names, where an exact match against the choice's text would score a correct letter 0 and count the
+    row twice beside ``mcq_accuracy``.
 
     Args:
         casefold, strip_punctuation, remove_articles: the normalisation steps (see ``normalize``).
@@ -73,6 +76,9 @@ class AnswerAccuracy:
     >>> answer_accuracy(None, ["<answer>The A minor.</answer>", "<answer>C major</answer>", "<answer>120</answer>"],
     ...                 answer=["A minor", "A minor", "120"])
     [1.0, 0.0, 1.0]
+    >>> answer_accuracy(None, ["<answer>B</answer>", "<answer>G major</answer>"], answer=["B", "G major"],
+    ...                 choices=[["C major", "A minor"], None])
+    [None, 1.0]
     """
 
     def __init__(
@@ -90,12 +96,24 @@ class AnswerAccuracy:
         self.__name__ = "answer_accuracy"
 
     def __call__(
-        self, prompts: Any, completions: list[Any], answer: list | None = None, **columns: Any
+        self,
+        prompts: Any,
+        completions: list[Any],
+        answer: list | None = None,
+        choices: list | None = None,
+        **columns: Any,
     ) -> list[float | None]:
-        answer = answer if answer is not None else [None] * len(completions)
-        return [self.score(completion_text(c), a) for c, a in zip(completions, answer, strict=True)]
+        n = len(completions)
+        answer = answer if answer is not None else [None] * n
+        choices = choices if choices is not None else [None] * n
+        return [
+            None if ch else self.score(completion_text(c), a)
+            for c, a, ch in zip(completions, answer, choices, strict=True)
+        ]
 
     def score(self, text: str, answer: str | None) -> float | None:
+        """The score of one open answer: 1.0 on a match, 0.0 otherwise (no answer read included); ``None`` without
+        ``answer``."""
         if answer is None:
             return None
         said = extract_answer(text, self.answer_tag, self.fallback)

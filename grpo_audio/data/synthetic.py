@@ -13,8 +13,8 @@ From the same ground truth it writes:
 - ``think.jsonl`` (MF-Think style): multiple-choice and open questions whose target is a chain of thought grounded in
   the theory ("I hear an A minor chord. Its notes are A, C and E: ...") then
   ``<think>...</think><answer>...</answer>``;
-- ``rl.jsonl``: prompts with ground truth for the rewards (the correct MCQ choice, open answer, metadata for
-  music-theory and structured-caption rewards);
+- ``rl.jsonl``: a multiple-choice, an open and a caption prompt a clip, with ground truth for the rewards (the
+  correct MCQ choice, the open answer, metadata for music-theory and structured-caption rewards);
 - ``eval.jsonl``: held-out clips (no clip shared with the other files), multiple-choice and open questions;
 - ``eval_mmau.json``: the held-out multiple-choice questions again, as an MMAU test-mini file.
 
@@ -586,6 +586,7 @@ def rows_for_clip(
         _row(clip, "rl-caption", cap_prompt + THINK_INSTRUCTION, caption=cap) | {"task": "caption"},
     ]
     evals = [ask("mcq", True), ask_open("open", THINK_INSTRUCTION)]
+    rl.append(ask_open("rl-open", THINK_INSTRUCTION))  # drawn last: the rows above read the same draws as before
     return {"skills": skills, "think": think_rows, "rl": rl, "eval": evals, "eval_mmau": [benchmark_item(clip, q)]}
 
 

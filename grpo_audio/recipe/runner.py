@@ -72,7 +72,11 @@ class Recipe:
         if cfg.synthetic.enabled:
             cfg.synthetic.label_space()  # a bad label space fails here, before any stage
             checked_answer_formats(cfg.synthetic.answer_formats)
+        if cfg.eval.max_rows < 0:
+            raise ConfigError(f"eval.max_rows: {cfg.eval.max_rows}: must be 0 (all) or more")
         for i, final in enumerate(cfg.eval.final):  # and so does a final evaluation file that is not there
+            if final.max_rows < 0:
+                raise ConfigError(f"eval.final[{i}].max_rows: {final.max_rows}: must be 0 (all) or more")
             synthetic = final.data.startswith("synthetic:")
             if (synthetic and not cfg.synthetic.enabled) or (not synthetic and not Path(final.data).exists()):
                 why = "synthetic.enabled is false" if synthetic else "no such file"
@@ -386,9 +390,10 @@ class Recipe:
                     bench = load_benchmark(
                         self.data_path(final.data), self.family, answer_format=final.answer_format, think=final.think
                     )
+                    rows = bench.rows[: final.max_rows] if final.max_rows else bench.rows
                     scored = evaluate_model(
                         model_dir,
-                        bench.rows,
+                        rows,
                         max_new_tokens=ev.max_new_tokens,
                         engine_obj=engine,
                         audio_cache=self.audio_cache,
@@ -397,7 +402,7 @@ class Recipe:
                     (self.out / "samples").mkdir(parents=True, exist_ok=True)
                     with (self.out / "samples" / f"final-{i}.jsonl").open("w") as f:
                         f.writelines(json.dumps(r) + "\n" for r in scored["results"])
-                    entry = {**asdict(final), "layout": bench.layout, "n": len(bench.rows)}
+                    entry = {**asdict(final), "layout": bench.layout, "n": len(rows)}
                     entry.update({k: scored[k] for k in ("mcq_accuracy", "choice_rate", "format_rate")})
                     results.append(entry)
                     self.say(

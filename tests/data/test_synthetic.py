@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 
 import mir_eval
 import numpy as np
@@ -156,6 +157,10 @@ def test_corpus_files_rows_and_loaders(corpus):
     mcq_think = [r for r in think if r.choices]
     assert len(mcq_think) * 2 == len(think)  # a multiple-choice and an open question per clip
     assert all(r.answer in r.choices or r.answer in "ABCD" for r in mcq_think)
+    rl = load_manifest(corpus["rl"], decode=False)  # per clip: a multiple-choice, an open and a caption prompt
+    kinds = Counter(("mcq" if r.choices else "caption" if r.task == "caption" else "open") for r in rl)
+    assert kinds["mcq"] == kinds["open"] == kinds["caption"] == len(rl) // 3
+    assert all(r.answer for r in rl if r.task != "caption")
     mcq = [r for r in load_manifest(corpus["skills"], decode=False) if r.choices]
     assert {r.task for r in mcq} == {"chord", "key", "tempo", "meter", "instrument"}
     assert {r.choices.index(correct(r)) for r in mcq} == {0, 1, 2, 3}  # the answer's place is shuffled
@@ -172,8 +177,6 @@ def test_captions_keep_roman_numerals(corpus):
 def test_two_part_choices_give_nothing_away(corpus):
     """Chord and key choices are a 2 x 2 grid: each root (tonic) and each quality (mode) shows up twice, so
     the correct choice cannot be told from the choices alone (as "the root most choices share" could)."""
-    from collections import Counter
-
     rows = [r for r in load_manifest(corpus["skills"], decode=False) if r.choices and r.task in ("chord", "key")]
     assert {r.task for r in rows} == {"chord", "key"}
     for r in rows:
@@ -218,7 +221,7 @@ def test_rl_prompts_on_clips_of_their_own(tmp_path):
     supervised = set(audio(own["skills"]) + audio(own["think"]))
     assert set(audio(shared["rl"])) <= supervised  # the default: GRPO asks about the training clips
     rl = audio(own["rl"])
-    assert len(set(rl)) == 5 and len(rl) == 10 and not set(rl) & supervised and not set(rl) & set(audio(own["eval"]))
+    assert len(set(rl)) == 5 and len(rl) == 15 and not set(rl) & supervised and not set(rl) & set(audio(own["eval"]))
     for name in ("skills", "think", "eval"):
         assert own[name].read_bytes() == shared[name].read_bytes(), name
     rows = load_manifest(own["rl"], decode=False)
@@ -230,7 +233,7 @@ def test_synth_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skills    15 rows" in out and "eval_mmau 1 rows" in out and (tmp_path / "s" / "eval.jsonl").exists()
     assert main(["synth", f"output_dir={tmp_path / 'r'}", "n=5", "n_eval=1", "n_rl=3"]) == 0
-    assert "rl        6 rows" in capsys.readouterr().out
+    assert "rl        9 rows" in capsys.readouterr().out
     assert main(["synth", f"output_dir={tmp_path / 't'}", "n=5", "answer_formats=[text]"]) == 0
     text_only = [r for r in load_manifest(tmp_path / "t" / "skills.jsonl", decode=False) if r.choices]
     assert text_only and all(r.answer in r.choices for r in text_only)

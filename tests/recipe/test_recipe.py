@@ -40,6 +40,7 @@ def test_short_recipe_runs_every_stage(tmp_path):
     cfg = load_config(
         REPO / "examples/music_flamingo/tiny.yaml", [*overrides, f"stages={stages}"], schema=RecipeConfig
     )
+    cfg.eval.final[0].max_rows = 3  # the first file's first 3 questions only
     report = Recipe(cfg).run()
     out = tmp_path / "out"
     assert [s["name"] for s in report["stages"]] == ["base", "text", "sft", "cold_start", "grpo", "final"]
@@ -52,13 +53,16 @@ def test_short_recipe_runs_every_stage(tmp_path):
             assert previous is None or not torch.equal(weights, previous), stage["name"]
         previous = weights
         assert {"mcq_accuracy", "open_accuracy", "format_rate", "per_task"} <= set(stage["eval"])
-        # Every stage's completions are scored with the GRPO rewards (format 0.5, accuracy 1.0 on QA rows).
+        # Every stage's completions are scored with the GRPO rewards (format 0.5; accuracy 1.0 on multiple-choice
+        # rows by mcq_accuracy and on open rows by answer_accuracy, each row by one of them).
         samples = [json.loads(x) for x in (out / "samples" / f"{stage['name']}.jsonl").read_text().splitlines()]
-        reward, mcq = stage["eval"]["reward"], [x["correct"] for x in samples if x["kind"] == "mcq"]
-        assert set(reward) == {"total", "format", "mcq_accuracy", "structured_caption"}
+        reward = stage["eval"]["reward"]
+        mcq, open_ = ([x["correct"] for x in samples if x["kind"] == kind] for kind in ("mcq", "open"))
+        assert set(reward) == {"total", "format", "mcq_accuracy", "answer_accuracy", "structured_caption"}
         assert reward["format"] == pytest.approx(stage["eval"]["format_rate"])
         assert reward["mcq_accuracy"] == pytest.approx(sum(mcq) / len(mcq)) and len(mcq) == 3
-        total = sum(0.5 * x["format"] + (x["correct"] if x["kind"] == "mcq" else 0.0) for x in samples) / 6
+        assert reward["answer_accuracy"] == pytest.approx(sum(open_) / len(open_)) and len(open_) == 3
+        total = sum(0.5 * x["format"] + x["correct"] for x in samples) / 6
         assert reward["total"] == pytest.approx(total) and math.isnan(reward["structured_caption"])
     assert report["stages"][4]["reward_first"] is not None and Path(report["stages"][4]["curves"]).exists()
     saved = json.loads((out / "report.json").read_text())
@@ -70,7 +74,7 @@ def test_short_recipe_runs_every_stage(tmp_path):
         assert line.split("|")[7].strip() == f"{stage['eval']['reward']['total']:.3f}", line
     grpo = saved["stages"][4]
     assert grpo["eval_steps"] == [0, 1, 2] and grpo["eval_setting"].startswith("3 eval rows x 1 completion(s)")
-    assert set(grpo["rewards"]) == {"total", "format", "mcq_accuracy", "structured_caption"}
+    assert set(grpo["rewards"]) == {"total", "format", "mcq_accuracy", "answer_accuracy", "structured_caption"}
     for name, r in grpo["rewards"].items():
         assert set(r) == {"train_first", "train_last", "eval_start", "eval_end"}, name
         line = next(x for x in text.splitlines() if x.startswith(f"| {name} |"))
@@ -96,12 +100,13 @@ def test_short_recipe_runs_every_stage(tmp_path):
         ("letter", False), ("text", False), ("letter", True), ("text", True)
     ]  # fmt: skip
     for i, f in enumerate(finals):
-        assert f["layout"] == "mmau" and f["n"] == 5
+        n = 3 if i == 0 else 5
+        assert f["layout"] == "mmau" and f["n"] == n
         rows = [json.loads(x) for x in (out / "samples" / f"final-{i}.jsonl").read_text().splitlines()]
-        assert len(rows) == 5 and f["mcq_accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 5)
-        assert f["choice_rate"] == pytest.approx(sum(r["picked_one_choice"] for r in rows) / 5)
+        assert len(rows) == n and f["mcq_accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / n)
+        assert f["choice_rate"] == pytest.approx(sum(r["picked_one_choice"] for r in rows) / n)
         think = "yes" if f["think"] else "no"
-        head = f"| synthetic:eval_mmau.json | mmau | {f['answer_format']} | {think} | 5 |"
+        head = f"| synthetic:eval_mmau.json | mmau | {f['answer_format']} | {think} | {n} |"
         line = next(x for x in text.splitlines() if x.startswith(head))
         own = saved["stages"][-1]["eval"]["mcq_accuracy"]
         assert f"| {f['mcq_accuracy']:.3f} | {f['mcq_accuracy'] - own:+.3f} |" in line, line
@@ -215,9 +220,11 @@ def test_replay_mixes_rows_into_a_stage_and_keeps_its_own_check(tmp_path, capsys
         ("synthetic.chord_qualities=[major]", "synthetic.chord_qualities"),
         ("synthetic.tempo_step=0", "synthetic.tempo_step"),
         ("synthetic.registers=[70]", "synthetic.registers"),
+        ("eval.max_rows=-1", r"eval.max_rows: -1"),
+        ("eval.final=[{data: 'synthetic:eval_mmau.json', max_rows: -5}]", r"eval.final\[0\].max_rows: -5"),
     ],
 )
-def test_a_bad_label_space_fails_before_any_stage(tmp_path, override, field):
+def test_a_bad_label_space_or_row_count_fails_before_any_stage(tmp_path, override, field):
     from grpo_audio.config import ConfigError
 
     cfg = load_config(

@@ -6,6 +6,7 @@ import pytest
 
 from grpo_audio.rewards import (
     FormatReward,
+    RewardSet,
     answer_accuracy,
     format_reward,
     load_reward,
@@ -118,6 +119,19 @@ def test_open_answer_settings():
     assert case_sensitive(None, ["<answer>a minor</answer>"], answer=["A minor"]) == [0.0]
     tolerant = load_reward("answer_accuracy", numeric_tolerance=0.04)
     assert tolerant(None, ["<answer>124</answer>", "<answer>126</answer>"], answer=["120", "120"]) == [1.0, 0.0]
+
+
+def test_open_answer_leaves_multiple_choice_rows_to_mcq_accuracy():
+    """A multiple-choice row gets None from answer_accuracy (a correct letter is not the choice's text) and its
+    score from mcq_accuracy alone; an open row in the same batch is scored by exact match."""
+    completions = ["<answer>B</answer>", "<answer>A minor</answer>", "<answer>a minor</answer>"]
+    columns = {
+        "choices": [["C major", "A minor"], ["C major", "A minor"], None],
+        "answer": ["B", "A minor", "A minor"],
+    }
+    assert answer_accuracy(None, completions, **columns) == [None, None, 1.0]
+    totals = RewardSet([mcq_accuracy, answer_accuracy])(None, completions, **columns)
+    assert totals.total == [1.0, 1.0, 1.0]
 
 
 THEORY_CASES = [
