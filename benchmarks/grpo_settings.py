@@ -1,0 +1,103 @@
+"""A GRPO setting measured as the recipe measures it: from a recipe's cold-start model, scored paired.
+
+The recipe's own code path (``Recipe.grpo``, ``Recipe.evaluate`` with ``sampled=True``, ``Recipe.compare_sampled``):
+the GRPO stage of the recipe's config, with the given ``key=value`` overrides, runs from the ``--stage`` model of a
+recipe's output folder; the start model and the GRPO model are both evaluated on the folder's held-out split
+(greedy, then ``eval.samples`` completions a question at the rollout temperature, seeded per prompt), and the script
+prints the greedy accuracies, the sampled reward and pass@1 of both, GRPO's paired difference with its 95% bootstrap
+interval, the policy entropy over the first and last five steps, and the times. The start model's evaluation is
+kept in the output folder and reused by later settings with the same rewards, evaluation and rollout settings.
+
+Run on a recipe's output folder whose ``cold_start`` stage is complete (``make demo``'s ``demo_out``, or a recipe
+run with the GRPO stage left out), e.g. the LoRA setting of ``tiny.yaml``'s history:
+``.venv/bin/python benchmarks/grpo_settings.py demo_out lora-r8 lora.enabled=true lora.r=8 lora.alpha=16
+train.lr=1e-3``. ``--data`` reads the corpus from another folder with the same held-out split (one written with
+``synthetic.n_rl``, say); nothing in the recipe's folder is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe_dir", type=Path, help="a recipe's output folder (its data/ and STAGE/ folders)")
+    parser.add_argument("name", help="the setting's name: its results go to OUT/NAME")
+    parser.add_argument("overrides", nargs="*", help="key=value settings over the recipe's config")
+    parser.add_argument("--config", default="examples/music_flamingo/tiny.yaml")
+    parser.add_argument("--stage", default="cold_start", help="the stage whose model GRPO starts from")
+    parser.add_argument("--data", type=Path, help="the corpus folder (default: RECIPE_DIR/data)")
+    parser.add_argument("--out", type=Path, default=Path("grpo_settings_out"))
+    args = parser.parse_args()
+
+    from omegaconf import OmegaConf
+
+    from grpo_audio.config import RecipeConfig, load_config
+    from grpo_audio.recipe import Recipe
+    from grpo_audio.recipe.runner import STAGE_MARKER
+
+    start = Path(json.loads((args.recipe_dir / args.stage / STAGE_MARKER).read_text())["entry"]["model_dir"])
+    out = (args.out / args.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = (args.data or args.recipe_dir / "data").resolve()
+    for split in ("eval.jsonl", "skills.jsonl"):  # the same held-out questions, the same supervised clips
+        if (data / split).read_bytes() != (args.recipe_dir / "data" / split).read_bytes():
+            raise SystemExit(f"--data {data}: its {split} differs from the recipe folder's")
+    if not (out / "data").exists():
+        (out / "data").symlink_to(data)
+    cfg = load_config(args.config, [*args.overrides, f"output_dir={out}", "eval.final=[]"], schema=RecipeConfig)
+    recipe = Recipe(cfg)
+    plain = OmegaConf.to_container(OmegaConf.structured(cfg))
+    key = json.dumps([plain[k] for k in ("rewards", "eval", "rollout", "seed")] + [str(start)], sort_keys=True)
+    cached = args.out / f"start-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+    t = time.perf_counter()
+    if cached.exists():
+        before = json.loads(cached.read_text())
+    else:
+        before = recipe.evaluate(start, args.stage, sampled=True)
+        cached.write_text(json.dumps(before))
+    t_start = time.perf_counter() - t
+    recipe.report["stages"].append({"name": args.stage, **before})
+    stage = next(s for s in cfg.stages if s.kind == "grpo")
+    t = time.perf_counter()
+    model, entry = recipe.grpo(stage, start)
+    t_grpo = time.perf_counter() - t
+    t = time.perf_counter()
+    entry.update(recipe.evaluate(model, stage.name, sampled=True), name=stage.name)
+    t_eval = time.perf_counter() - t
+    diff = recipe.compare_sampled(entry)["sampled_vs"]
+
+    steps = [json.loads(x) for x in (out / stage.name / "metrics.jsonl").read_text().splitlines()]
+    entropy = [s["entropy"] for s in steps if "entropy" in s]
+    a, b = before["eval"], entry["eval"]
+    result = {
+        "name": args.name,
+        "overrides": args.overrides,
+        "seed": cfg.seed,
+        "mcq_accuracy": [a["mcq_accuracy"], b["mcq_accuracy"]],
+        "open_accuracy": [a["open_accuracy"], b["open_accuracy"]],
+        "sampled_reward": [a["sampled"]["reward"]["value"], b["sampled"]["reward"]["value"]],
+        "pass_at_1": [a["sampled"]["pass_at_1"]["value"], b["sampled"]["pass_at_1"]["value"]],
+        "paired": diff,
+        "entropy_first_last5": [sum(entropy[:5]) / 5, sum(entropy[-5:]) / 5],
+        "seconds": {"start_eval": t_start, "grpo": t_grpo, "grpo_eval": t_eval},
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    r, p = diff["reward"], diff["pass_at_1"]
+    print(
+        f"{args.name} (seed {cfg.seed}): greedy MCQ {a['mcq_accuracy']:.3f} -> {b['mcq_accuracy']:.3f}, open "
+        f"{a['open_accuracy']:.3f} -> {b['open_accuracy']:.3f}; sampled reward {result['sampled_reward'][0]:.3f} -> "
+        f"{result['sampled_reward'][1]:.3f}, paired {r['value']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]; pass@1 "
+        f"paired {p['value']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]; entropy {result['entropy_first_last5'][0]:.3f}"
+        f" -> {result['entropy_first_last5'][1]:.3f}; GRPO {t_grpo:.0f} s, evaluations {t_start:.0f} + {t_eval:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
