@@ -85,7 +85,7 @@ def main() -> None:
         "sampled_reward": [a["sampled"]["reward"]["value"], b["sampled"]["reward"]["value"]],
         "pass_at_1": [a["sampled"]["pass_at_1"]["value"], b["sampled"]["pass_at_1"]["value"]],
         "paired": diff,
-        "entropy_first_last5": [sum(entropy[:5]) / 5, sum(entropy[-5:]) / 5],
+        "entropy_first_last5": [sum(entropy[:5]) / len(entropy[:5]), sum(entropy[-5:]) / len(entropy[-5:])],
         "seconds": {"start_eval": t_start, "grpo": t_grpo, "grpo_eval": t_eval},
     }
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
