@@ -147,4 +147,5 @@ def test_quick_start_shell_block(tmp_path):
 
 def test_data_shell_block(project):
     out = _run_lines(_shell("grpo-audio check-data data/train.jsonl"), project, {"n=400": "n=8 n_eval=2"})
-    assert "16 rows: 16 ok, 0 bad" in out[0].stdout and (project / "data/synth/eval.jsonl").exists()
+    # rl.jsonl: a multiple-choice, an open and a caption prompt for each of the 8 clips
+    assert "24 rows: 24 ok, 0 bad" in out[0].stdout and (project / "data/synth/eval.jsonl").exists()
