@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--stage", default="cold_start", help="the stage whose model GRPO starts from")
     parser.add_argument("--data", type=Path, help="the corpus folder (default: RECIPE_DIR/data)")
     parser.add_argument("--out", type=Path, default=Path("grpo_settings_out"))
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # options may come between the name and the overrides
 
     from omegaconf import OmegaConf
 
