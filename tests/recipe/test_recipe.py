@@ -12,6 +12,7 @@ import torch
 from grpo_audio.config import RecipeConfig, load_config
 from grpo_audio.models import get_family
 from grpo_audio.recipe import Recipe
+from grpo_audio.rewards import load_reward
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +46,9 @@ def test_short_recipe_runs_every_stage(tmp_path):
     out = tmp_path / "out"
     assert [s["name"] for s in report["stages"]] == ["base", "text", "sft", "cold_start", "grpo", "final"]
     family = get_family("music_flamingo")
+    eval_rows = {r["id"]: r for r in map(json.loads, (out / "data" / "eval.jsonl").read_text().splitlines())}
+    theory = load_reward("music_theory", half_double=0.5)
+    names = {"total", "format", "mcq_accuracy", "answer_accuracy", "structured_caption", "music_theory"}  # tiny.yaml's
     previous = None
     for stage in report["stages"][1:5]:
         model = family.model_class().from_pretrained(stage["model_dir"])
@@ -54,15 +58,25 @@ def test_short_recipe_runs_every_stage(tmp_path):
         previous = weights
         assert {"mcq_accuracy", "open_accuracy", "format_rate", "per_task"} <= set(stage["eval"])
         # Every stage's completions are scored with the GRPO rewards (format 0.5; accuracy 1.0 on multiple-choice
-        # rows by mcq_accuracy and on open rows by answer_accuracy, each row by one of them).
+        # rows by mcq_accuracy and on open rows by answer_accuracy, each row by one of them; music_theory's partial
+        # credit 0.5 on key and tempo rows).
         samples = [json.loads(x) for x in (out / "samples" / f"{stage['name']}.jsonl").read_text().splitlines()]
         reward = stage["eval"]["reward"]
         mcq, open_ = ([x["correct"] for x in samples if x["kind"] == kind] for kind in ("mcq", "open"))
-        assert set(reward) == {"total", "format", "mcq_accuracy", "answer_accuracy", "structured_caption"}
+        graded = [
+            theory(None, [x["completion"]], metadata=[eval_rows[x["id"]]["metadata"]])[0]
+            for x in samples
+            if x["task"] in ("key", "tempo")
+        ]
+        assert set(reward) == names
         assert reward["format"] == pytest.approx(stage["eval"]["format_rate"])
         assert reward["mcq_accuracy"] == pytest.approx(sum(mcq) / len(mcq)) and len(mcq) == 3
         assert reward["answer_accuracy"] == pytest.approx(sum(open_) / len(open_)) and len(open_) == 3
-        total = sum(0.5 * x["format"] + x["correct"] for x in samples) / 6
+        if graded:
+            assert reward["music_theory"] == pytest.approx(sum(graded) / len(graded))
+        else:
+            assert math.isnan(reward["music_theory"])
+        total = (sum(0.5 * x["format"] + x["correct"] for x in samples) + 0.5 * sum(graded)) / 6
         assert reward["total"] == pytest.approx(total) and math.isnan(reward["structured_caption"])
     assert report["stages"][4]["reward_first"] is not None and Path(report["stages"][4]["curves"]).exists()
     saved = json.loads((out / "report.json").read_text())
@@ -74,7 +88,7 @@ def test_short_recipe_runs_every_stage(tmp_path):
         assert line.split("|")[7].strip() == f"{stage['eval']['reward']['total']:.3f}", line
     grpo = saved["stages"][4]
     assert grpo["eval_steps"] == [0, 1, 2] and grpo["eval_setting"].startswith("3 eval rows x 1 completion(s)")
-    assert set(grpo["rewards"]) == {"total", "format", "mcq_accuracy", "answer_accuracy", "structured_caption"}
+    assert set(grpo["rewards"]) == names
     for name, r in grpo["rewards"].items():
         assert set(r) == {"train_first", "train_last", "eval_start", "eval_end"}, name
         line = next(x for x in text.splitlines() if x.startswith(f"| {name} |"))
