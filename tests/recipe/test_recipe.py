@@ -47,8 +47,9 @@ def test_short_recipe_runs_every_stage(tmp_path):
     assert [s["name"] for s in report["stages"]] == ["base", "text", "sft", "cold_start", "grpo", "final"]
     family = get_family("music_flamingo")
     eval_rows = {r["id"]: r for r in map(json.loads, (out / "data" / "eval.jsonl").read_text().splitlines())}
-    theory = load_reward("music_theory", half_double=0.5)
-    names = {"total", "format", "mcq_accuracy", "answer_accuracy", "structured_caption", "music_theory"}  # tiny.yaml's
+    names = {"total", *(spec.name for spec in cfg.rewards)}  # tiny.yaml's rewards, music_theory among them
+    graded_spec = next(spec for spec in cfg.rewards if spec.name == "music_theory")
+    theory = load_reward(graded_spec.name, **graded_spec.kwargs)
     previous = None
     for stage in report["stages"][1:5]:
         model = family.model_class().from_pretrained(stage["model_dir"])
@@ -66,7 +67,7 @@ def test_short_recipe_runs_every_stage(tmp_path):
         graded = [
             theory(None, [x["completion"]], metadata=[eval_rows[x["id"]]["metadata"]])[0]
             for x in samples
-            if x["task"] in ("key", "tempo")
+            if x["task"] in graded_spec.tasks
         ]
         assert set(reward) == names
         assert reward["format"] == pytest.approx(stage["eval"]["format_rate"])
@@ -76,7 +77,7 @@ def test_short_recipe_runs_every_stage(tmp_path):
             assert reward["music_theory"] == pytest.approx(sum(graded) / len(graded))
         else:
             assert math.isnan(reward["music_theory"])
-        total = (sum(0.5 * x["format"] + x["correct"] for x in samples) + 0.5 * sum(graded)) / 6
+        total = (sum(0.5 * x["format"] + x["correct"] for x in samples) + graded_spec.weight * sum(graded)) / 6
         assert reward["total"] == pytest.approx(total) and math.isnan(reward["structured_caption"])
     assert report["stages"][4]["reward_first"] is not None and Path(report["stages"][4]["curves"]).exists()
     saved = json.loads((out / "report.json").read_text())
