@@ -1,14 +1,15 @@
-"""The recipe's evaluation of one stage on the transformers engine vs on vLLM (``eval.engine: hf | vllm``).
+"""The recipe's evaluation of one stage on several engines or batch sizes (``eval.engine``, ``eval.batch_size``).
 
 One evaluation is what the recipe runs after a stage that GRPO follows or that is GRPO (``Recipe.evaluate`` with
 ``sampled=True``): the engine started, every held-out question greedy, then ``eval.samples`` completions a
-question at the rollout temperature, scored, the engine closed. Both engines evaluate the same model on the same
+question at the rollout temperature, scored, the engine closed. Every setting evaluates the same model on the same
 rows with the same seeds, alternated for ``--rounds`` rounds; the engine's start is included, since the recipe
-starts one for every evaluation. The script prints each engine's time, greedy MCQ accuracy and sampled reward, and
-the time ratio last.
+starts one for every evaluation. The script prints each setting's time, greedy MCQ accuracy and sampled reward,
+and each setting's time over the first one's last.
 
 Run on a recipe's output folder, e.g. the embedded recipe's after ``make demo``:
-``.venv/bin/python benchmarks/eval_engine.py demo_out [--stage cold_start] [--rounds 2]``. The recipe's config is
+``.venv/bin/python benchmarks/eval_engine.py demo_out [--stage cold_start] [--rounds 2] [--settings hf:1 hf:32
+vllm]`` (``ENGINE[:BATCH_SIZE]``; default ``hf vllm``, each at the config's batch size). The recipe's config is
 ``examples/music_flamingo/tiny.yaml`` unless ``--config`` names another; the folder's corpus and the stage's model
 are read, nothing in the folder is written (the samples go to a temporary folder).
 """
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--config", default="examples/music_flamingo/tiny.yaml")
     parser.add_argument("--stage", default="cold_start", help="the stage whose model is evaluated")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--settings", nargs="+", default=["hf", "vllm"], help="ENGINE[:BATCH_SIZE] to compare")
     args = parser.parse_args()
 
     from grpo_audio.config import RecipeConfig, load_config
@@ -39,27 +41,31 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     (tmp / "data").symlink_to((args.recipe_dir / "data").resolve())
     recipes = {}
-    for engine in ("hf", "vllm"):
-        cfg = load_config(args.config, [f"output_dir={tmp}", f"eval.engine={engine}"], schema=RecipeConfig)
-        recipes[engine] = Recipe(cfg)
-    samples = recipes["hf"].cfg.eval.samples
-    times: dict[str, list[float]] = {engine: [] for engine in recipes}
+    for setting in args.settings:
+        engine, _, batch = setting.partition(":")
+        overrides = [f"output_dir={tmp}", f"eval.engine={engine}"] + ([f"eval.batch_size={batch}"] if batch else [])
+        recipes[setting] = Recipe(load_config(args.config, overrides, schema=RecipeConfig))
+    samples = next(iter(recipes.values())).cfg.eval.samples
+    times: dict[str, list[float]] = {setting: [] for setting in recipes}
     results: dict[str, dict] = {}
     for _ in range(args.rounds):
-        for engine, recipe in recipes.items():
+        for setting, recipe in recipes.items():
             t = time.perf_counter()
-            results[engine] = recipe.evaluate(model_dir, f"{args.stage}-{engine}", sampled=True)["eval"]
-            times[engine].append(time.perf_counter() - t)
-    med = {engine: statistics.median(v) for engine, v in times.items()}
-    questions = results["hf"]["sampled"]["reward"]["n"]
+            name = f"{args.stage}-{setting.replace(':', '-')}"
+            results[setting] = recipe.evaluate(model_dir, name, sampled=True)["eval"]
+            times[setting].append(time.perf_counter() - t)
+    med = {setting: statistics.median(v) for setting, v in times.items()}
+    first = args.settings[0]
+    questions = results[first]["sampled"]["reward"]["n"]
     print(f"model {model_dir}: {questions} held-out questions, greedy + {samples} samples each")
-    for engine, v in times.items():
-        r = results[engine]
+    for setting, v in times.items():
+        r = results[setting]
         print(
-            f"{engine:5s} median {med[engine]:6.1f} s ({', '.join(f'{x:.1f}' for x in v)}); greedy MCQ "
+            f"{setting:8s} median {med[setting]:6.1f} s ({', '.join(f'{x:.1f}' for x in v)}); greedy MCQ "
             f"{r['mcq_accuracy']}, sampled reward {r['sampled']['reward']['value']:.3f}"
         )
-    print(f"ratio hf / vllm: {med['hf'] / med['vllm']:.2f}x")
+    for setting in args.settings[1:]:
+        print(f"ratio {first} / {setting}: {med[first] / med[setting]:.2f}x")
 
 
 if __name__ == "__main__":

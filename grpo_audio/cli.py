@@ -218,6 +218,7 @@ def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
         max_new_tokens=cfg.max_new_tokens,
         prefer=cfg.answer_format,
         dtype=cfg.dtype,
+        batch_size=cfg.batch_size,
     )
     for key in ("mcq_accuracy", "choice_rate", "open_accuracy", "format_rate"):
         if report[key] is not None:

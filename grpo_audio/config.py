@@ -589,6 +589,11 @@ class RecipeEvalConfig:
     max_rows: int = setting(0, help="Evaluate the first N rows only (0 = all).")
     max_new_tokens: int = setting(128, help="Completion length cap at evaluation.")
     engine: str = setting("hf", help="Engine for evaluation (greedy decoding).", choices=ENGINES)
+    batch_size: int = setting(
+        32,
+        help="The hf engine's prompts per generate call (greedy and sampled; a sampled prompt's k completions go "
+        "together); vLLM schedules its own batches.",
+    )
     samples: int = setting(
         0,
         help="k: also sample k completions per eval prompt at the rollout temperature, for the sampled reward and "

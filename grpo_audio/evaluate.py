@@ -103,6 +103,7 @@ def evaluate_model(
     audio_cache: AudioCache | None = None,
     prefer: str = "text",
     dtype: str = "float32",
+    batch_size: int = 8,
 ) -> dict[str, Any]:
     """Generate one completion per row (greedy by default) and score it.
 
@@ -114,12 +115,12 @@ def evaluate_model(
 
     ``dtype`` is the weights' dtype in the engine (``float32``, ``bfloat16``). ``prefer`` is what the prompts asked
     for (``letter`` or ``text``): how a completion's bare token that is both a letter and a choice's text is read
-    (see ``score``).
+    (see ``score``). ``batch_size`` is the prompts per ``generate`` call of an ``hf`` engine built here.
     """
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
     own = engine_obj is None
     if own:
-        engine_obj = load_engine(model_dir, engine, max_model_len, audio_cache, dtype=dtype)
+        engine_obj = load_engine(model_dir, engine, max_model_len, audio_cache, dtype=dtype, batch_size=batch_size)
     try:
         with cached_encoder(engine_obj, audio_cache):
             batch = engine_obj.generate(rows, n=1, sampling=sampling)

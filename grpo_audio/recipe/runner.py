@@ -72,6 +72,8 @@ class Recipe:
         if cfg.synthetic.enabled:
             cfg.synthetic.label_space()  # a bad label space fails here, before any stage
             checked_answer_formats(cfg.synthetic.answer_formats)
+        if cfg.eval.batch_size < 1:
+            raise ConfigError(f"eval.batch_size: {cfg.eval.batch_size}: must be 1 or more")
         if cfg.eval.max_rows < 0:
             raise ConfigError(f"eval.max_rows: {cfg.eval.max_rows}: must be 0 (all) or more")
         for i, final in enumerate(cfg.eval.final):  # and so does a final evaluation file that is not there
@@ -339,9 +341,7 @@ class Recipe:
         if self.cfg.eval.max_rows:
             rows = rows[: self.cfg.eval.max_rows]
         ev = self.cfg.eval
-        engine = load_engine(
-            model_dir, ev.engine, self.cfg.rollout.max_model_len, self.audio_cache, self.cfg.model.dtype
-        )
+        engine = self.eval_engine(model_dir)
         try:
             result = evaluate_model(
                 model_dir,
@@ -375,6 +375,14 @@ class Recipe:
         )
         return {"eval": result}
 
+    def eval_engine(self, model_dir: Path) -> Any:
+        """The evaluation engine (``eval.engine``, ``eval.batch_size``) over ``model_dir``, with the recipe's audio
+        cache; the caller closes it."""
+        ev = self.cfg.eval
+        return load_engine(
+            model_dir, ev.engine, self.cfg.rollout.max_model_len, self.audio_cache, self.cfg.model.dtype, ev.batch_size
+        )
+
     def evaluate_final(self, model_dir: Path) -> list[dict[str, Any]]:
         """The last model on each ``eval.final`` file, greedy, asked as ``grpo-audio eval`` asks it (main process;
         the others get ``[]``): per file its settings, ``n``, ``mcq_accuracy``, ``choice_rate``, ``format_rate``;
@@ -382,9 +390,7 @@ class Recipe:
         results: list[dict[str, Any]] = []
         if self.main:
             ev = self.cfg.eval
-            engine = load_engine(
-                model_dir, ev.engine, self.cfg.rollout.max_model_len, self.audio_cache, self.cfg.model.dtype
-            )
+            engine = self.eval_engine(model_dir)
             try:
                 for i, final in enumerate(ev.final):
                     bench = load_benchmark(

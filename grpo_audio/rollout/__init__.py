@@ -87,6 +87,7 @@ def load_engine(
     max_model_len: int = 4096,
     audio_cache: AudioCache | None = None,
     dtype: str = "float32",
+    batch_size: int = 8,
 ) -> RolloutEngine:
     """An engine sampling from the checkpoint in ``model_dir`` (its family read from its ``config.json``).
 
@@ -95,6 +96,7 @@ def load_engine(
         max_model_len: prompt + completion tokens at most.
         audio_cache: the ``hf`` engine's log-mel features go through it (see ``audio_cache.py``).
         dtype: the weights' dtype in either engine (``float32``, ``bfloat16``, ``float16``).
+        batch_size: the ``hf`` engine's prompts per ``generate`` call (vLLM schedules its own batches).
 
     Raises:
         FileNotFoundError: ``model_dir`` has no ``config.json``.
@@ -110,7 +112,7 @@ def load_engine(
     processor = AutoProcessor.from_pretrained(model_dir)
     if audio_cache is not None:
         processor = audio_cache.features(processor)
-    return HFEngine(model, processor, family, max_model_len=max_model_len)
+    return HFEngine(model, processor, family, max_model_len=max_model_len, batch_size=batch_size)
 
 
 def generate_manifest(

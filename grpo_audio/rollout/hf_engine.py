@@ -3,8 +3,13 @@
 The engine samples from the policy model itself, so ``sync_weights`` only swaps the reference; a policy sharded
 over processes (FSDP2) cannot generate on one process alone, so the engine then samples from its own whole copy,
 which ``sync_weights`` refreshes from the gathered shards (``own_weights``). Logprobs are
-those of the sampling distribution (``output_scores``: logits after temperature / top-k / top-p), the same
-quantity vLLM returns with ``logprobs_mode="processed_logprobs"``.
+those of the sampling distribution (logits after temperature / top-k / top-p), the same quantity vLLM returns with
+``logprobs_mode="processed_logprobs"``.
+
+Departure from ``generate(do_sample=True)``: transformers samples every sequence of a batch from one global
+generator, so a row's draws would depend on the rows beside it. Sampling here is :class:`SeededSampler`, a logits
+processor with one random stream per row (as vLLM's per-request seeds), so a seeded row gets the same completions
+alone or in any batch, and rows are still generated ``batch_size`` at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from ..data.schema import Row
 from ..logprobs import to_model
@@ -42,6 +49,8 @@ class HFEngine:
         batch_size: int = 8,
         own_weights: bool = False,
     ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size: {batch_size}: must be 1 or more")
         self.model, self.processor, self.family = model, processor, family
         self.own_weights = own_weights
         self.max_model_len, self.batch_size = max_model_len, batch_size
@@ -68,12 +77,11 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            # With a seed per row, each row is sampled on its own: its completions depend on nothing else.
-            size = 1 if sampling.row_seeds is not None else self.batch_size
-            for start in range(0, len(rows), size):
-                end = min(len(rows), start + size)
+            for start in range(0, len(rows), self.batch_size):
+                end = min(len(rows), start + self.batch_size)
                 inputs = self._expanded_inputs(prepared.batch, start, end, n)
-                ids, lps = self._generate(inputs, sampling, stop_ids, sampling.request_seed(start))
+                seeds = [sampling.request_seed(i) for i in range(start, end)]
+                ids, lps = self._generate(inputs, sampling, stop_ids, seeds, n)
                 ids_out += ids
                 lps_out += lps
         finally:
@@ -103,32 +111,34 @@ class HFEngine:
             **batch.audio_for(rows),
         }
 
-    def _generate(self, inputs: dict, sampling: SamplingConfig, stop_ids: set[int], seed: int | None):
-        greedy = sampling.temperature == 0
-        if seed is not None:
-            torch.manual_seed(seed)
+    def _generate(
+        self, inputs: dict, sampling: SamplingConfig, stop_ids: set[int], seeds: list[int | None], n: int
+    ) -> tuple[list[list[int]], list[list[float]]]:
+        """Completions of one batch (``seeds``: one per row, each row's ``n`` sequences adjacent) and their tokens'
+        logprobs under the sampling distribution (greedy: under the softmax of the processed logits)."""
         kwargs: dict[str, Any] = {
             "max_new_tokens": sampling.max_new_tokens,
-            "do_sample": not greedy,
+            "do_sample": False,  # greedy over the scores; sampling is the SeededSampler's noise
             "return_dict_in_generate": True,
-            "output_scores": True,
             "eos_token_id": None if sampling.ignore_eos else sorted(stop_ids),
             "pad_token_id": self.tokenizer.pad_token_id,
             "suppress_tokens": self.banned,
         }
-        if not greedy:
-            kwargs.update(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k if sampling.top_k > 0 else 0,
-            )
+        sampler = None if sampling.temperature == 0 else SeededSampler(sampling, seeds, n)
+        if sampler is None:
+            kwargs["output_scores"] = True
+        else:
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
         if sampling.ignore_eos:
             kwargs["min_new_tokens"] = sampling.max_new_tokens
         out = self.model.generate(**to_model(self.model, inputs), **kwargs)
         prompt_len = inputs["input_ids"].shape[1]
         seqs = out.sequences[:, prompt_len:]  # [b*n, T]
-        scores = torch.stack(out.scores, dim=1).float()  # [b*n, T, V], processed logits
-        logprobs = torch.log_softmax(scores, -1).gather(-1, seqs[:, : scores.shape[1], None])[..., 0]
+        if sampler is None:
+            scores = torch.stack(out.scores, dim=1).float()  # [b*n, T, V]
+            logprobs = torch.log_softmax(scores, -1).gather(-1, seqs[:, : scores.shape[1], None])[..., 0]
+        else:
+            logprobs = sampler.chosen_logprobs()  # [b*n, T]
         ids, lps = [], []
         for seq, lp in zip(seqs.tolist(), logprobs.tolist(), strict=True):
             length = len(seq)
@@ -140,3 +150,54 @@ class HFEngine:
             ids.append(seq[:length])
             lps.append(lp[:length])
         return ids, lps
+
+
+class SeededSampler(LogitsProcessor):
+    """Sampling as the last logits processor of a greedy ``generate``, with one random stream per row.
+
+    Each step it warps the scores as ``generate(do_sample=True)`` would (temperature, then top-k, then top-p:
+    transformers' own warpers), and returns ``log_softmax(warped) + g`` with ``g`` standard Gumbel noise: the
+    argmax, which greedy decoding takes, is an exact draw from ``softmax(warped)`` (the Gumbel-max trick; Gumbel
+    1954, Maddison et al. 2014). Row ``i``'s ``n`` sequences draw their noise from a generator seeded with
+    ``seeds[i]`` (a fresh seed from torch's global RNG where it is None), so they depend on nothing else in the
+    batch. Tokens the earlier processors set to ``-inf`` (suppressed, filtered) are never drawn.
+
+    Args:
+        sampling: temperature (> 0), top_k (-1 or 0: off), top_p.
+        seeds: [B] one per row of the batch.
+        n: sequences per row (adjacent in the batch).
+    """
+
+    def __init__(self, sampling: SamplingConfig, seeds: list[int | None], n: int):
+        if sampling.temperature <= 0:
+            raise ValueError(f"sampling needs a temperature above 0, got {sampling.temperature}")
+        warpers: list[LogitsProcessor] = []
+        if sampling.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(sampling.temperature))
+        if sampling.top_k > 0:
+            warpers.append(TopKLogitsWarper(top_k=sampling.top_k))
+        if sampling.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=sampling.top_p))
+        self.warpers = LogitsProcessorList(warpers)
+        self.seeds = [int(torch.randint(2**31, ())) if s is None else s for s in seeds]
+        self.n = n
+        self.generators: list[torch.Generator] = []
+        self.chosen: list[torch.Tensor] = []  # per step: [B*n] the drawn token's log-probability
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logprobs = torch.log_softmax(self.warpers(input_ids, scores).float(), dim=-1)  # [B*n, V]
+        if not self.generators:
+            self.generators = [torch.Generator(scores.device).manual_seed(s) for s in self.seeds]
+        exponential = torch.cat(
+            [
+                torch.empty(self.n, logprobs.shape[-1], device=scores.device).exponential_(generator=g)
+                for g in self.generators
+            ]
+        )  # [B*n, V]
+        noisy = logprobs - exponential.log()  # + Gumbel(0, 1)
+        self.chosen.append(logprobs.gather(-1, noisy.argmax(-1, keepdim=True))[:, 0])
+        return noisy
+
+    def chosen_logprobs(self) -> torch.Tensor:
+        """[B*n, T] the drawn tokens' log-probabilities under the warped distribution, step by step."""
+        return torch.stack(self.chosen, dim=1)

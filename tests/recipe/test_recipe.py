@@ -236,6 +236,7 @@ def test_replay_mixes_rows_into_a_stage_and_keeps_its_own_check(tmp_path, capsys
         ("synthetic.tempo_step=0", "synthetic.tempo_step"),
         ("synthetic.registers=[70]", "synthetic.registers"),
         ("eval.max_rows=-1", r"eval.max_rows: -1"),
+        ("eval.batch_size=0", r"eval.batch_size: 0"),
         ("eval.final=[{data: 'synthetic:eval_mmau.json', max_rows: -5}]", r"eval.final\[0\].max_rows: -5"),
     ],
 )

@@ -8,7 +8,7 @@ from transformers import AutoProcessor
 
 from grpo_audio.models import get_family
 from grpo_audio.rollout.base import PromptTooLongError, SamplingConfig
-from grpo_audio.rollout.hf_engine import HFEngine
+from grpo_audio.rollout.hf_engine import HFEngine, SeededSampler
 from tests.rollout.helpers import chord_clip, hf_logprobs, rows_for
 
 
@@ -112,3 +112,41 @@ def test_build_engine_and_generate_cli(af3, tiny_checkpoint, tmp_path):
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(x["id"], x["sample"]) for x in lines] == [(f"q{i}", j) for i in range(3) for j in range(2)]
     assert all(x["tokens"] <= 3 and x["answer"] == "C major" for x in lines)
+
+
+def test_seeded_rows_sample_the_same_alone_or_batched(af3):
+    """With a seed per row, a row's completions and logprobs do not depend on the rows generated beside it."""
+    family, model, processor = af3
+    rows = rows_for([chord_clip(3.0), chord_clip(40.0, 300.0), chord_clip(5.0, 150.0)])
+    sampling = SamplingConfig(max_new_tokens=6, temperature=1.0, top_k=20, row_seeds=[11, 12, 13])
+    batched = HFEngine(model, processor, family, batch_size=3).generate(rows, n=2, sampling=sampling)
+    alone = HFEngine(model, processor, family, batch_size=1).generate(
+        rows[1:2], n=2, sampling=SamplingConfig(max_new_tokens=6, temperature=1.0, top_k=20, row_seeds=[12])
+    )
+    assert alone.completion_ids == batched.completion_ids[2:4]
+    assert torch.allclose(torch.tensor(alone.logprobs), torch.tensor(batched.logprobs[2:4]), atol=1e-5)
+    reseeded = SamplingConfig(max_new_tokens=6, temperature=1.0, top_k=20, row_seeds=[11, 99, 13])
+    other = HFEngine(model, processor, family, batch_size=3).generate(rows, n=2, sampling=reseeded)
+    assert other.completion_ids[2:4] != batched.completion_ids[2:4]  # premise: the seed decides the draws
+    assert other.completion_ids[:2] == batched.completion_ids[:2]
+
+
+def test_seeded_sampler_draws_from_the_warped_distribution():
+    """4000 rows, one draw each from the same logits: token frequencies match softmax(logits / T) restricted to the
+    top k (within 4.5 standard errors), tokens outside the top k are never drawn, and each draw's logprob is
+    log p of its token."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    sampling = SamplingConfig(temperature=0.7, top_k=4)
+    draws = 4000
+    sampler = SeededSampler(sampling, seeds=list(range(draws)), n=1)
+    noisy = sampler(torch.zeros(draws, 1, dtype=torch.long), logits.repeat(draws, 1))
+    tokens = noisy.argmax(-1)
+    p = torch.zeros(6)
+    p[:4] = torch.softmax(logits[:4] / 0.7, -1)  # by hand: temperature, then the top 4
+    freq = torch.bincount(tokens, minlength=6).float() / draws
+    se = (p * (1 - p) / draws).sqrt()
+    assert freq[4:].sum() == 0
+    assert ((freq[:4] - p[:4]).abs() < 4.5 * se[:4]).all(), (freq, p)
+    assert torch.allclose(sampler.chosen_logprobs()[:, 0], p.log()[tokens], atol=1e-6)
+    again = SeededSampler(sampling, seeds=list(range(draws)), n=1)
+    assert torch.equal(again(torch.zeros(draws, 1, dtype=torch.long), logits.repeat(draws, 1)).argmax(-1), tokens)
