@@ -190,8 +190,6 @@ class EvalCommandConfig(RecipeEvalConfig):
 
 
 def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
-    if cfg.max_rows < 0:
-        raise ConfigError(f"eval: max_rows must be 0 (all) or more, got {cfg.max_rows}")
     try:
         bench = load_benchmark(
             cfg.data,

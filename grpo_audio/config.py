@@ -48,13 +48,19 @@ class ConfigError(ValueError):
 
 
 def setting(
-    default: Any = MISSING, help: str = "", choices: tuple[str, ...] | None = None, factory: Any = None
+    default: Any = MISSING,
+    help: str = "",
+    choices: tuple[str, ...] | None = None,
+    factory: Any = None,
+    minimum: float | None = None,
 ) -> Any:
-    """A dataclass field of a config schema, with its help string (and optional fixed choices) in its metadata;
-    ``MISSING`` (the default) makes it required."""
+    """A dataclass field of a config schema, with its help string (and optional fixed choices, or the least value
+    a number may take) in its metadata; ``MISSING`` (the default) makes it required. ``load_config`` checks both."""
     meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = choices
+    if minimum is not None:
+        meta["minimum"] = minimum
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -93,9 +99,9 @@ class LoraConfig:
     """Optional LoRA adapters (peft) on the language model."""
 
     enabled: bool = setting(False, help="Train LoRA adapters instead of the full model.")
-    r: int = setting(16, help="LoRA rank.")
+    r: int = setting(16, help="LoRA rank.", minimum=1)
     alpha: int = setting(32, help="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = setting(0.0, help="Dropout on the LoRA branch.")
+    dropout: float = setting(0.0, help="Dropout on the LoRA branch.", minimum=0)
     target_modules: list[str] = setting(
         help="Module name suffixes that get adapters.",
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -126,15 +132,15 @@ class RolloutConfig:
     """How completions are sampled."""
 
     engine: str = setting("vllm", help="Generation engine.", choices=ENGINES)
-    max_new_tokens: int = setting(256, help="Completion length cap.")
-    temperature: float = setting(1.0, help="Sampling temperature.")
+    max_new_tokens: int = setting(256, help="Completion length cap.", minimum=1)
+    temperature: float = setting(1.0, help="Sampling temperature.", minimum=0)
     top_p: float = setting(1.0, help="Nucleus sampling mass.")
     top_k: int = setting(-1, help="Top-k sampling; -1 disables it.")
     gpu_memory_utilization: float = setting(
         0.3, help="vLLM's memory fraction (of the GPU, or of the NUMA node's RAM on CPU, where 0.9 fails)."
     )
-    tensor_parallel_size: int = setting(1, help="vLLM tensor-parallel degree for rollouts.")
-    max_model_len: int = setting(4096, help="vLLM context length (prompt with audio tokens + completion).")
+    tensor_parallel_size: int = setting(1, help="vLLM tensor-parallel degree for rollouts.", minimum=1)
+    max_model_len: int = setting(4096, help="vLLM context length (prompt with audio tokens + completion).", minimum=1)
     enforce_eager: bool = setting(True, help="Skip CUDA-graph capture in vLLM (faster start, slower decode).")
 
 
@@ -142,30 +148,31 @@ class RolloutConfig:
 class GRPOConfig:
     """The algorithm's knobs (see loss.py / advantages.py for the maths)."""
 
-    num_generations: int = setting(8, help="G: completions sampled per prompt (the group).")
+    num_generations: int = setting(8, help="G: completions sampled per prompt (the group).", minimum=2)
     beta: float = setting(
-        0.0, help="KL coefficient to the reference policy (k3 estimator); 0 loads no reference model."
+        0.0, help="KL coefficient to the reference policy (k3 estimator); 0 loads no reference model.", minimum=0
     )
-    epsilon: float = setting(0.2, help="Lower clip range of the importance ratio.")
-    epsilon_high: float = setting(0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28).")
+    epsilon: float = setting(0.2, help="Lower clip range of the importance ratio.", minimum=0)
+    epsilon_high: float = setting(0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28).", minimum=0)
     loss_type: str = setting("dapo", help="Loss aggregation.", choices=LOSS_TYPES)
     scale_rewards: str = setting(
         "group",
         help="Advantage normalisation: group std (GRPO), batch std, or none (Dr. GRPO).",
         choices=SCALE_REWARDS,
     )
-    num_iterations: int = setting(1, help="mu: optimisation passes over each batch of rollouts.")
+    num_iterations: int = setting(1, help="mu: optimisation passes over each batch of rollouts.", minimum=1)
     shared_prefix: bool = setting(
         True, help="Logprob passes run each prompt and its audio once per group (false: per sample, the reference)."
     )
-    std_floor: float = setting(0.0, help="Lower bound on the reward std used to scale advantages.")
+    std_floor: float = setting(0.0, help="Lower bound on the reward std used to scale advantages.", minimum=0)
     negative_weight: float = setting(
         1.0,
         help="Factor on negative advantages (1: GRPO; 0: successes only, positive-sample reinforcement, which "
         "sharpens the policy; arXiv 2506.01347).",
+        minimum=0,
     )
     dynamic_sampling: bool = setting(False, help="Drop groups with equal rewards and refill from new prompts (DAPO).")
-    max_resample_rounds: int = setting(2, help="Extra rollout rounds dynamic sampling may spend per step.")
+    max_resample_rounds: int = setting(2, help="Extra rollout rounds dynamic sampling may spend per step.", minimum=0)
     is_mode: str = setting(
         "token_truncate",
         help="Rollout/trainer importance-sampling correction.",
@@ -200,31 +207,33 @@ class RewardSpec:
 class TrainConfig:
     """Optimisation schedule and bookkeeping."""
 
-    lr: float = setting(1e-6, help="Peak learning rate.")
-    max_steps: int = setting(100, help="Number of optimiser steps.")
+    lr: float = setting(1e-6, help="Peak learning rate.", minimum=0)
+    max_steps: int = setting(100, help="Number of optimiser steps.", minimum=1)
     prompts_per_step: int = setting(
         8,
         help="Prompts per step over all processes (each sampled G times); each process takes an equal share, so "
         "the number of processes must divide it.",
+        minimum=1,
     )
-    warmup_ratio: float = setting(0.03, help="Fraction of steps with linear warm-up (paper: 0.03).")
+    warmup_ratio: float = setting(0.03, help="Fraction of steps with linear warm-up (paper: 0.03).", minimum=0)
     lr_scheduler: str = setting("cosine", help="Learning-rate schedule.", choices=("cosine", "linear", "constant"))
     max_grad_norm: float = setting(1.0, help="Gradient clipping norm.")
     micro_batch_size: int = setting(
-        8, help="Completions per forward/backward; gradients accumulate over the whole rollout batch."
+        8, help="Completions per forward/backward; gradients accumulate over the whole rollout batch.", minimum=1
     )
-    weight_decay: float = setting(0.0, help="AdamW weight decay.")
-    eval_every: int = setting(0, help="Evaluate every N steps; 0 disables.")
-    eval_rows: int = setting(64, help="Rows of the eval set used per evaluation (0 = all).")
-    eval_temperature: float = setting(0.0, help="Sampling temperature at evaluation (0 = greedy).")
+    weight_decay: float = setting(0.0, help="AdamW weight decay.", minimum=0)
+    eval_every: int = setting(0, help="Evaluate every N steps; 0 disables.", minimum=0)
+    eval_rows: int = setting(64, help="Rows of the eval set used per evaluation (0 = all).", minimum=0)
+    eval_temperature: float = setting(0.0, help="Sampling temperature at evaluation (0 = greedy).", minimum=0)
     eval_generations: int = setting(
         1,
         help="Completions per eval prompt (TRL's num_generations_eval); the eval metrics average over them. With "
         "eval_temperature = rollout.temperature this estimates the reward the policy earns as it samples.",
+        minimum=1,
     )
-    samples_per_eval: int = setting(8, help="Sample completions written to samples.jsonl per evaluation.")
-    save_every: int = setting(0, help="Checkpoint every N steps; 0 saves only at the end.")
-    keep_last: int = setting(2, help="Number of checkpoints kept.")
+    samples_per_eval: int = setting(8, help="Sample completions written to samples.jsonl per evaluation.", minimum=0)
+    save_every: int = setting(0, help="Checkpoint every N steps; 0 saves only at the end.", minimum=0)
+    keep_last: int = setting(2, help="Number of checkpoints kept.", minimum=1)
     resume: str = setting(
         "auto",
         help="Resume from this run's newest complete checkpoint ('auto'), a checkpoint path, or 'never' (a new run).",
@@ -238,6 +247,7 @@ class TrainConfig:
         3,
         help="A step whose loss or gradient norm is NaN/Inf is skipped (no update, no sync, no checkpoint); this "
         "many in a row stop the run with an error naming the step.",
+        minimum=0,
     )
 
 
@@ -328,10 +338,11 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _check_choices(obj: Any, prefix: str = "") -> None:
+def _check_values(obj: Any, prefix: str = "") -> None:
+    """Each field's value against its ``choices`` and ``minimum``, recursing into sections and lists of them."""
     if isinstance(obj, list):
         for i, item in enumerate(obj):
-            _check_choices(item, f"{prefix}[{i}]")
+            _check_values(item, f"{prefix}[{i}]")
         return
     if not dataclasses.is_dataclass(obj):
         return
@@ -341,7 +352,10 @@ def _check_choices(obj: Any, prefix: str = "") -> None:
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"config key '{key}' = {value!r} is not one of: {', '.join(choices)}.")
-        _check_choices(value, key)
+        minimum = f.metadata.get("minimum")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"config key '{key}' = {value!r} is below its least value, {minimum:g}.")
+        _check_values(value, key)
 
 
 def to_object(cfg: DictConfig, schema: type[T]) -> T:
@@ -353,7 +367,7 @@ def to_object(cfg: DictConfig, schema: type[T]) -> T:
         obj = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as e:  # pragma: no cover - caught by missing_keys above
         raise ConfigError(f"missing required config key '{e.full_key}'.") from None
-    _check_choices(obj)
+    _check_values(obj)
     return obj  # type: ignore[return-value]
 
 
@@ -442,7 +456,8 @@ def help_of(schema: type, name: str) -> str:
 
 
 def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:
-    """One line per field, ``key (type, default): help [choices]``, recursing into nested sections."""
+    """One line per field, ``key (type, default): help [choices]`` (or ``[>= minimum]``), recursing into nested
+    sections."""
     lines: list[str] = []
     hints = _type_hints(schema)
     for f in dataclasses.fields(schema):
@@ -460,7 +475,8 @@ def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:
             default = "required"
         tname = getattr(t, "__name__", str(t))
         choices = f.metadata.get("choices")
-        extra = f" [{' | '.join(choices)}]" if choices else ""
+        minimum = f.metadata.get("minimum")
+        extra = f" [{' | '.join(choices)}]" if choices else f" [>= {minimum:g}]" if minimum is not None else ""
         lines.append(f"{key} ({tname}, {default}): {f.metadata['help']}{extra}")
         sub = _resolve_field_type(schema, f.name)
         if sub is not None:
@@ -479,8 +495,8 @@ class SupervisedSettings:
     max_steps: int = setting(
         -1, help="Supervised stages: optimiser steps (overrides epochs when > 0); a GRPO stage: use grpo_overrides."
     )
-    lr: float = setting(1e-4, help="Supervised stages: peak learning rate.")
-    batch_size: int = setting(8, help="Supervised stages: rows per optimiser step.")
+    lr: float = setting(1e-4, help="Supervised stages: peak learning rate.", minimum=0)
+    batch_size: int = setting(8, help="Supervised stages: rows per optimiser step.", minimum=1)
     freeze_audio_encoder: bool = setting(
         False,
         help="Supervised stages: keep the audio encoder fixed; its output for each clip is then computed once and "
@@ -509,7 +525,7 @@ class StageConfig(SupervisedSettings):
         "stage's own, drawn with the recipe's seed; each on its chain of thought and answer where it has a chain, "
         "on its answer otherwise. A cold start on chains alone overwrites the direct answers sft taught.",
     )
-    replay_ratio: float = setting(1.0, help="Replayed rows per row of the stage's own data.")
+    replay_ratio: float = setting(1.0, help="Replayed rows per row of the stage's own data.", minimum=0)
     grpo_overrides: dict[str, Any] = setting(
         help="GRPO stage: dotted overrides of the recipe's run settings, e.g. {train.max_steps: 20}.", factory=dict
     )
@@ -578,7 +594,7 @@ class FinalEvalConfig:
         "letter", help="What the prompts ask for: the choice's letter or its text.", choices=ANSWER_FORMATS
     )
     think: bool = setting(False, help="The prompts also ask for <think> reasoning, then an <answer> block.")
-    max_rows: int = setting(0, help="Score the file's first N questions only (0 = all).")
+    max_rows: int = setting(0, help="Score the file's first N questions only (0 = all).", minimum=0)
 
 
 @dataclass
@@ -586,19 +602,21 @@ class RecipeEvalConfig:
     """Evaluation after each training stage."""
 
     data: str = setting("synthetic:eval", help="Eval manifest (or 'synthetic:eval').")
-    max_rows: int = setting(0, help="Evaluate the first N rows only (0 = all).")
-    max_new_tokens: int = setting(128, help="Completion length cap at evaluation.")
+    max_rows: int = setting(0, help="Evaluate the first N rows only (0 = all).", minimum=0)
+    max_new_tokens: int = setting(128, help="Completion length cap at evaluation.", minimum=1)
     engine: str = setting("hf", help="Engine for evaluation (greedy decoding).", choices=ENGINES)
     batch_size: int = setting(
         32,
         help="The hf engine's prompts per generate call (greedy and sampled; a sampled prompt's k completions go "
         "together); vLLM schedules its own batches.",
+        minimum=1,
     )
     samples: int = setting(
         0,
         help="k: also sample k completions per eval prompt at the rollout temperature, for the sampled reward and "
         "pass@1 / pass@k with 95% bootstrap intervals, and GRPO stages' paired difference from the stage before "
         "(sampled_eval.py); 0 skips it.",
+        minimum=0,
     )
     samples_at: str = setting(
         "grpo",

@@ -61,6 +61,28 @@ def test_wrong_type_names_key(tmp_path):
         load_config(write(tmp_path, GOOD), ["train.max_steps=many"])
 
 
+@pytest.mark.parametrize(
+    "override, least",
+    [
+        ("grpo.negative_weight=-0.5", "0"),
+        ("grpo.num_generations=1", "2"),
+        ("train.lr=-0.001", "0"),
+        ("train.prompts_per_step=0", "1"),
+        ("rollout.temperature=-0.5", "0"),
+        ("lora.r=0", "1"),
+    ],
+)
+def test_a_value_below_its_least_is_refused_when_read(tmp_path, override, least):
+    """The least value a number may take is part of its field: refused when the YAML is read, naming the key and
+    the bound (a negative negative_weight used to fail only at the first GRPO step), and shown by ``describe``;
+    the bound itself is accepted."""
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"'{key}' = {value} is below its least value, {least}\."):
+        load_config(write(tmp_path, GOOD), [override])
+    assert load_config(write(tmp_path, GOOD), [f"{key}={least}"]) is not None
+    assert any(line.startswith(f"{key} (") and line.endswith(f"[>= {least}]") for line in describe(RunConfig))
+
+
 def test_bad_choice_names_key_and_choices(tmp_path):
     with pytest.raises(ConfigError, match=r"grpo\.loss_type.*'ppo'.*grpo, dr_grpo, dapo, bnpo, gspo"):
         load_config(write(tmp_path, GOOD), ["grpo.loss_type=ppo"])

@@ -72,13 +72,7 @@ class Recipe:
         if cfg.synthetic.enabled:
             cfg.synthetic.label_space()  # a bad label space fails here, before any stage
             checked_answer_formats(cfg.synthetic.answer_formats)
-        if cfg.eval.batch_size < 1:
-            raise ConfigError(f"eval.batch_size: {cfg.eval.batch_size}: must be 1 or more")
-        if cfg.eval.max_rows < 0:
-            raise ConfigError(f"eval.max_rows: {cfg.eval.max_rows}: must be 0 (all) or more")
         for i, final in enumerate(cfg.eval.final):  # and so does a final evaluation file that is not there
-            if final.max_rows < 0:
-                raise ConfigError(f"eval.final[{i}].max_rows: {final.max_rows}: must be 0 (all) or more")
             synthetic = final.data.startswith("synthetic:")
             if (synthetic and not cfg.synthetic.enabled) or (not synthetic and not Path(final.data).exists()):
                 why = "synthetic.enabled is false" if synthetic else "no such file"

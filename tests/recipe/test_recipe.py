@@ -235,18 +235,19 @@ def test_replay_mixes_rows_into_a_stage_and_keeps_its_own_check(tmp_path, capsys
         ("synthetic.chord_qualities=[major]", "synthetic.chord_qualities"),
         ("synthetic.tempo_step=0", "synthetic.tempo_step"),
         ("synthetic.registers=[70]", "synthetic.registers"),
-        ("eval.max_rows=-1", r"eval.max_rows: -1"),
-        ("eval.batch_size=0", r"eval.batch_size: 0"),
-        ("eval.final=[{data: 'synthetic:eval_mmau.json', max_rows: -5}]", r"eval.final\[0\].max_rows: -5"),
+        ("eval.max_rows=-1", r"'eval.max_rows' = -1 is below"),
+        ("eval.batch_size=0", r"'eval.batch_size' = 0 is below"),
+        ("eval.final=[{data: 'synthetic:eval_mmau.json', max_rows: -5}]", r"'eval.final\[0\].max_rows' = -5 is below"),
+        ("stages=[{name: sft, kind: sft, data: 'synthetic:skills', replay_ratio: -1}]", r"'stages\[0\].replay_ratio'"),
     ],
 )
 def test_a_bad_label_space_or_row_count_fails_before_any_stage(tmp_path, override, field):
     from grpo_audio.config import ConfigError
 
-    cfg = load_config(
-        REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}", override], schema=RecipeConfig
-    )
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ConfigError, match=field):  # a value below a field's least one, when the YAML is read
+        cfg = load_config(
+            REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}", override], schema=RecipeConfig
+        )
         Recipe(cfg)
     assert not any(tmp_path.iterdir())  # nothing generated
 
