@@ -45,13 +45,14 @@ def _nbytes(value: torch.Tensor | dict[str, torch.Tensor]) -> int:
 
 
 def digest(named: list[tuple[str, torch.Tensor]]) -> bytes:
-    """A 16-byte digest of tensors: each one's label, dtype, shape and bytes."""
-    h = hashlib.blake2b(digest_size=16)
+    """A 16-byte digest of tensors: each one's label, dtype, shape and bytes (SHA-256, which CPUs with SHA
+    instructions hash about twice as fast as BLAKE2b: every training step hashes each row's features)."""
+    h = hashlib.sha256()
     for label, t in named:
         t = t.detach().contiguous().cpu()
         h.update(f"{label}{t.dtype}{tuple(t.shape)}".encode())
         h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
-    return h.digest()
+    return h.digest()[:16]
 
 
 def weights_fingerprint(module: torch.nn.Module) -> bytes:
@@ -62,9 +63,9 @@ def weights_fingerprint(module: torch.nn.Module) -> bytes:
 
 def _window_key(chunk: Any, kwargs: dict[str, Any]) -> bytes:
     arr = np.ascontiguousarray(np.asarray(chunk))
-    h = hashlib.blake2b(memoryview(arr).cast("B"), digest_size=16)
+    h = hashlib.sha256(memoryview(arr).cast("B"))
     h.update(f"{arr.dtype}{arr.shape}{sorted((k, repr(v)) for k, v in kwargs.items())}".encode())
-    return h.digest()
+    return h.digest()[:16]
 
 
 class AudioCache:
