@@ -35,7 +35,7 @@ from .models.tiny import SIZES
 from .parallel import STRATEGIES, check_settings, launched_processes
 from .rewards.matching import ANSWER_FORMATS
 from .rewards.registry import ON_ERROR, check_reward_spec
-from .rollout import ENGINES
+from .rollout import ENGINES, HF_BATCH_SIZE
 
 T = TypeVar("T")
 
@@ -606,7 +606,7 @@ class RecipeEvalConfig:
     max_new_tokens: int = setting(128, help="Completion length cap at evaluation.", minimum=1)
     engine: str = setting("hf", help="Engine for evaluation (greedy decoding).", choices=ENGINES)
     batch_size: int = setting(
-        32,
+        HF_BATCH_SIZE,
         help="The hf engine's prompts per generate call (greedy and sampled; a sampled prompt's k completions go "
         "together); vLLM schedules its own batches.",
         minimum=1,

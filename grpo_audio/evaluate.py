@@ -19,7 +19,7 @@ from .audio_cache import AudioCache
 from .data.schema import Row
 from .rewards import answer_accuracy, format_reward
 from .rewards.accuracy import MCQAccuracy
-from .rollout import SamplingConfig, load_engine
+from .rollout import HF_BATCH_SIZE, SamplingConfig, load_engine
 from .rollout.hf_engine import HFEngine
 
 
@@ -103,7 +103,7 @@ def evaluate_model(
     audio_cache: AudioCache | None = None,
     prefer: str = "text",
     dtype: str = "float32",
-    batch_size: int = 8,
+    batch_size: int = HF_BATCH_SIZE,
 ) -> dict[str, Any]:
     """Generate one completion per row (greedy by default) and score it.
 

@@ -20,6 +20,7 @@ from ..audio_cache import AudioCache
 from ..data.loaders import load_manifest
 from ..models import ModelFamily, ModelSpec, family_of_checkpoint, load_policy
 from .base import PromptTooLongError, RolloutBatch, RolloutEngine, SamplingConfig
+from .hf_engine import BATCH_SIZE as HF_BATCH_SIZE
 from .hf_engine import HFEngine
 
 __all__ = [
@@ -87,7 +88,7 @@ def load_engine(
     max_model_len: int = 4096,
     audio_cache: AudioCache | None = None,
     dtype: str = "float32",
-    batch_size: int = 8,
+    batch_size: int = HF_BATCH_SIZE,
 ) -> RolloutEngine:
     """An engine sampling from the checkpoint in ``model_dir`` (its family read from its ``config.json``).
 

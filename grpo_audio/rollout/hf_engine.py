@@ -26,6 +26,10 @@ from ..models import ModelFamily
 from ..parallel import full_state
 from .base import RolloutBatch, SamplingConfig, banned_token_ids, check_sampling, finish_reason, prepare_prompts
 
+# Prompts per generate call unless told otherwise (the recipe's eval.batch_size, `grpo-audio eval`'s batch_size):
+# benchmarks/results.md, "The evaluation engine's batch size".
+BATCH_SIZE = 32
+
 
 class HFEngine:
     """``RolloutEngine`` over ``model.generate``.
@@ -46,7 +50,7 @@ class HFEngine:
         processor: Any,
         family: type[ModelFamily],
         max_model_len: int | None = None,
-        batch_size: int = 8,
+        batch_size: int = BATCH_SIZE,
         own_weights: bool = False,
     ):
         if batch_size < 1:
