@@ -35,9 +35,10 @@ def main() -> None:
 
     from grpo_audio.config import RecipeConfig, load_config
     from grpo_audio.recipe import Recipe
-    from grpo_audio.recipe.runner import STAGE_MARKER
+    from grpo_audio.recipe.runner import STAGE_MARKER, stage_model_dir
 
-    model_dir = Path(json.loads((args.recipe_dir / args.stage / STAGE_MARKER).read_text())["entry"]["model_dir"])
+    recorded = json.loads((args.recipe_dir / args.stage / STAGE_MARKER).read_text())["entry"]["model_dir"]
+    model_dir = stage_model_dir(args.recipe_dir, recorded)
     tmp = Path(tempfile.mkdtemp())
     (tmp / "data").symlink_to((args.recipe_dir / "data").resolve())
     recipes = {}

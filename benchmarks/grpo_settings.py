@@ -39,9 +39,10 @@ def main() -> None:
 
     from grpo_audio.config import RecipeConfig, load_config
     from grpo_audio.recipe import Recipe
-    from grpo_audio.recipe.runner import STAGE_MARKER
+    from grpo_audio.recipe.runner import STAGE_MARKER, stage_model_dir
 
-    start = Path(json.loads((args.recipe_dir / args.stage / STAGE_MARKER).read_text())["entry"]["model_dir"])
+    recorded = json.loads((args.recipe_dir / args.stage / STAGE_MARKER).read_text())["entry"]["model_dir"]
+    start = stage_model_dir(args.recipe_dir, recorded)
     out = (args.out / args.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = (args.data or args.recipe_dir / "data").resolve()

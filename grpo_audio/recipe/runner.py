@@ -59,6 +59,21 @@ BASE_MARKER = "BASE_EVALUATED.json"  # in the output folder (a tiny base model's
 EVAL_FIELDS = ("eval", "sampled_vs")
 
 
+def stage_model_dir(out: str | Path, recorded: str) -> Path:
+    """The model a completed stage recorded (its ``STAGE_COMPLETE.json`` entry's ``model_dir``), found under the
+    output folder ``out`` as this process names it. The record holds the path as the run that wrote it named it
+    (relative to that run's working directory, or absolute); every model a recipe trains lies under its output
+    folder, so the path is the longest tail of the recorded one that is a folder under ``out`` (at least a folder
+    and a name deep), else the recorded path. A recipe resumed from another directory, or a folder moved, still
+    finds its stages' models."""
+    parts = Path(recorded).parts
+    for start in range(len(parts) - 1):
+        candidate = Path(out).joinpath(*parts[start:])
+        if candidate.is_dir():
+            return candidate
+    return Path(recorded)
+
+
 class Recipe:
     """Runs a :class:`RecipeConfig`."""
 
@@ -238,9 +253,10 @@ class Recipe:
             done = json.loads((self.out / stage.name / STAGE_MARKER).read_text())
         except (OSError, ValueError):
             return None
-        if done.get("key") != key or not Path(done["entry"]["model_dir"], "config.json").is_file():
+        if done.get("key") != key:
             return None
-        return done
+        done["entry"]["model_dir"] = str(stage_model_dir(self.out, done["entry"]["model_dir"]))
+        return done if Path(done["entry"]["model_dir"], "config.json").is_file() else None
 
     def mark_completed(self, stage: StageConfig, key: dict[str, str], eval_key: str, entry: dict[str, Any]) -> None:
         _write_record(self.out / stage.name / STAGE_MARKER, {"key": key, "eval_key": eval_key, "entry": entry})

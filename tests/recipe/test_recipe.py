@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -163,6 +164,19 @@ def test_short_recipe_runs_every_stage(tmp_path):
     assert json.dumps(again["stages"], sort_keys=True) == json.dumps(report["stages"], sort_keys=True)
     assert trained() == stamps  # nothing retrained
     assert (out / "samples" / "base.jsonl").stat().st_mtime_ns == base_samples  # nor the base model re-evaluated
+
+    # The folder moved (as a recipe resumed from another directory sees it): the records' model paths are found
+    # under the new folder, so nothing is trained or evaluated again (it was, when the recorded paths were read
+    # as they were written).
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    elsewhere = Recipe(dataclasses.replace(cfg, output_dir=str(moved))).run()
+    assert [s["model_dir"] for s in elsewhere["stages"][1:]] == [
+        s["model_dir"].replace(str(out), str(moved)) for s in report["stages"][1:]
+    ]
+    assert all(Path(s["model_dir"], "config.json").is_file() for s in elsewhere["stages"][1:])
+    moved.rename(out)
+    assert trained() == stamps
 
     # Other evaluation settings: every stage is evaluated again (6 -> 4 rows), none is trained again.
     fewer = load_config(
