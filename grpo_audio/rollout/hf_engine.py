@@ -26,8 +26,8 @@ from ..models import ModelFamily
 from ..parallel import full_state
 from .base import RolloutBatch, SamplingConfig, banned_token_ids, check_sampling, finish_reason, prepare_prompts
 
-# Prompts per generate call unless told otherwise (the recipe's eval.batch_size, `grpo-audio eval`'s batch_size):
-# benchmarks/results.md, "The evaluation engine's batch size".
+# Prompts per generate call unless told otherwise (the recipe's eval.batch_size, `grpo-audio eval`'s batch_size;
+# `benchmarks/eval_engine.py --settings hf:1 hf:32 hf:64` compares batch sizes).
 BATCH_SIZE = 32
 
 
