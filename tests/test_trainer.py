@@ -166,9 +166,11 @@ def test_eval_averages_several_sampled_completions_per_prompt(tmp_path, tiny_che
     assert [s["id"] for s in samples] == ids
     assert [s["reward"] for s in samples] == pytest.approx(values)
 
-    bad = config(tmp_path, tiny_checkpoint("audio_flamingo3"), **{"train.eval_generations": 0})
+    with pytest.raises(ValueError, match="train.eval_generations"):  # refused when the config is read
+        config(tmp_path, tiny_checkpoint("audio_flamingo3"), **{"train.eval_generations": 0})
+    cfg.train.eval_generations = 0  # and by the trainer, for a config built in code
     with pytest.raises(ValueError, match="train.eval_generations"):
-        GRPOTrainer(bad, reward_funcs=RewardSet([recorded]), train_rows=tone_rows(4))
+        GRPOTrainer(cfg, reward_funcs=RewardSet([recorded]), train_rows=tone_rows(4))
 
 
 def test_train_tasks_keeps_the_rows_of_those_tasks(tmp_path, tiny_checkpoint):
