@@ -338,11 +338,11 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _check_values(obj: Any, prefix: str = "") -> None:
+def check_values(obj: Any, prefix: str = "") -> None:
     """Each field's value against its ``choices`` and ``minimum``, recursing into sections and lists of them."""
     if isinstance(obj, list):
         for i, item in enumerate(obj):
-            _check_values(item, f"{prefix}[{i}]")
+            check_values(item, f"{prefix}[{i}]")
         return
     if not dataclasses.is_dataclass(obj):
         return
@@ -355,7 +355,7 @@ def _check_values(obj: Any, prefix: str = "") -> None:
         minimum = f.metadata.get("minimum")
         if minimum is not None and value < minimum:
             raise ConfigError(f"config key '{key}' = {value!r} is below its least value, {minimum:g}.")
-        _check_values(value, key)
+        check_values(value, key)
 
 
 def to_object(cfg: DictConfig, schema: type[T]) -> T:
@@ -367,7 +367,7 @@ def to_object(cfg: DictConfig, schema: type[T]) -> T:
         obj = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as e:  # pragma: no cover - caught by missing_keys above
         raise ConfigError(f"missing required config key '{e.full_key}'.") from None
-    _check_values(obj)
+    check_values(obj)
     return obj  # type: ignore[return-value]
 
 

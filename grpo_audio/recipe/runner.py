@@ -29,6 +29,7 @@ from ..config import (
     StageConfig,
     SupervisedSettings,
     check_parallel,
+    check_values,
     checked_answer_formats,
     merge_config,
     to_object,
@@ -78,6 +79,7 @@ class Recipe:
     """Runs a :class:`RecipeConfig`."""
 
     def __init__(self, cfg: RecipeConfig):
+        check_values(cfg)  # a config built in code too: every value against its choices and least value
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.family = get_family(cfg.model.family)

@@ -263,6 +263,10 @@ def test_a_bad_label_space_or_row_count_fails_before_any_stage(tmp_path, overrid
             REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}", override], schema=RecipeConfig
         )
         Recipe(cfg)
+    cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}"], schema=RecipeConfig)
+    cfg.eval.batch_size = 0  # a config built in code: refused by the recipe before any stage
+    with pytest.raises(ConfigError, match=r"'eval.batch_size' = 0 is below"):
+        Recipe(cfg)
     assert not any(tmp_path.iterdir())  # nothing generated
 
 
