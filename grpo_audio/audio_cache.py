@@ -45,8 +45,8 @@ def _nbytes(value: torch.Tensor | dict[str, torch.Tensor]) -> int:
 
 
 def digest(named: list[tuple[str, torch.Tensor]]) -> bytes:
-    """A 16-byte digest of tensors: each one's label, dtype, shape and bytes (SHA-256, which CPUs with SHA
-    instructions hash about twice as fast as BLAKE2b: every training step hashes each row's features)."""
+    """A 16-byte digest of tensors: each one's label, dtype, shape and bytes (SHA-256, truncated; CPUs with SHA
+    instructions hash it in hardware, and every training step hashes each row's features)."""
     h = hashlib.sha256()
     for label, t in named:
         t = t.detach().contiguous().cpu()
