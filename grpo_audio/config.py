@@ -529,6 +529,12 @@ class StageConfig(SupervisedSettings):
     grpo_overrides: dict[str, Any] = setting(
         help="GRPO stage: dotted overrides of the recipe's run settings, e.g. {train.max_steps: 20}.", factory=dict
     )
+    evaluate: bool = setting(
+        True,
+        help="Evaluate the stage's model on the held-out split after it (false: the report shows the stage without "
+        "numbers, e.g. where a model still answers at chance); not for a stage the sampled evaluation runs after "
+        "(eval.samples_at), nor for an 'eval' stage.",
+    )
 
 
 @dataclass
@@ -618,6 +624,7 @@ class RecipeEvalConfig:
         "(sampled_eval.py); 0 skips it.",
         minimum=0,
     )
+    base: bool = setting(True, help="Evaluate the base model too, before the first stage (the report's 'base' row).")
     samples_at: str = setting(
         "grpo",
         help="Stages with the sampled evaluation (eval.samples): 'grpo', each GRPO stage and the stage it starts "

@@ -94,12 +94,27 @@ class Recipe:
             if (synthetic and not cfg.synthetic.enabled) or (not synthetic and not Path(final.data).exists()):
                 why = "synthetic.enabled is false" if synthetic else "no such file"
                 raise ConfigError(f"eval.final[{i}].data: {final.data!r}: {why}")
+        self.check_evaluated()
         for stage in cfg.stages:  # and so do a GRPO stage's overrides, and what they need of the processes
             if stage.kind == "grpo":
                 check_parallel(self.grpo_config(stage, self.out / "base"))
         check_parallel(cfg)
         self.parallel = Parallel(cfg.parallel.strategy, cfg.parallel.compute_dtype, cfg.parallel.cpu_offload)
         self.main = self.parallel.process.is_main
+
+    def check_evaluated(self) -> None:
+        """A stage left unevaluated (``evaluate: false``, ``eval.base: false``) is neither an ``eval`` stage nor one
+        the sampled evaluation runs after (GRPO's paired difference needs both sides); else ``ConfigError``."""
+        unevaluated = [(-1, "eval.base")] if not self.cfg.eval.base else []
+        unevaluated += [(i, f"stages[{i}] ({s.name!r})") for i, s in enumerate(self.cfg.stages) if not s.evaluate]
+        for index, field in unevaluated:
+            if index >= 0 and self.cfg.stages[index].kind == "eval":
+                raise ConfigError(f"{field}: evaluate is false, but an 'eval' stage is its evaluation")
+            if self.sampled_after(index):
+                raise ConfigError(
+                    f"{field}: not evaluated, but the sampled evaluation runs after it (eval.samples_at), for GRPO's "
+                    "paired difference"
+                )
 
     def data_path(self, spec: str) -> Path:
         """``synthetic:NAME`` is the synthetic corpus's ``NAME.jsonl`` (or ``NAME`` with its own suffix)."""
@@ -206,6 +221,7 @@ class Recipe:
             for key in ("lora", "data", "rollout", "grpo", "train", "rewards"):
                 shared.pop(key)
         settings = {"stage": OmegaConf.to_container(OmegaConf.structured(stage)), "recipe": shared}
+        settings["stage"].pop("evaluate")  # what its evaluation depends on
         return {"settings": _digest(settings), "input_model": model_fingerprint(input_model)}
 
     def eval_key(self, index: int) -> str:
@@ -213,9 +229,11 @@ class Recipe:
         evaluation settings, the rewards that score it, the sampling of the sampled evaluation (and whether it runs
         there), the seed, and the stage's own settings (an ``eval`` stage's data)."""
         cfg = OmegaConf.to_container(OmegaConf.structured(self.cfg))
+        base = cfg["eval"].pop("base")  # the base model's own, so that evaluating it or not re-evaluates no stage
         reads = {name: cfg[name] for name in ("eval", "rewards", "rollout", "seed")}
         stage = OmegaConf.to_container(OmegaConf.structured(self.cfg.stages[index])) if index >= 0 else None
         reads.update(
+            evaluated=stage["evaluate"] if stage else base,
             reward_on_error=cfg["grpo"]["reward_on_error"],
             dtype=cfg["model"]["dtype"],
             sampled=self.sampled_after(index),
@@ -232,6 +250,8 @@ class Recipe:
             done = json.loads(marker.read_text())
         except (OSError, ValueError):
             done = {}
+        if not self.cfg.eval.base:
+            return {"name": "base", "kind": "base"}
         if done.get("key") == key:
             self.say("[recipe] base model already evaluated with these settings: skipped")
             return done["entry"]
@@ -243,6 +263,8 @@ class Recipe:
     def evaluate_stage(self, index: int, entry: dict[str, Any], model_dir: Path) -> dict[str, Any]:
         """The evaluation after stage ``index`` added to its ``entry`` (``EVAL_FIELDS``); returns the entry."""
         stage = self.cfg.stages[index]
+        if not stage.evaluate:
+            return entry
         data = stage.data if stage.kind == "eval" else None
         entry.update(self.evaluate(model_dir, stage.name, data, sampled=self.sampled_after(index)))
         if stage.kind == "grpo":

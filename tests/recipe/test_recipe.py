@@ -31,6 +31,8 @@ def test_short_recipe_runs_every_stage(tmp_path):
         "tiny_model=test",
         "synthetic.n=10",
         "synthetic.n_eval=5",
+        "synthetic.n_rl=4",  # GRPO's prompts ask about clips of their own, as tiny.yaml's do
+        "eval.base=true",  # (tiny.yaml leaves the base model unevaluated)
         "rollout.engine=hf",
         "rollout.max_new_tokens=8",
         "eval.max_new_tokens=8",
@@ -190,6 +192,23 @@ def test_short_recipe_runs_every_stage(tmp_path):
         assert len((out / "samples" / f"{stage['name']}.jsonl").read_text().splitlines()) == 4, stage["name"]
     assert evaluated["stages"][4]["sampled_vs"]["stage"] == "cold_start"
 
+    # The base and text models left unevaluated (eval.base, a stage's evaluate): they lose their numbers, in the
+    # report too; no other stage is evaluated again, and none is trained again (evaluate is not in a stage's key).
+    kept = {n: (out / "samples" / f"{n}.jsonl").stat().st_mtime_ns for n in ("sft", "cold_start", "grpo", "final")}
+    unevaluated = stages.replace("max_steps: 2, batch_size: 8}", "max_steps: 2, batch_size: 8, evaluate: false}")
+    assert unevaluated != stages
+    skipping = load_config(
+        REPO / "examples/music_flamingo/tiny.yaml",
+        [*overrides, "eval.max_rows=4", "eval.base=false", f"stages={unevaluated}"],
+        schema=RecipeConfig,
+    )
+    skipped = Recipe(skipping).run()
+    assert ["eval" in s for s in skipped["stages"]] == [False, False, True, True, True, True]
+    assert {n: (out / "samples" / f"{n}.jsonl").stat().st_mtime_ns for n in kept} == kept
+    assert trained() == stamps
+    text = (out / "report.md").read_text()
+    assert "| base | base | - | - | - | - | - | - |" in text and "| text | text_pretrain | - | - | - |" in text
+
     # An interrupted GRPO stage (its completion record gone, its checkpoints there) resumes from its checkpoint.
     (out / "grpo" / "STAGE_COMPLETE.json").unlink()
     run_id = json.loads((out / "grpo" / "run.json").read_text())["run_id"]
@@ -287,6 +306,32 @@ def test_a_final_evaluation_file_that_is_not_there_fails_before_any_stage(tmp_pa
     assert not any(tmp_path.iterdir())  # nothing generated
 
 
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        ("stages[2].evaluate", r"stages\[2\] \('cold_start'\): not evaluated, but the sampled evaluation runs after"),
+        ("stages[3].evaluate", r"stages\[3\] \('grpo'\): not evaluated, but the sampled evaluation runs after it"),
+        ("eval.samples_at", r"eval.base: not evaluated, but the sampled evaluation runs after it"),
+        ("an eval stage", r"stages\[4\] \('check'\): evaluate is false, but an 'eval' stage is its evaluation"),
+    ],
+)
+def test_a_stage_that_must_be_evaluated_fails_before_any_stage_when_it_is_not(tmp_path, edit, why):
+    from grpo_audio.config import ConfigError, StageConfig
+
+    cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}"], schema=RecipeConfig)
+    cfg.eval.base = cfg.stages[0].evaluate = False  # tiny.yaml's stages: text, sft, cold_start, grpo
+    Recipe(cfg)  # the base and text models may go unevaluated
+    if edit.startswith("stages"):
+        cfg.stages[int(edit[7])].evaluate = False
+    elif edit == "eval.samples_at":
+        cfg.eval.samples_at = "all"
+    else:
+        cfg.stages.append(StageConfig(name="check", kind="eval", data="synthetic:eval", evaluate=False))
+    with pytest.raises(ConfigError, match=why):
+        Recipe(cfg)
+    assert not any(tmp_path.iterdir())  # nothing generated
+
+
 def test_grpo_overrides_are_checked_when_the_recipe_is_built(tmp_path):
     from grpo_audio.config import ConfigError
 
@@ -341,6 +386,7 @@ def test_recipe_under_torchrun(tmp_path):
         "rollout.max_new_tokens=6",
         "eval.engine=hf",
         "eval.max_new_tokens=6",
+        "eval.base=true",
         "train.prompts_per_step=2",
         "train.eval_every=0",
         "grpo.num_generations=2",
