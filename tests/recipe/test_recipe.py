@@ -336,8 +336,8 @@ def test_grpo_overrides_are_checked_when_the_recipe_is_built(tmp_path):
     from grpo_audio.config import ConfigError
 
     stages = "[{name: grpo, kind: grpo, data: 'synthetic:rl', grpo_overrides: {train.max_stepz: 9}}]"
-    cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}", f"stages={stages}"],
-                      schema=RecipeConfig)  # fmt: skip
+    overrides = [f"output_dir={tmp_path}", f"stages={stages}", "eval.base=true"]  # GRPO starts from the base model
+    cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", overrides, schema=RecipeConfig)
     with pytest.raises(ConfigError, match="stage 'grpo' grpo_overrides: .*train.max_stepz.*max_steps"):
         Recipe(cfg)
     assert not any(tmp_path.iterdir())
