@@ -229,11 +229,11 @@ class Recipe:
         evaluation settings, the rewards that score it, the sampling of the sampled evaluation (and whether it runs
         there), the seed, and the stage's own settings (an ``eval`` stage's data)."""
         cfg = OmegaConf.to_container(OmegaConf.structured(self.cfg))
-        base = cfg["eval"].pop("base")  # the base model's own, so that evaluating it or not re-evaluates no stage
+        cfg["eval"].pop("base")  # whether the base model is evaluated re-evaluates no stage (a stage's own flag is
+        # in its settings below)
         reads = {name: cfg[name] for name in ("eval", "rewards", "rollout", "seed")}
         stage = OmegaConf.to_container(OmegaConf.structured(self.cfg.stages[index])) if index >= 0 else None
         reads.update(
-            evaluated=stage["evaluate"] if stage else base,
             reward_on_error=cfg["grpo"]["reward_on_error"],
             dtype=cfg["model"]["dtype"],
             sampled=self.sampled_after(index),
@@ -243,15 +243,15 @@ class Recipe:
 
     def evaluate_base(self, model_dir: Path) -> dict[str, Any]:
         """The base model's report entry: its evaluation, or the one recorded by an earlier run of the same base
-        model with the same evaluation settings (``base/STAGE_COMPLETE.json``)."""
+        model with the same evaluation settings (``base/STAGE_COMPLETE.json``); none with ``eval.base: false``."""
+        if not self.cfg.eval.base:
+            return {"name": "base", "kind": "base"}
         key = {"input_model": model_fingerprint(model_dir), "eval_key": self.eval_key(-1)}
         marker = self.out / BASE_MARKER
         try:
             done = json.loads(marker.read_text())
         except (OSError, ValueError):
             done = {}
-        if not self.cfg.eval.base:
-            return {"name": "base", "kind": "base"}
         if done.get("key") == key:
             self.say("[recipe] base model already evaluated with these settings: skipped")
             return done["entry"]
