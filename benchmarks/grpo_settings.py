@@ -5,8 +5,9 @@ the GRPO stage of the recipe's config, with the given ``key=value`` overrides, r
 recipe's output folder; the start model and the GRPO model are both evaluated on the folder's held-out split
 (greedy, then ``eval.samples`` completions a question at the rollout temperature, seeded per prompt), and the script
 prints the greedy accuracies, the sampled reward and pass@1 of both, GRPO's paired difference with its 95% bootstrap
-interval, the policy entropy over the first and last five steps, and the times. The start model's evaluation is
-kept in the output folder and reused by later settings with the same rewards, evaluation and rollout settings.
+interval (overall and per question type), the policy entropy over the first and last five steps, and the times. The
+start model's evaluation is kept in the output folder and reused by later settings with the same rewards, evaluation
+and rollout settings; the GRPO model's is written to OUT/NAME/after.json.
 
 Run on a recipe's output folder whose ``cold_start`` stage is complete (``make demo``'s ``demo_out``, or a recipe
 run with the GRPO stage left out), e.g. the LoRA setting of ``tiny.yaml``'s history:
@@ -73,6 +74,8 @@ def main() -> None:
     entry.update(recipe.evaluate(model, stage.name, sampled=True), name=stage.name)
     t_eval = time.perf_counter() - t
     diff = recipe.compare_sampled(entry)["sampled_vs"]
+    (out / "after.json").write_text(json.dumps({"eval": entry["eval"]}))
+    by_task = paired_by_task(before["eval"]["sampled"], entry["eval"]["sampled"], data / "eval.jsonl")
 
     steps = [json.loads(x) for x in (out / stage.name / "metrics.jsonl").read_text().splitlines()]
     entropy = [s["entropy"] for s in steps if "entropy" in s]
@@ -86,6 +89,7 @@ def main() -> None:
         "sampled_reward": [a["sampled"]["reward"]["value"], b["sampled"]["reward"]["value"]],
         "pass_at_1": [a["sampled"]["pass_at_1"]["value"], b["sampled"]["pass_at_1"]["value"]],
         "paired": diff,
+        "paired_by_task": by_task,
         "entropy_first_last5": [sum(entropy[:5]) / len(entropy[:5]), sum(entropy[-5:]) / len(entropy[-5:])],
         "seconds": {"start_eval": t_start, "grpo": t_grpo, "grpo_eval": t_eval},
     }
@@ -98,6 +102,30 @@ def main() -> None:
         f"paired {p['value']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]; entropy {result['entropy_first_last5'][0]:.3f}"
         f" -> {result['entropy_first_last5'][1]:.3f}; GRPO {t_grpo:.0f} s, evaluations {t_start:.0f} + {t_eval:.0f} s"
     )
+    print(
+        "paired reward change by question type: "
+        + ", ".join(f"{task} {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for task, d in by_task.items())
+    )
+
+
+def paired_by_task(before: dict, after: dict, manifest: Path) -> dict[str, dict]:
+    """The paired change of the sampled reward (``after`` minus ``before``, two sampled evaluations' summaries) on
+    each question type's held-out prompts, with its 95% bootstrap interval."""
+    from dataclasses import asdict
+
+    from grpo_audio.sampled_eval import paired_difference
+
+    tasks: dict[str, list[str]] = {}
+    for line in manifest.read_text().splitlines():
+        row = json.loads(line)
+        tasks.setdefault(row["task"], []).append(row["id"])
+
+    def only(summary: dict, ids: list[str]) -> dict:
+        return {**summary, "prompts": {i: summary["prompts"][i] for i in ids if i in summary["prompts"]}}
+
+    return {
+        task: asdict(paired_difference(only(after, ids), only(before, ids))) for task, ids in sorted(tasks.items())
+    }
 
 
 if __name__ == "__main__":
