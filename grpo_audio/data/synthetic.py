@@ -597,6 +597,16 @@ def benchmark_item(clip: Clip, q: MCQ) -> dict[str, Any]:
             "answer": q.answer, "task": clip.task}  # fmt: skip
 
 
+# The files the corpus writes, by name (``synthetic:NAME`` in a recipe): JSONL manifests, and the MMAU-style file.
+CORPUS_FILES = {
+    "skills": "skills.jsonl",
+    "think": "think.jsonl",
+    "rl": "rl.jsonl",
+    "eval": "eval.jsonl",
+    "eval_mmau": "eval_mmau.json",
+}
+
+
 def write_corpus(
     out: str | Path,
     n: int = 200,
@@ -623,7 +633,7 @@ def write_corpus(
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     n_eval = max(len(TASKS), n // 4) if n_eval is None else n_eval
-    files: dict[str, list[dict[str, Any]]] = {"skills": [], "think": [], "rl": [], "eval": [], "eval_mmau": []}
+    files: dict[str, list[dict[str, Any]]] = {name: [] for name in CORPUS_FILES}
     # Which manifests each split's clips feed.
     feeds = {"train": {"skills", "think"} | ({"rl"} if n_rl <= 0 else set()), "eval": {"eval", "eval_mmau"},
              "rl": {"rl"}}  # fmt: skip
@@ -635,12 +645,10 @@ def write_corpus(
             for name, rows in rows_for_clip(clip, rng, space, answer_formats).items():
                 if name in feeds[split]:
                     files[name].extend(rows)
-    paths = {}
+    paths = {name: out / CORPUS_FILES[name] for name in files}
     for name, rows in files.items():
-        if name == "eval_mmau":
-            paths[name] = out / f"{name}.json"
+        if paths[name].suffix == ".json":
             paths[name].write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
         else:
-            paths[name] = out / f"{name}.jsonl"
             paths[name].write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
     return paths

@@ -37,7 +37,7 @@ from ..config import (
 from ..data.benchmarks import load_benchmark
 from ..data.loaders import load_manifest
 from ..data.schema import Row
-from ..data.synthetic import write_corpus
+from ..data.synthetic import CORPUS_FILES, write_corpus
 from ..evaluate import cached_encoder, evaluate_model
 from ..models import get_family, load_policy
 from ..models.tiny import build_tiny_model
@@ -89,16 +89,12 @@ class Recipe:
         if cfg.synthetic.enabled:
             cfg.synthetic.label_space()  # a bad label space fails here, before any stage
             checked_answer_formats(cfg.synthetic.answer_formats)
-        for i, final in enumerate(cfg.eval.final):  # and so does a final evaluation file that is not there
-            synthetic = final.data.startswith("synthetic:")
-            if (synthetic and not cfg.synthetic.enabled) or (not synthetic and not Path(final.data).exists()):
-                why = "synthetic.enabled is false" if synthetic else "no such file"
-                raise ConfigError(f"eval.final[{i}].data: {final.data!r}: {why}")
         self.check_evaluated()
         for stage in cfg.stages:  # and so do a GRPO stage's overrides, and what they need of the processes
             if stage.kind == "grpo":
                 check_parallel(self.grpo_config(stage, self.out / "base"))
         check_parallel(cfg)
+        self.check_data()  # and a data file that is not there
         self.parallel = Parallel(cfg.parallel.strategy, cfg.parallel.compute_dtype, cfg.parallel.cpu_offload)
         self.main = self.parallel.process.is_main
 
@@ -115,6 +111,31 @@ class Recipe:
                     f"{field}: not evaluated, but the sampled evaluation runs after it (eval.samples_at), for GRPO's "
                     "paired difference"
                 )
+
+    def check_data(self) -> None:
+        """Every data file the recipe names (``eval.data``, each stage's ``data`` and ``replay``, ``eval.final``) is
+        there, or is one the synthetic corpus writes (``CORPUS_FILES``) with ``synthetic.enabled``; a training stage
+        names at least one. Else ``ConfigError`` naming the field: a misspelt file fails before the first stage,
+        not when the stage that reads it starts, and an evaluation is never skipped for want of its file."""
+        fields = [("eval.data", self.cfg.eval.data)]
+        for i, stage in enumerate(self.cfg.stages):
+            if not stage.data.strip() and stage.kind != "eval":  # an eval stage's data defaults to eval.data
+                raise ConfigError(f"stages[{i}] ({stage.name!r}).data: empty, but a {stage.kind} stage trains on it")
+            fields += [(f"stages[{i}] ({stage.name!r}).{name}", getattr(stage, name)) for name in ("data", "replay")]
+        fields += [(f"eval.final[{i}].data", final.data) for i, final in enumerate(self.cfg.eval.final)]
+        known = set(CORPUS_FILES.values())
+        for field, specs in fields:
+            for spec in filter(None, (s.strip() for s in specs.split(","))):
+                path = self.data_path(spec)
+                if spec.startswith("synthetic:") and not self.cfg.synthetic.enabled:
+                    why = "synthetic.enabled is false"
+                elif spec.startswith("synthetic:") and path.name not in known:
+                    why = f"the synthetic corpus writes no such file (it writes {', '.join(sorted(known))})"
+                elif not spec.startswith("synthetic:") and not path.is_file():
+                    why = "no such file"
+                else:
+                    continue
+                raise ConfigError(f"{field}: {spec!r}: {why}")
 
     def data_path(self, spec: str) -> Path:
         """``synthetic:NAME`` is the synthetic corpus's ``NAME.jsonl`` (or ``NAME`` with its own suffix)."""
@@ -369,8 +390,8 @@ class Recipe:
 
     def _evaluate(self, model_dir: Path, name: str, data: str | None, sampled: bool) -> dict[str, Any]:
         path = self.data_path(data or self.cfg.eval.data)
-        if not path.exists():
-            return {}
+        if not path.is_file():  # check_data found it when the recipe was built
+            raise FileNotFoundError(f"stage {name!r}: its evaluation data {path} is gone")
         rows = load_benchmark(path, family=self.family, answer_format=self.cfg.eval.answer_format).rows
         if self.cfg.eval.max_rows:
             rows = rows[: self.cfg.eval.max_rows]

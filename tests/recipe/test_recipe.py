@@ -290,18 +290,34 @@ def test_a_bad_label_space_or_row_count_fails_before_any_stage(tmp_path, overrid
 
 
 @pytest.mark.parametrize(
-    "final, why",
+    "overrides, stage_edit, why",
     [
-        ("{data: /no/such/mmau.json}", "no such file"),
-        ("{data: 'synthetic:eval_mmau.json'}", "synthetic.enabled is false"),
+        (["eval.final=[{data: /no/such/mmau.json}]"], None,
+         r"eval.final\[0\].data: '/no/such/mmau.json': no such file"),
+        (["eval.data=synthetic:evl"], None, r"eval.data: 'synthetic:evl': the synthetic corpus writes no such file "
+         r"\(it writes eval.jsonl, eval_mmau.json, rl.jsonl, skills.jsonl, think.jsonl\)"),
+        (["eval.data=/no/such/eval.jsonl"], None, r"eval.data: '/no/such/eval.jsonl': no such file"),
+        (["synthetic.enabled=false"], None, r"eval.data: 'synthetic:eval': synthetic.enabled is false"),
+        ([f"eval.data={REPO / 'README.md'}", "synthetic.enabled=false"], None,
+         r"stages\[0\] \('text'\).data: 'synthetic:skills': synthetic.enabled is false"),
+        ([], (1, "data", "synthetic:skils"), r"stages\[1\] \('sft'\).data: 'synthetic:skils': the synthetic corpus"),
+        ([], (2, "replay", "synthetic:skills, /no/such.jsonl"),
+         r"stages\[2\] \('cold_start'\).replay: '/no/such.jsonl': no such file"),
+        ([], (1, "data", " "), r"stages\[1\] \('sft'\).data: empty, but a sft stage trains on it"),
     ],
-)
-def test_a_final_evaluation_file_that_is_not_there_fails_before_any_stage(tmp_path, final, why):
+)  # fmt: skip
+def test_a_data_file_that_is_not_there_fails_before_any_stage(tmp_path, overrides, stage_edit, why):
+    """Every file the recipe names is checked when it is built: a misspelt evaluation file would otherwise skip
+    every evaluation, and a misspelt stage file fail only when its stage starts."""
     from grpo_audio.config import ConfigError
 
-    overrides = [f"output_dir={tmp_path}", f"eval.final=[{final}]", "synthetic.enabled=false", "tiny_model=test"]
-    cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", overrides, schema=RecipeConfig)
-    with pytest.raises(ConfigError, match=rf"eval.final\[0\].data: .*: {why}"):
+    tiny = REPO / "examples/music_flamingo/tiny.yaml"
+    Recipe(load_config(tiny, [f"output_dir={tmp_path}"], schema=RecipeConfig))  # the committed config passes
+    cfg = load_config(tiny, [f"output_dir={tmp_path}", *overrides], schema=RecipeConfig)
+    if stage_edit:
+        index, field, value = stage_edit
+        setattr(cfg.stages[index], field, value)
+    with pytest.raises(ConfigError, match=why):
         Recipe(cfg)
     assert not any(tmp_path.iterdir())  # nothing generated
 
