@@ -117,8 +117,10 @@ def _final_lines(report: dict[str, Any]) -> list[str]:
     finals = report.get("final") or []
     if not finals:
         return []
-    last = next((s for s in reversed(report["stages"]) if s.get("eval")), None)
-    own = last["eval"].get("mcq_accuracy") if last else None
+    # The last model's own evaluation on the eval split: its training stage's (an 'eval' stage scores another file),
+    # none when that stage was left unevaluated.
+    last = next((s for s in reversed(report["stages"]) if s.get("kind") != "eval"), {})
+    own = (last.get("eval") or {}).get("mcq_accuracy")
     lines = [
         "",
         "The last model on other evaluation files (greedy; the prompt `grpo-audio eval` builds for the file"

@@ -480,3 +480,34 @@ def test_same_seed_same_report(tmp_path):
     first, again, other = numbers(report("a", 3)), numbers(report("b", 3)), numbers(report("c", 4))
     assert len(first) > 100 and first == again
     assert first.keys() == other.keys() and first != other
+
+
+@pytest.mark.parametrize(
+    "stages, own",
+    [
+        ([("sft", "sft", 0.5), ("grpo", "grpo", 0.7)], 0.7),
+        ([("sft", "sft", 0.5), ("grpo", "grpo", None)], None),  # the last model left unevaluated
+        ([("grpo", "grpo", 0.7), ("mmau", "eval", 0.3)], 0.7),  # an eval stage scores another file
+    ],
+)
+def test_the_final_files_are_compared_with_the_last_models_own_evaluation(stages, own):
+    """The report's final table compares the last model with its own eval-split accuracy, never an earlier model's
+    or an 'eval' stage's other file."""
+    from grpo_audio.recipe.report import markdown
+
+    final = {"data": "f.json", "layout": "mmau", "answer_format": "text", "think": False, "n": 10,
+             "mcq_accuracy": 0.8, "choice_rate": 1.0, "format_rate": 1.0}  # fmt: skip
+    report = {
+        "stages": [
+            {"name": n, "kind": k, **({"eval": {"mcq_accuracy": a}} if a is not None else {})} for n, k, a in stages
+        ],
+        "final": [final],
+        "wall_s": 60.0,
+    }
+    text = "\n".join(markdown(report, "music_flamingo"))
+    row = next(x for x in text.splitlines() if x.startswith("| f.json |"))
+    if own is None:
+        assert "its MCQ accuracy on the eval split" not in text and row.split("|")[7].strip() == "-"
+    else:
+        assert f"its MCQ accuracy on the eval split: {own:.3f}" in text
+        assert row.split("|")[7].strip() == f"{0.8 - own:+.3f}"
