@@ -32,8 +32,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-# The embedded default recipe: synthetic corpus, demo-size Music Flamingo, text -> SFT -> cold start -> GRPO
-# (vLLM rollouts) -> evaluation after each stage; the report goes to $(DEMO_OUT)/report.md.
+# The embedded default recipe: synthetic corpus, test-size Music Flamingo, text -> SFT -> cold start -> GRPO
+# (vLLM rollouts), each stage from sft on evaluated on the held-out clips; the report goes to $(DEMO_OUT)/report.md.
 demo: $(STAMP)
 	$(BIN)/grpo-audio recipe examples/music_flamingo/tiny.yaml output_dir=$(DEMO_OUT)
 

@@ -5,19 +5,20 @@ One evaluation is what the recipe runs after a stage that GRPO follows or that i
 question at the rollout temperature, scored, the engine closed. Every setting evaluates the same model on the same
 rows with the same seeds, alternated for ``--rounds`` rounds; the engine's start is included, since the recipe
 starts one for every evaluation. The script prints each setting's time, greedy MCQ accuracy and sampled reward,
-and each setting's time over the first one's last.
+and the first setting's time over each other one's last.
 
 Run on a recipe's output folder, e.g. the embedded recipe's after ``make demo``:
 ``.venv/bin/python benchmarks/eval_engine.py demo_out [--stage cold_start] [--rounds 2] [--settings hf:1 hf:32
 vllm]`` (``ENGINE[:BATCH_SIZE]``; default ``hf vllm``, each at the config's batch size). The recipe's config is
 ``examples/music_flamingo/tiny.yaml`` unless ``--config`` names another; the folder's corpus and the stage's model
-are read, nothing in the folder is written (the samples go to a temporary folder).
+are read, nothing in the folder is written (the samples go to a temporary folder, removed at the end).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -27,9 +28,11 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe_dir", type=Path, help="a recipe's output folder (its data/ and STAGE/ folders)")
-    parser.add_argument("--config", default="examples/music_flamingo/tiny.yaml")
+    parser.add_argument(
+        "--config", default="examples/music_flamingo/tiny.yaml", help="the recipe's config (%(default)s)"
+    )
     parser.add_argument("--stage", default="cold_start", help="the stage whose model is evaluated")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the settings, alternated (%(default)s)")
     parser.add_argument("--settings", nargs="+", default=["hf", "vllm"], help="ENGINE[:BATCH_SIZE] to compare")
     args = parser.parse_args()
 
@@ -67,6 +70,7 @@ def main() -> None:
         )
     for setting in args.settings[1:]:
         print(f"ratio {first} / {setting}: {med[first] / med[setting]:.2f}x")
+    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ recipe's output folder; the start model and the GRPO model are both evaluated on
 (greedy, then ``eval.samples`` completions a question at the rollout temperature, seeded per prompt), and the script
 prints the greedy accuracies, the sampled reward and pass@1 of both, GRPO's paired difference with its 95% bootstrap
 interval (overall and per question type), the policy entropy over the first and last five steps, and the times. The
-start model's evaluation is kept in the output folder and reused by later settings with the same rewards, evaluation
-and rollout settings; the GRPO model's is written to OUT/NAME/after.json.
+start model's evaluation is kept in the output folder and reused by later settings that would evaluate it the same
+way (the same model bytes, rewards, evaluation, rollout sampling, seed and dtype); the GRPO model's is written to
+OUT/NAME/after.json.
 
 Run on a recipe's output folder whose ``cold_start`` stage is complete (``make demo``'s ``demo_out``, or a recipe
 run with the GRPO stage left out), e.g. the LoRA setting of ``tiny.yaml``'s history:
@@ -29,15 +30,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe_dir", type=Path, help="a recipe's output folder (its data/ and STAGE/ folders)")
     parser.add_argument("name", help="the setting's name: its results go to OUT/NAME")
-    parser.add_argument("overrides", nargs="*", help="key=value settings over the recipe's config")
-    parser.add_argument("--config", default="examples/music_flamingo/tiny.yaml")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value settings over the recipe's config (output_dir is OUT/NAME)"
+    )
+    parser.add_argument(
+        "--config", default="examples/music_flamingo/tiny.yaml", help="the recipe's config (%(default)s)"
+    )
     parser.add_argument("--stage", default="cold_start", help="the stage whose model GRPO starts from")
     parser.add_argument("--data", type=Path, help="the corpus folder (default: RECIPE_DIR/data)")
-    parser.add_argument("--out", type=Path, default=Path("grpo_settings_out"))
+    parser.add_argument("--out", type=Path, default=Path("grpo_settings_out"), help="results folder (%(default)s)")
     args = parser.parse_intermixed_args()  # options may come between the name and the overrides
 
     from omegaconf import OmegaConf
 
+    from grpo_audio.checkpoint import model_fingerprint
     from grpo_audio.config import RecipeConfig, load_config
     from grpo_audio.recipe import Recipe
     from grpo_audio.recipe.runner import STAGE_MARKER, stage_model_dir
@@ -55,7 +61,9 @@ def main() -> None:
     cfg = load_config(args.config, [*args.overrides, f"output_dir={out}", "eval.final=[]"], schema=RecipeConfig)
     recipe = Recipe(cfg)
     plain = OmegaConf.to_container(OmegaConf.structured(cfg))
-    key = json.dumps([plain[k] for k in ("rewards", "eval", "rollout", "seed")] + [str(start)], sort_keys=True)
+    reads = [plain[k] for k in ("rewards", "eval", "rollout", "seed")]  # as Recipe.eval_key, and the model's bytes
+    reads += [plain["grpo"]["reward_on_error"], plain["model"]["dtype"], model_fingerprint(start)]
+    key = json.dumps(reads, sort_keys=True)
     cached = args.out / f"start-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
     t = time.perf_counter()
