@@ -200,9 +200,8 @@ class Recipe:
                     )
                     self.report["stages"].append(done["entry"])
                     continue
-                self.say(
-                    f"[recipe] stage '{stage.name}' already completed; its evaluation settings changed: evaluated"
-                )
+                then = "evaluated" if stage.evaluate else "its evaluation dropped (evaluate: false)"
+                self.say(f"[recipe] stage '{stage.name}' already completed; its evaluation settings changed: {then}")
                 entry = {k: v for k, v in done["entry"].items() if k not in EVAL_FIELDS}  # its training's record
             else:
                 self.say(f"[recipe] stage '{stage.name}' ({stage.kind}) from {current}")
@@ -374,12 +373,18 @@ class Recipe:
 
     def sampled_after(self, index: int) -> bool:
         """Whether the evaluation after stage ``index`` (-1: the base model) samples (``eval.samples``,
-        ``eval.samples_at``)."""
+        ``eval.samples_at``): every stage's with ``all``; with ``grpo``, each GRPO stage's and that of the model it
+        starts from (:meth:`start_of`)."""
         ev, stages = self.cfg.eval, self.cfg.stages
         if not ev.samples:
             return False
-        grpo = lambda i: 0 <= i < len(stages) and stages[i].kind == "grpo"  # noqa: E731
-        return ev.samples_at == "all" or grpo(index) or grpo(index + 1)
+        starts = {self.start_of(i) for i, s in enumerate(stages) if s.kind == "grpo"}
+        return ev.samples_at == "all" or (index >= 0 and stages[index].kind == "grpo") or index in starts
+
+    def start_of(self, index: int) -> int:
+        """The stage whose model stage ``index`` starts from (-1: the base model): the last earlier stage that
+        trains, since an ``eval`` stage hands on the model it evaluated."""
+        return next((i for i in range(index - 1, -1, -1) if self.cfg.stages[i].kind != "eval"), -1)
 
     def evaluate(self, model_dir: Path, name: str, data: str | None = None, sampled: bool = False) -> dict[str, Any]:
         """Evaluate ``model_dir`` on the main process (the others wait and get ``{}``); ``sampled``: also the
@@ -478,11 +483,12 @@ class Recipe:
         return results
 
     def compare_sampled(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """A GRPO stage's sampled evaluation minus the last earlier stage's on the same eval data (same prompts,
-        same seeds): ``{"sampled_vs": {"stage", "reward", "pass_at_1"}}`` with bootstrap intervals; ``{}`` without
-        both."""
+        """A GRPO stage's sampled evaluation minus that of the last earlier model with one (the model it starts from,
+        :meth:`start_of`) on the same eval data (same prompts, same seeds): ``{"sampled_vs": {"stage", "reward",
+        "pass_at_1"}}`` with bootstrap intervals; ``{}`` without both. An ``eval`` stage's, on its own file, is not
+        one."""
         after = entry.get("eval", {}).get("sampled")
-        earlier = [s for s in self.report["stages"] if s.get("eval", {}).get("sampled")]
+        earlier = [s for s in self.report["stages"] if s["kind"] != "eval" and s.get("eval", {}).get("sampled")]
         if after is None or not earlier:
             return {}
         before = earlier[-1]

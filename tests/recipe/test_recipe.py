@@ -18,7 +18,7 @@ from grpo_audio.rewards import load_reward
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_short_recipe_runs_every_stage(tmp_path):
+def test_short_recipe_runs_every_stage(tmp_path, capsys):
     stages = (
         '[{name: text, kind: text_pretrain, data: "synthetic:skills,synthetic:think", max_steps: 2, batch_size: 8},'
         ' {name: sft, kind: sft, data: "synthetic:skills", max_steps: 3, lr: 1e-3, batch_size: 8},'
@@ -202,7 +202,10 @@ def test_short_recipe_runs_every_stage(tmp_path):
         [*overrides, "eval.max_rows=4", "eval.base=false", f"stages={unevaluated}"],
         schema=RecipeConfig,
     )
+    capsys.readouterr()
     skipped = Recipe(skipping).run()
+    said = capsys.readouterr().out
+    assert "stage 'text' already completed; its evaluation settings changed: its evaluation dropped" in said
     assert ["eval" in s for s in skipped["stages"]] == [False, False, True, True, True, True]
     assert {n: (out / "samples" / f"{n}.jsonl").stat().st_mtime_ns for n in kept} == kept
     assert trained() == stamps
@@ -511,3 +514,20 @@ def test_the_final_files_are_compared_with_the_last_models_own_evaluation(stages
     else:
         assert f"its MCQ accuracy on the eval split: {own:.3f}" in text
         assert row.split("|")[7].strip() == f"{0.8 - own:+.3f}"
+
+
+def test_the_sampled_evaluation_runs_after_the_model_grpo_starts_from_past_an_eval_stage(tmp_path):
+    """An eval stage between the cold start and GRPO hands the cold-start model on: the cold start's evaluation
+    samples (GRPO is compared with it), the eval stage's, on its own file, does not; so the cold start may not go
+    unevaluated."""
+    from grpo_audio.config import ConfigError, StageConfig
+
+    cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}"], schema=RecipeConfig)
+    cfg.stages.insert(3, StageConfig(name="mmau", kind="eval", data="synthetic:eval_mmau.json"))
+    recipe = Recipe(cfg)  # stages: text, sft, cold_start, mmau, grpo
+    assert [recipe.start_of(i) for i in range(5)] == [-1, 0, 1, 2, 2]
+    assert [recipe.sampled_after(i) for i in range(-1, 5)] == [False, False, False, True, False, True]
+    cfg.stages[2].evaluate = False
+    with pytest.raises(ConfigError, match=r"stages\[2\] \('cold_start'\): not evaluated, but the sampled evaluation"):
+        Recipe(cfg)
+    assert not any(tmp_path.iterdir())
