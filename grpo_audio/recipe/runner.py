@@ -107,10 +107,12 @@ class Recipe:
             if index >= 0 and self.cfg.stages[index].kind == "eval":
                 raise ConfigError(f"{field}: evaluate is false, but an 'eval' stage is its evaluation")
             if self.sampled_after(index):
-                raise ConfigError(
-                    f"{field}: not evaluated, but the sampled evaluation runs after it (eval.samples_at), for GRPO's "
-                    "paired difference"
+                why = (
+                    "after every model (eval.samples_at: all); or set eval.samples_at: grpo"
+                    if self.cfg.eval.samples_at == "all"
+                    else "after it (eval.samples_at), for GRPO's paired difference"
                 )
+                raise ConfigError(f"{field}: not evaluated, but the sampled evaluation runs {why}")
 
     def check_data(self) -> None:
         """Every data file the recipe names (``eval.data``, each stage's ``data`` and ``replay``, ``eval.final``) is

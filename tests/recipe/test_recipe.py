@@ -330,7 +330,7 @@ def test_a_data_file_that_is_not_there_fails_before_any_stage(tmp_path, override
     [
         ("stages[2].evaluate", r"stages\[2\] \('cold_start'\): not evaluated, but the sampled evaluation runs after"),
         ("stages[3].evaluate", r"stages\[3\] \('grpo'\): not evaluated, but the sampled evaluation runs after it"),
-        ("eval.samples_at", r"eval.base: not evaluated, but the sampled evaluation runs after it"),
+        ("eval.samples_at", r"eval.base: not evaluated, but the sampled evaluation runs after every model \(eval"),
         ("an eval stage", r"stages\[4\] \('check'\): evaluate is false, but an 'eval' stage is its evaluation"),
     ],
 )
