@@ -371,28 +371,32 @@ def to_object(cfg: DictConfig, schema: type[T]) -> T:
     return obj  # type: ignore[return-value]
 
 
-def _check_unknown_keys(schema: type, data: Any, source: str, prefix: str = "") -> None:
-    """Find unknown keys ourselves, with their full path: omegaconf loses the path inside list items."""
+def _check_keys(schema: type, data: Any, source: str, prefix: str = "") -> None:
+    """Find unknown keys ourselves, with their full path: omegaconf loses the path inside list items; and a
+    true/false setting given anything but true or false (omegaconf would read 2 as true, 0 and "off" as false)."""
     if not isinstance(data, dict):
         return
     valid = {f.name for f in dataclasses.fields(schema)}
+    hints = _type_hints(schema)
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in valid:
             raise ConfigError(f"{source}: {_unknown_key_message(schema, full, str(key))}")
+        if hints[key] is bool and not isinstance(value, bool):
+            raise ConfigError(f"{source}: config key '{full}' has the wrong type: {value!r} is not true or false")
         sub = _resolve_field_type(schema, key)
         if sub is None:
             continue
         if isinstance(value, list):
             for i, item in enumerate(value):
-                _check_unknown_keys(sub, item, source, f"{full}[{i}].")
+                _check_keys(sub, item, source, f"{full}[{i}].")
         else:
-            _check_unknown_keys(sub, value, source, f"{full}.")
+            _check_keys(sub, value, source, f"{full}.")
 
 
 def merge_config(schema: type, base: DictConfig, other: DictConfig | ListConfig, source: str) -> DictConfig:
     """``other`` merged into ``base`` (a structured config of ``schema``); errors name the key and ``source``."""
-    _check_unknown_keys(schema, OmegaConf.to_container(other), source)
+    _check_keys(schema, OmegaConf.to_container(other), source)
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except ConfigKeyError as e:

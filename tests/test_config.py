@@ -227,3 +227,20 @@ def test_parallel_settings_are_checked_before_anything_loads(monkeypatch, tmp_pa
     with pytest.raises(ConfigError, match="prompts_per_step=3 does not split over 2 processes"):
         Recipe(recipe)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["2", "0", "-1", "maybe", "1.0"])
+def test_a_true_or_false_setting_takes_true_or_false_only(tmp_path, value):
+    """omegaconf alone reads 2 as true and 0 as false; a flag given a number fails naming the key, on the command
+    line and inside a list item of a YAML file."""
+    from grpo_audio.config import RecipeConfig
+
+    tiny = Path(__file__).resolve().parents[1] / "examples/music_flamingo/tiny.yaml"
+    with pytest.raises(ConfigError, match=rf"command line: config key 'eval.base' has the wrong type: .*{value}"):
+        load_config(tiny, [f"eval.base={value}"], schema=RecipeConfig)
+    text = tiny.read_text().replace("evaluate: false}", f"evaluate: {value}}}")
+    assert text != tiny.read_text()
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"config key 'stages\[0\].evaluate' has the wrong type"):
+        load_config(tmp_path / "r.yaml", schema=RecipeConfig)
+    assert load_config(tiny, ["eval.base=true"], schema=RecipeConfig).eval.base is True
