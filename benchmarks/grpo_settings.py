@@ -41,8 +41,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("grpo_settings_out"), help="results folder (%(default)s)")
     args = parser.parse_intermixed_args()  # options may come between the name and the overrides
 
-    from omegaconf import OmegaConf
-
     from grpo_audio.checkpoint import model_fingerprint
     from grpo_audio.config import RecipeConfig, load_config
     from grpo_audio.recipe import Recipe
@@ -60,10 +58,10 @@ def main() -> None:
         (out / "data").symlink_to(data)
     cfg = load_config(args.config, [*args.overrides, f"output_dir={out}", "eval.final=[]"], schema=RecipeConfig)
     recipe = Recipe(cfg)
-    plain = OmegaConf.to_container(OmegaConf.structured(cfg))
-    reads = [plain[k] for k in ("rewards", "eval", "rollout", "seed")]  # as Recipe.eval_key, and the model's bytes
-    reads += [plain["grpo"]["reward_on_error"], plain["model"]["dtype"], model_fingerprint(start)]
-    key = json.dumps(reads, sort_keys=True)
+    index = next((i for i, s in enumerate(cfg.stages) if s.name == args.stage), None)
+    if index is None:
+        raise SystemExit(f"--stage {args.stage}: {args.config} has no stage of that name")
+    key = json.dumps([recipe.eval_key(index), model_fingerprint(start)])  # what the recipe's evaluation reads
     cached = args.out / f"start-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
     t = time.perf_counter()
