@@ -5,18 +5,21 @@ One evaluation is what the recipe runs after a stage that GRPO follows or that i
 question at the rollout temperature, scored, the engine closed. Every setting evaluates the same model on the same
 rows with the same seeds, alternated for ``--rounds`` rounds; the engine's start is included, since the recipe
 starts one for every evaluation. The script prints each setting's time, greedy MCQ accuracy and sampled reward,
-and the first setting's time over each other one's last.
+and the first setting's time over each other one's last. A setting ending in ``:arrival`` batches the ``hf``
+engine's rows in the order they come, not task by task (``hf_engine.generation_order``).
 
 Run on a recipe's output folder, e.g. the embedded recipe's after ``make demo``:
 ``.venv/bin/python benchmarks/eval_engine.py demo_out [--stage cold_start] [--rounds 2] [--settings hf:1 hf:32
-vllm]`` (``ENGINE[:BATCH_SIZE]``; default ``hf vllm``, each at the config's batch size). The recipe's config is
-``examples/music_flamingo/tiny.yaml`` unless ``--config`` names another; the folder's corpus and the stage's model
-are read, nothing in the folder is written (the samples go to a temporary folder, removed at the end).
+hf:32:arrival vllm]`` (``ENGINE[:BATCH_SIZE[:arrival]]``; default ``hf vllm``, each at the config's batch
+size). The recipe's config is ``examples/music_flamingo/tiny.yaml`` unless ``--config`` names another; the folder's
+corpus and the stage's model are read, nothing in the folder is written (the samples go to a temporary folder,
+removed at the end).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -33,12 +36,26 @@ def main() -> None:
     )
     parser.add_argument("--stage", default="cold_start", help="the stage whose model is evaluated")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the settings, alternated (%(default)s)")
-    parser.add_argument("--settings", nargs="+", default=["hf", "vllm"], help="ENGINE[:BATCH_SIZE] to compare")
+    parser.add_argument(
+        "--settings", nargs="+", default=["hf", "vllm"], help="ENGINE[:BATCH_SIZE[:arrival]] to compare"
+    )
     args = parser.parse_args()
 
     from grpo_audio.config import RecipeConfig, load_config
     from grpo_audio.recipe import Recipe
     from grpo_audio.recipe.runner import STAGE_MARKER, stage_model_dir
+    from grpo_audio.rollout import hf_engine
+
+    @contextlib.contextmanager
+    def batch_order(setting: str):
+        """Rows batched as they come (``:arrival``) or task by task (the engine's own order)."""
+        sorted_order = hf_engine.generation_order
+        if setting.endswith(":arrival"):
+            hf_engine.generation_order = lambda rows, lengths: list(range(len(rows)))
+        try:
+            yield
+        finally:
+            hf_engine.generation_order = sorted_order
 
     recorded = json.loads((args.recipe_dir / args.stage / STAGE_MARKER).read_text())["entry"]["model_dir"]
     model_dir = stage_model_dir(args.recipe_dir, recorded)
@@ -46,7 +63,7 @@ def main() -> None:
     (tmp / "data").symlink_to((args.recipe_dir / "data").resolve())
     recipes = {}
     for setting in args.settings:
-        engine, _, batch = setting.partition(":")
+        engine, _, batch = setting.removesuffix(":arrival").partition(":")
         overrides = [f"output_dir={tmp}", f"eval.engine={engine}"] + ([f"eval.batch_size={batch}"] if batch else [])
         recipes[setting] = Recipe(load_config(args.config, overrides, schema=RecipeConfig))
     samples = next(iter(recipes.values())).cfg.eval.samples
@@ -56,7 +73,8 @@ def main() -> None:
         for setting, recipe in recipes.items():
             t = time.perf_counter()
             name = f"{args.stage}-{setting.replace(':', '-')}"
-            results[setting] = recipe.evaluate(model_dir, name, sampled=True)["eval"]
+            with batch_order(setting):
+                results[setting] = recipe.evaluate(model_dir, name, sampled=True)["eval"]
             times[setting].append(time.perf_counter() - t)
     med = {setting: statistics.median(v) for setting, v in times.items()}
     first = args.settings[0]

@@ -83,3 +83,44 @@ def test_draws_are_seeded_per_prompt(tiny_checkpoint):
     assert other.prompts != together.prompts  # premise: the seed decides the draws
     assert together.pass_at_1.n == 3 and together.reward.n == 3
     assert together.pass_at_1.value == pytest.approx(sum(p["correct"] for p in together.prompts.values()) / 9)
+
+
+def test_rows_are_batched_task_by_task_with_the_completions_of_any_order(tiny_checkpoint, monkeypatch):
+    """The engine batches rows of one task together (a batch decodes until its longest completion ends), and each
+    row's completions and logprobs are those it gets batched in the order the rows came."""
+    from transformers import AutoProcessor
+
+    from grpo_audio.models import get_family
+    from grpo_audio.rollout import hf_engine
+    from tests.test_trainer import tone_rows
+
+    family = get_family("audio_flamingo3")
+    path = tiny_checkpoint("audio_flamingo3")
+    engine = hf_engine.HFEngine(
+        family.model_class().from_pretrained(path), AutoProcessor.from_pretrained(path), family, batch_size=2
+    )
+    rows = tone_rows(6)
+    for i, row in enumerate(rows):
+        row.task = ["tempo", "key"][i % 2]
+        row.prompt += " Answer with a number of beats per minute." * (row.task == "tempo")  # the longer prompts
+    sampling = SamplingConfig(max_new_tokens=6, temperature=1.0, row_seeds=[11, 12, 13, 14, 15, 16])
+    widths: list[int] = []
+    generate = engine._generate
+
+    def spy(inputs, *args):
+        widths.append(inputs["input_ids"].shape[1])
+        return generate(inputs, *args)
+
+    monkeypatch.setattr(engine, "_generate", spy)
+    grouped = engine.generate(rows, n=2, sampling=sampling)
+    assert hf_engine.generation_order(rows, [0] * 6) == [1, 3, 5, 0, 2, 4]  # key rows first, then tempo rows
+    monkeypatch.setattr(hf_engine, "generation_order", lambda rows, lengths: list(range(len(rows))))
+    arrival = engine.generate(rows, n=2, sampling=sampling)
+    assert grouped.row_ids == arrival.row_ids == [r.id for r in rows for _ in range(2)]
+    assert grouped.completion_ids == arrival.completion_ids
+    assert len(set(map(tuple, grouped.completion_ids))) > 2  # premise: the rows' completions differ
+    for a, b in zip(grouped.logprobs, arrival.logprobs, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    # The first grouped batch holds the short key prompts only, without the padding columns they all skip; each
+    # batch in arrival order holds a long tempo prompt.
+    assert widths[0] < widths[3] == widths[4] == widths[5] == max(widths)

@@ -9,7 +9,8 @@ those of the sampling distribution (logits after temperature / top-k / top-p), t
 Departure from ``generate(do_sample=True)``: transformers samples every sequence of a batch from one global
 generator, so a row's draws would depend on the rows beside it. Sampling here is :class:`SeededSampler`, a logits
 processor with one random stream per row (as vLLM's per-request seeds), so a seeded row gets the same completions
-alone or in any batch, and rows are still generated ``batch_size`` at a time.
+alone or in any batch, and rows are still generated ``batch_size`` at a time: those of one task together
+(:func:`generation_order`), since a batch decodes until its longest completion ends.
 """
 
 from __future__ import annotations
@@ -80,16 +81,21 @@ class HFEngine:
         lps_out: list[list[float]] = []
         was_training = self.model.training
         self.model.eval()
+        order = generation_order(rows, prepared.batch.attention_mask.sum(1).tolist())
+        by_row: dict[int, tuple[list[list[int]], list[list[float]]]] = {}
         try:
-            for start in range(0, len(rows), self.batch_size):
-                end = min(len(rows), start + self.batch_size)
-                inputs = self._expanded_inputs(prepared.batch, start, end, n)
-                seeds = [sampling.request_seed(i) for i in range(start, end)]
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                inputs = self._expanded_inputs(prepared.batch, chunk, n)
+                seeds = [sampling.request_seed(i) for i in chunk]
                 ids, lps = self._generate(inputs, sampling, stop_ids, seeds, n)
-                ids_out += ids
-                lps_out += lps
+                for j, i in enumerate(chunk):
+                    by_row[i] = ids[j * n : (j + 1) * n], lps[j * n : (j + 1) * n]
         finally:
             self.model.train(was_training)
+        for i in range(len(rows)):
+            ids_out += by_row[i][0]
+            lps_out += by_row[i][1]
         return RolloutBatch(
             prompts=prepared.batch,
             n=n,
@@ -102,17 +108,20 @@ class HFEngine:
         )
 
     @staticmethod
-    def _expanded_inputs(batch, start: int, end: int, n: int) -> dict[str, torch.Tensor]:
-        """Inputs of rows [start, end), each repeated n times, audio windows kept with their row.
+    def _expanded_inputs(batch, chunk: list[int], n: int) -> dict[str, torch.Tensor]:
+        """Inputs of the rows ``chunk``, each repeated n times, audio windows kept with their row, without the
+        left-padding columns no row of the chunk uses.
 
         ``generate(num_return_sequences=n)`` is not used: transformers repeats the audio tensors entry by entry,
         which for clips of several 30 s windows (Audio/Music Flamingo) pairs copies with the wrong windows.
         """
-        rows = [r for r in range(start, end) for _ in range(n)]
+        index = torch.tensor(chunk, dtype=torch.long)
+        mask = batch.attention_mask.index_select(0, index)
+        first = int(mask.any(0).long().argmax())  # left-padded: the first column any row of the chunk uses
         return {
-            "input_ids": batch.input_ids[start:end].repeat_interleave(n, dim=0),
-            "attention_mask": batch.attention_mask[start:end].repeat_interleave(n, dim=0),
-            **batch.audio_for(rows),
+            "input_ids": batch.input_ids.index_select(0, index)[:, first:].repeat_interleave(n, dim=0),
+            "attention_mask": mask[:, first:].repeat_interleave(n, dim=0),
+            **batch.audio_for([r for r in chunk for _ in range(n)]),
         }
 
     def _generate(
@@ -154,6 +163,24 @@ class HFEngine:
             ids.append(seq[:length])
             lps.append(lp[:length])
         return ids, lps
+
+
+def generation_order(rows: list[Row], prompt_lengths: list[int]) -> list[int]:
+    """The order in which :class:`HFEngine` batches rows: those of one task together, shortest prompt first.
+
+    ``generate`` decodes a batch until its longest completion ends, so a batch that mixes tasks whose answers
+    differ in length (a 32-token meter chain beside a 120-token key chain) decodes the short ones' padding for
+    most of its steps. Rows of one task answer at similar lengths. Which rows share a batch does not change their
+    completions (each row samples from its own seed), only the time.
+
+    Args:
+        rows: the prompts.
+        prompt_lengths: [len(rows)] each prompt's length in tokens (audio expanded).
+
+    Returns:
+        The row indices, a permutation of ``range(len(rows))``.
+    """
+    return sorted(range(len(rows)), key=lambda i: (rows[i].task or "", prompt_lengths[i], i))
 
 
 class SeededSampler(LogitsProcessor):
