@@ -5,15 +5,16 @@ One evaluation is what the recipe runs after a stage that GRPO follows or that i
 question at the rollout temperature, scored, the engine closed. Every setting evaluates the same model on the same
 rows with the same seeds, alternated for ``--rounds`` rounds; the engine's start is included, since the recipe
 starts one for every evaluation. The script prints each setting's time, greedy MCQ accuracy and sampled reward,
-and the first setting's time over each other one's last. A setting ending in ``:arrival`` batches the ``hf``
-engine's rows in the order they come, not task by task (``hf_engine.generation_order``).
+and the first setting's time over each other one's last. Suffixes of an ``hf`` setting undo one of the engine's
+choices: ``:arrival`` batches its rows in the order they come, not task by task (``hf_engine.generation_order``);
+``:separate`` runs a prompt once for each of its completions, not once for all (``HFEngine(share_prefix=False)``).
 
 Run on a recipe's output folder, e.g. the embedded recipe's after ``make demo``:
 ``.venv/bin/python benchmarks/eval_engine.py demo_out [--stage cold_start] [--rounds 2] [--settings hf:1 hf:32
-hf:32:arrival vllm]`` (``ENGINE[:BATCH_SIZE[:arrival]]``; default ``hf vllm``, each at the config's batch
-size). The recipe's config is ``examples/music_flamingo/tiny.yaml`` unless ``--config`` names another; the folder's
-corpus and the stage's model are read, nothing in the folder is written (the samples go to a temporary folder,
-removed at the end).
+hf:32:arrival:separate vllm]`` (``ENGINE[:BATCH_SIZE][:arrival][:separate]``; default ``hf vllm``, each at the
+config's batch size). The recipe's config is ``examples/music_flamingo/tiny.yaml`` unless ``--config`` names
+another; the folder's corpus and the stage's model are read, nothing in the folder is written (the samples go to a
+temporary folder, removed at the end).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--stage", default="cold_start", help="the stage whose model is evaluated")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the settings, alternated (%(default)s)")
     parser.add_argument(
-        "--settings", nargs="+", default=["hf", "vllm"], help="ENGINE[:BATCH_SIZE[:arrival]] to compare"
+        "--settings", nargs="+", default=["hf", "vllm"], help="ENGINE[:BATCH_SIZE][:arrival][:separate] to compare"
     )
     args = parser.parse_args()
 
@@ -47,15 +48,17 @@ def main() -> None:
     from grpo_audio.rollout import hf_engine
 
     @contextlib.contextmanager
-    def batch_order(setting: str):
-        """Rows batched as they come (``:arrival``) or task by task (the engine's own order)."""
-        sorted_order = hf_engine.generation_order
-        if setting.endswith(":arrival"):
+    def undone(choices: set[str]):
+        """The ``hf`` engine with the choices named undone (see the module's docstring)."""
+        sorted_order, init = hf_engine.generation_order, hf_engine.HFEngine.__init__
+        if "arrival" in choices:
             hf_engine.generation_order = lambda rows, lengths: list(range(len(rows)))
+        if "separate" in choices:
+            hf_engine.HFEngine.__init__ = lambda self, *a, **kw: init(self, *a, **{**kw, "share_prefix": False})
         try:
             yield
         finally:
-            hf_engine.generation_order = sorted_order
+            hf_engine.generation_order, hf_engine.HFEngine.__init__ = sorted_order, init
 
     recorded = json.loads((args.recipe_dir / args.stage / STAGE_MARKER).read_text())["entry"]["model_dir"]
     model_dir = stage_model_dir(args.recipe_dir, recorded)
@@ -63,7 +66,8 @@ def main() -> None:
     (tmp / "data").symlink_to((args.recipe_dir / "data").resolve())
     recipes = {}
     for setting in args.settings:
-        engine, _, batch = setting.removesuffix(":arrival").partition(":")
+        engine, *rest = setting.split(":")
+        batch = next((x for x in rest if x.isdigit()), "")
         overrides = [f"output_dir={tmp}", f"eval.engine={engine}"] + ([f"eval.batch_size={batch}"] if batch else [])
         recipes[setting] = Recipe(load_config(args.config, overrides, schema=RecipeConfig))
     samples = next(iter(recipes.values())).cfg.eval.samples
@@ -73,7 +77,7 @@ def main() -> None:
         for setting, recipe in recipes.items():
             t = time.perf_counter()
             name = f"{args.stage}-{setting.replace(':', '-')}"
-            with batch_order(setting):
+            with undone(set(setting.split(":")[1:])):
                 results[setting] = recipe.evaluate(model_dir, name, sampled=True)["eval"]
             times[setting].append(time.perf_counter() - t)
     med = {setting: statistics.median(v) for setting, v in times.items()}

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from grpo_audio.rewards import RewardSet
 from grpo_audio.rollout.base import SamplingConfig
@@ -124,3 +125,48 @@ def test_rows_are_batched_task_by_task_with_the_completions_of_any_order(tiny_ch
     # The first grouped batch holds the short key prompts only, without the padding columns they all skip; each
     # batch in arrival order holds a long tempo prompt.
     assert widths[0] < widths[3] == widths[4] == widths[5] == max(widths)
+
+
+@pytest.mark.parametrize("family_name", ["audio_flamingo3", "music_flamingo", "qwen2_audio"])
+def test_a_prompts_completions_share_one_prefill_with_the_tokens_of_n_separate_ones(tiny_checkpoint, family_name):
+    """n completions of a prompt decode from one prefill of it (its KV cache repeated): the same tokens and
+    logprobs as ``generate`` over the prompt repeated n times, audio included, with the same per-row noise."""
+    from transformers import AutoProcessor, LogitsProcessorList
+
+    from grpo_audio.models import get_family
+    from grpo_audio.rollout import hf_engine
+    from grpo_audio.rollout.base import prepare_prompts
+    from tests.test_trainer import tone_rows
+
+    family = get_family(family_name)
+    path = tiny_checkpoint(family_name)
+    model, processor = family.model_class().from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+    engine = hf_engine.HFEngine(model, processor, family)
+    rows = tone_rows(3)
+    rows[1].prompt += " Answer with a number."  # rows of two lengths: left padding in the batch
+    n, seeds = 3, [21, 22, 23]
+    sampling = SamplingConfig(max_new_tokens=8, temperature=1.0, row_seeds=seeds)
+    shared = engine.generate(rows, n=n, sampling=sampling)
+
+    batch = prepare_prompts(family, processor, rows, None).batch
+    repeated = [r for r in range(len(rows)) for _ in range(n)]
+    sampler = hf_engine.SeededSampler(sampling, seeds, n)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=batch.input_ids[repeated],
+            attention_mask=batch.attention_mask[repeated],
+            **batch.audio_for(repeated),
+            max_new_tokens=8,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=processor.tokenizer.pad_token_id,
+            suppress_tokens=engine.banned,
+            logits_processor=LogitsProcessorList([sampler]),
+            return_dict_in_generate=True,
+        )
+    separate = out.sequences[:, batch.input_ids.shape[1] :].tolist()
+    assert shared.completion_ids == [s[: len(c)] for s, c in zip(separate, shared.completion_ids, strict=True)]
+    assert len({tuple(c) for c in shared.completion_ids}) > n  # premise: the draws differ
+    lps = sampler.chosen_logprobs().tolist()
+    for a, b in zip(shared.logprobs, lps, strict=True):
+        assert a == pytest.approx(b[: len(a)], abs=1e-5)

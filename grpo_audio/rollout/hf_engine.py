@@ -43,6 +43,8 @@ class HFEngine:
         batch_size: prompts per ``generate`` call.
         own_weights: ``model`` is the engine's own copy (not the policy): ``sync_weights`` copies the policy's
             weights into it, gathered tensor by tensor from its shards.
+        share_prefix: a prompt's ``n`` completions decode from one prefill of it (False: the prompt is run ``n``
+            times; the same completions, slower).
     """
 
     def __init__(
@@ -53,11 +55,12 @@ class HFEngine:
         max_model_len: int | None = None,
         batch_size: int = BATCH_SIZE,
         own_weights: bool = False,
+        share_prefix: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size: {batch_size}: must be 1 or more")
         self.model, self.processor, self.family = model, processor, family
-        self.own_weights = own_weights
+        self.own_weights, self.share_prefix = own_weights, share_prefix
         self.max_model_len, self.batch_size = max_model_len, batch_size
         self.tokenizer = processor.tokenizer
         self.banned = banned_token_ids(family, self.tokenizer)
@@ -86,7 +89,7 @@ class HFEngine:
         try:
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                inputs = self._expanded_inputs(prepared.batch, chunk, n)
+                inputs = self._chunk_inputs(prepared.batch, chunk, 1 if self.share_prefix else n)
                 seeds = [sampling.request_seed(i) for i in chunk]
                 ids, lps = self._generate(inputs, sampling, stop_ids, seeds, n)
                 for j, i in enumerate(chunk):
@@ -108,27 +111,43 @@ class HFEngine:
         )
 
     @staticmethod
-    def _expanded_inputs(batch, chunk: list[int], n: int) -> dict[str, torch.Tensor]:
-        """Inputs of the rows ``chunk``, each repeated n times, audio windows kept with their row, without the
-        left-padding columns no row of the chunk uses.
-
-        ``generate(num_return_sequences=n)`` is not used: transformers repeats the audio tensors entry by entry,
-        which for clips of several 30 s windows (Audio/Music Flamingo) pairs copies with the wrong windows.
-        """
-        index = torch.tensor(chunk, dtype=torch.long)
+    def _chunk_inputs(batch, chunk: list[int], repeat: int) -> dict[str, torch.Tensor]:
+        """Inputs of the rows ``chunk``, each ``repeat`` times in a row, audio windows kept with their row, without
+        the left-padding columns no row of the chunk uses."""
+        index = torch.tensor([r for r in chunk for _ in range(repeat)], dtype=torch.long)
         mask = batch.attention_mask.index_select(0, index)
         first = int(mask.any(0).long().argmax())  # left-padded: the first column any row of the chunk uses
         return {
-            "input_ids": batch.input_ids.index_select(0, index)[:, first:].repeat_interleave(n, dim=0),
-            "attention_mask": mask[:, first:].repeat_interleave(n, dim=0),
-            **batch.audio_for([r for r in chunk for _ in range(n)]),
+            "input_ids": batch.input_ids.index_select(0, index)[:, first:],
+            "attention_mask": mask[:, first:],
+            **batch.audio_for(index.tolist()),
         }
+
+    def _shared_prefix(self, inputs: dict[str, torch.Tensor], n: int) -> Any:
+        """The KV cache of each prompt but its last token, computed once a row and repeated for its ``n``
+        completions (the audio encoded once as well); ``generate`` then starts from the last prompt token.
+
+        ``generate(num_return_sequences=n)`` is not used: it runs the prompt n times, and repeats the audio tensors
+        entry by entry, which for clips of several 30 s windows (Audio/Music Flamingo) pairs copies with the wrong
+        windows.
+        """
+        mask = inputs["attention_mask"][:, :-1]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: from each row's first real token
+        out = self.model(
+            **to_model(self.model, {**inputs, "input_ids": inputs["input_ids"][:, :-1], "attention_mask": mask}),
+            position_ids=positions,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)
+        return cache
 
     def _generate(
         self, inputs: dict, sampling: SamplingConfig, stop_ids: set[int], seeds: list[int | None], n: int
     ) -> tuple[list[list[int]], list[list[float]]]:
-        """Completions of one batch (``seeds``: one per row, each row's ``n`` sequences adjacent) and their tokens'
-        logprobs under the sampling distribution (greedy: under the softmax of the processed logits)."""
+        """Completions of one batch (``inputs``: one entry a row, or ``n`` adjacent ones without ``share_prefix``;
+        ``seeds``: one per row; each row's ``n`` sequences adjacent in the output) and their tokens' logprobs under
+        the sampling distribution (greedy: under the softmax of the processed logits)."""
         kwargs: dict[str, Any] = {
             "max_new_tokens": sampling.max_new_tokens,
             "do_sample": False,  # greedy over the scores; sampling is the SeededSampler's noise
@@ -144,6 +163,9 @@ class HFEngine:
             kwargs["logits_processor"] = LogitsProcessorList([sampler])
         if sampling.ignore_eos:
             kwargs["min_new_tokens"] = sampling.max_new_tokens
+        if n > 1 and self.share_prefix:
+            kwargs["past_key_values"] = self._shared_prefix(inputs, n)
+            inputs = {k: inputs[k].repeat_interleave(n, dim=0) for k in ("input_ids", "attention_mask")}
         out = self.model.generate(**to_model(self.model, inputs), **kwargs)
         prompt_len = inputs["input_ids"].shape[1]
         seqs = out.sequences[:, prompt_len:]  # [b*n, T]
