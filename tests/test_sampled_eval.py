@@ -170,3 +170,5 @@ def test_a_prompts_completions_share_one_prefill_with_the_tokens_of_n_separate_o
     lps = sampler.chosen_logprobs().tolist()
     for a, b in zip(shared.logprobs, lps, strict=True):
         assert a == pytest.approx(b[: len(a)], abs=1e-5)
+    unshared = hf_engine.HFEngine(model, processor, family, share_prefix=False).generate(rows, n=n, sampling=sampling)
+    assert unshared.completion_ids == shared.completion_ids

@@ -15,6 +15,7 @@ alone or in any batch, and rows are still generated ``batch_size`` at a time: th
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -131,13 +132,16 @@ class HFEngine:
         entry by entry, which for clips of several 30 s windows (Audio/Music Flamingo) pairs copies with the wrong
         windows.
         """
-        mask = inputs["attention_mask"][:, :-1]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: from each row's first real token
-        out = self.model(
-            **to_model(self.model, {**inputs, "input_ids": inputs["input_ids"][:, :-1], "attention_mask": mask}),
-            position_ids=positions,
-            use_cache=True,
+        prefix = to_model(
+            self.model,
+            {**inputs, "input_ids": inputs["input_ids"][:, :-1], "attention_mask": inputs["attention_mask"][:, :-1]},
         )
+        # As generate counts positions: from each row's first real token.
+        prefix["position_ids"] = (prefix["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # under peft
+        if "logits_to_keep" in inspect.signature(base.forward).parameters:  # only the cache is wanted: no [B, P, V]
+            prefix["logits_to_keep"] = 1
+        out = self.model(**prefix, use_cache=True)
         cache = out.past_key_values
         cache.batch_repeat_interleave(n)
         return cache
