@@ -71,7 +71,7 @@ def main() -> None:
         before = recipe.evaluate(start, args.stage, sampled=True)
         cached.write_text(json.dumps(before))
     t_start = time.perf_counter() - t
-    recipe.report["stages"].append({"name": args.stage, **before})
+    recipe.report["stages"].append({"name": args.stage, "kind": cfg.stages[index].kind, **before})
     stage = next(s for s in cfg.stages if s.kind == "grpo")
     t = time.perf_counter()
     model, entry = recipe.grpo(stage, start)
@@ -79,8 +79,8 @@ def main() -> None:
     t = time.perf_counter()
     entry.update(recipe.evaluate(model, stage.name, sampled=True), name=stage.name)
     t_eval = time.perf_counter() - t
-    diff = recipe.compare_sampled(entry)["sampled_vs"]
     (out / "after.json").write_text(json.dumps({"eval": entry["eval"]}))
+    diff = recipe.compare_sampled(entry)["sampled_vs"]
     by_task = paired_by_task(before["eval"]["sampled"], entry["eval"]["sampled"], data / "eval.jsonl")
 
     steps = [json.loads(x) for x in (out / stage.name / "metrics.jsonl").read_text().splitlines()]
