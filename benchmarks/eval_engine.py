@@ -64,10 +64,13 @@ def main() -> None:
     model_dir = stage_model_dir(args.recipe_dir, recorded)
     tmp = Path(tempfile.mkdtemp())
     (tmp / "data").symlink_to((args.recipe_dir / "data").resolve())
-    recipes = {}
+    recipes, undo = {}, {}
     for setting in args.settings:
         engine, *rest = setting.split(":")
         batch = next((x for x in rest if x.isdigit()), "")
+        undo[setting] = {x for x in rest if x != batch}
+        if undo[setting] - {"arrival", "separate"} or (undo[setting] and engine != "hf"):
+            raise SystemExit(f"--settings {setting}: ENGINE[:BATCH_SIZE][:arrival][:separate], the suffixes hf only")
         overrides = [f"output_dir={tmp}", f"eval.engine={engine}"] + ([f"eval.batch_size={batch}"] if batch else [])
         recipes[setting] = Recipe(load_config(args.config, overrides, schema=RecipeConfig))
     samples = next(iter(recipes.values())).cfg.eval.samples
@@ -77,7 +80,7 @@ def main() -> None:
         for setting, recipe in recipes.items():
             t = time.perf_counter()
             name = f"{args.stage}-{setting.replace(':', '-')}"
-            with undone(set(setting.split(":")[1:])):
+            with undone(undo[setting]):
                 results[setting] = recipe.evaluate(model_dir, name, sampled=True)["eval"]
             times[setting].append(time.perf_counter() - t)
     med = {setting: statistics.median(v) for setting, v in times.items()}
