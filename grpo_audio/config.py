@@ -118,6 +118,11 @@ class DataConfig:
         help="Train on the rows of these tasks only (a row's `task`, e.g. [chord, key]); empty: every row.",
         factory=list,
     )
+    replay: str = setting(
+        "",
+        help="Supervised manifests (comma-separated) replayed beside the policy loss with weight grpo.replay_coef "
+        "(PPO-ptx's mix; replay.py): each row trained on its chain of thought and answer, or on its answer.",
+    )
     bad_rows: str = setting("raise", help="What to do with rows that fail validation.", choices=BAD_ROWS)
     long_audio: str = setting(
         "truncate",
@@ -172,6 +177,14 @@ class GRPOConfig:
         minimum=0,
     )
     dynamic_sampling: bool = setting(False, help="Drop groups with equal rewards and refill from new prompts (DAPO).")
+    replay_coef: float = setting(
+        0.0,
+        help="Weight of the replayed rows' mean token negative log-likelihood (data.replay) in each update; 0: none.",
+        minimum=0,
+    )
+    replay_rows: int = setting(
+        8, help="Rows of data.replay per step over all processes (the number of processes must divide it).", minimum=1
+    )
     max_resample_rounds: int = setting(2, help="Extra rollout rounds dynamic sampling may spend per step.", minimum=0)
     is_mode: str = setting(
         "token_truncate",
@@ -294,7 +307,7 @@ def check_parallel(cfg: RunConfig, world_size: int | None = None) -> None:
 
     Raises:
         ConfigError: see ``parallel.check_settings``; a batch that does not split over the processes; dynamic
-            sampling on several processes.
+            sampling on several processes; a replay weight without replay data, or replay data without a weight.
     """
     world = launched_processes() if world_size is None else world_size
     try:
@@ -306,6 +319,12 @@ def check_parallel(cfg: RunConfig, world_size: int | None = None) -> None:
     if cfg.grpo.dynamic_sampling and world > 1:
         # Refilled groups differ per process, and DDP and FSDP2 need the same passes on every process.
         raise ConfigError("grpo.dynamic_sampling supports one process only for now")
+    if cfg.grpo.replay_coef > 0 and not cfg.data.replay.strip():
+        raise ConfigError(f"grpo.replay_coef={cfg.grpo.replay_coef}: data.replay names no manifest to replay")
+    if cfg.data.replay.strip() and cfg.grpo.replay_coef == 0:
+        raise ConfigError(f"data.replay={cfg.data.replay!r}: grpo.replay_coef is 0, so no row of it would be trained")
+    if cfg.grpo.replay_coef > 0 and cfg.grpo.replay_rows % world:
+        raise ConfigError(f"grpo.replay_rows={cfg.grpo.replay_rows} does not split over {world} processes")
 
 
 def _unknown_key_message(node_cls: type | None, full_key: str, key: str) -> str:
@@ -525,11 +544,12 @@ class StageConfig(SupervisedSettings):
     )
     replay: str = setting(
         "",
-        help="SFT stages: manifests (comma-separated) whose rows are trained on too, replay_ratio x as many as the "
-        "stage's own, drawn with the recipe's seed; each on its chain of thought and answer where it has a chain, "
-        "on its answer otherwise. A cold start on chains alone overwrites the direct answers sft taught.",
+        help="Manifests (comma-separated) whose rows are trained on too, each on its chain of thought and answer "
+        "where it has a chain, on its answer otherwise. SFT stages: replay_ratio x as many as the stage's own, drawn "
+        "with the recipe's seed (a cold start on chains alone overwrites the direct answers sft taught). GRPO "
+        "stages: data.replay, grpo.replay_rows a step at weight grpo.replay_coef (set in grpo_overrides).",
     )
-    replay_ratio: float = setting(1.0, help="Replayed rows per row of the stage's own data.", minimum=0)
+    replay_ratio: float = setting(1.0, help="SFT stages: replayed rows per row of the stage's own data.", minimum=0)
     grpo_overrides: dict[str, Any] = setting(
         help="GRPO stage: dotted overrides of the recipe's run settings, e.g. {train.max_steps: 20}.", factory=dict
     )

@@ -10,6 +10,7 @@ import torch
 
 from .advantages import AdvantageStats
 from .data.schema import Row
+from .replay import ReplayBatch
 from .rewards import RewardOutput
 from .rollout import RolloutBatch
 
@@ -35,6 +36,7 @@ class StepBatch:
             iteration per step (the update's own detached logprobs stand in).
         ref_logps: [N, C] float32, the reference policy's logprobs; None when ``beta`` is 0.
         micro_batches: index lists into N, one forward and backward each; whole groups on the shared-prefix path.
+        replay: this process's replayed supervised rows (``grpo.replay_coef``); None without replay.
         frac_zero_std_groups: share of this process's first-round groups whose rewards were all equal.
         resample_rounds: dynamic-sampling rounds run to replace such groups.
         rollout_s: seconds spent in the engine (all rounds).
@@ -56,6 +58,7 @@ class StepBatch:
     old_logps: torch.Tensor | None = None
     ref_logps: torch.Tensor | None = None
     micro_batches: list[list[int]] = field(default_factory=list)
+    replay: ReplayBatch | None = None
 
     @property
     def group_size(self) -> int:
@@ -75,6 +78,8 @@ class UpdateResult:
         non_finite: what was NaN/Inf ("" if nothing); from that iteration on nothing was applied.
         update_s: seconds spent in logprob passes and optimiser steps.
         lr: the learning rate of the step's first optimiser step.
+        replay_nll: per iteration run, the replayed targets' mean token negative log-likelihood (this process's
+            part); empty without replay.
     """
 
     batch_losses: list[float] = field(default_factory=list)
@@ -84,3 +89,4 @@ class UpdateResult:
     non_finite: str = ""
     update_s: float = 0.0
     lr: float = 0.0
+    replay_nll: list[float] = field(default_factory=list)

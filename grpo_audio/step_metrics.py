@@ -49,6 +49,10 @@ def step_metrics(
             value = parallel.reduce(torch.tensor(_aggregate(k, v), device=device), op).item()
             loss_stats[k] = value / world if op == "sum" else value
     batch_loss = torch.tensor(float(np.mean(update.batch_losses)), device=device)
+    replay = {}
+    if update.replay_nll:  # each process's token sum over the global normaliser (tokens / world): their mean
+        nll = torch.tensor(float(np.mean(update.replay_nll)), device=device)
+        replay["replay/nll"] = parallel.sum(nll).item() / world
     zero_std = torch.tensor(batch.frac_zero_std_groups, device=device)
     return {
         **rewards.metrics(),
@@ -60,6 +64,7 @@ def step_metrics(
         "resample_rounds": float(batch.resample_rounds),
         "loss": parallel.sum(batch_loss).item() / world,  # the batch loss, over the iterations and processes
         **loss_stats,
+        **replay,
         "completions/mean_length": lengths.mean().item(),
         "completions/min_length": lengths.min().item(),
         "completions/max_length": lengths.max().item(),

@@ -66,6 +66,7 @@ from .metrics import MetricsLogger, MetricsSummary, keep_until, plot_curves, rea
 from .models import ModelFamily, get_family, load_policy
 from .models.weights import save_model_dir
 from .parallel import Parallel
+from .replay import ReplayBatch, check_replay_rows, replay_batch, replay_indices
 from .rewards import RewardOutput, RewardSet
 from .rollout import RolloutBatch, SamplingConfig, build_engine, sampling_config
 from .rollout.base import banned_token_ids, prompt_seed
@@ -184,6 +185,11 @@ class GRPOTrainer:
                 )
         if not self.train_rows:
             raise ValueError("no training rows")
+        replay_specs = [spec.strip() for spec in data.replay.split(",") if spec.strip()]
+        self.replay_rows = [row for spec in replay_specs for row in load_manifest(spec, **limits)]
+        if replay_specs and not self.replay_rows:
+            raise ValueError(f"data.replay {data.replay!r}: no rows")
+        check_replay_rows(self.replay_rows)
         self.loss_cfg = LossConfig(
             loss_type=config.grpo.loss_type,
             epsilon=config.grpo.epsilon,
@@ -329,6 +335,7 @@ class GRPOTrainer:
         """One GRPO step through its phases; returns its metrics."""
         t_start = time.perf_counter()
         batch = self.collect_rollouts()
+        batch.replay = self.collect_replay()
         self.compute_advantages(batch)
         self.compute_logprobs(batch)
         update = self.update(batch)
@@ -372,6 +379,17 @@ class GRPOTrainer:
             resample_rounds=rounds,
             rollout_s=rollout_s,
         )
+
+    def collect_replay(self) -> ReplayBatch | None:
+        """This process's share of the step's replayed supervised rows (``data.replay``); None without replay. The
+        rows depend on the seed and the step only (``replay.replay_indices``)."""
+        if not self.replay_rows:
+            return None
+        per_step, world = self.cfg.grpo.replay_rows, self.process.world_size
+        indices = replay_indices(len(self.replay_rows), self.step, per_step, self.cfg.seed)
+        share = per_step // world
+        mine = indices[self.process.rank * share : (self.process.rank + 1) * share]
+        return replay_batch(self.family, self.features, [self.replay_rows[i] for i in mine])
 
     def _rollout(self, rows: list[Row], round_: int) -> tuple[RolloutBatch, RewardOutput]:
         """Sample and score ``rows`` (this process's slice of the step's prompts). Each prompt's seed comes from the
@@ -468,9 +486,16 @@ class GRPOTrainer:
         # Token and sequence normalisers are global; DDP and FSDP2 average gradients over processes, hence the / world.
         world = self.process.world_size
         num_tokens = self.parallel.sum(batch.completion_mask.sum().float()).clamp(min=1) / world
+        replay_tokens = (
+            self.parallel.sum(batch.replay.target_mask.sum().float()).clamp(min=1) / world
+            if batch.replay is not None
+            else None
+        )
         for _ in range(cfg.grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             result.batch_losses.append(0.0)
+            if batch.replay is not None:  # before the policy loss's micro-batches: their last one reduces gradients
+                result.replay_nll.append(self._replay_backward(batch.replay, replay_tokens))
             for k, idx in enumerate(batch.micro_batches):
                 # Gradients are reduced over the processes once, in the last micro-batch's backward.
                 self.parallel.sync_gradients(self.model, k == len(batch.micro_batches) - 1)
@@ -494,7 +519,8 @@ class GRPOTrainer:
                     result.loss_stats.setdefault(k, []).append(v)
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             result.grad_norm = self.parallel.clip_grad_norm(trainable, cfg.train.max_grad_norm)
-            result.non_finite = _non_finite(result.batch_losses[-1], result.grad_norm)
+            replay_nll = result.replay_nll[-1] if result.replay_nll else 0.0
+            result.non_finite = _non_finite(result.batch_losses[-1] + replay_nll, result.grad_norm)
             if result.non_finite:  # no update from this iteration on: weights and optimiser state stay as they are
                 self.optimizer.zero_grad(set_to_none=True)
                 break
@@ -503,6 +529,30 @@ class GRPOTrainer:
             result.applied += 1
         result.update_s = time.perf_counter() - t
         return result
+
+    def _replay_backward(self, replay: ReplayBatch, num_tokens: torch.Tensor) -> float:
+        """Backward of ``grpo.replay_coef`` x the replayed targets' mean token negative log-likelihood (under the
+        policy at temperature 1, over every process's target tokens), micro-batch by micro-batch, without reducing
+        gradients (the policy loss's last micro-batch does). Returns this process's NLL sum over ``num_tokens``
+        (every process's target tokens / the number of processes): the processes' values average to the mean."""
+        nll_sum = 0.0
+        rows = list(range(len(replay)))
+        for idx in micro_batches(len(replay), 1, self.cfg.train.micro_batch_size, self.logprob_path):
+            self.parallel.sync_gradients(self.model, False)
+            lps, _ = self.model(
+                replay.prompts,
+                rows,
+                1,
+                idx,
+                replay.target_ids,
+                replay.target_mask,
+                self.tokenizer.pad_token_id,
+                banned_ids=self.banned_ids,
+            )
+            nll = -(lps * replay.target_mask[idx].to(lps.device)).sum() / num_tokens.to(lps.device)
+            (self.cfg.grpo.replay_coef * nll).backward()
+            nll_sum += float(nll.detach())
+        return nll_sum
 
     def sync_weights(self, update: UpdateResult) -> float:
         """Push the updated weights into the rollout engine (nothing to push if no iteration applied); seconds."""

@@ -715,3 +715,81 @@ def test_the_audio_cache_changes_no_update(tmp_path, tiny_checkpoint, monkeypatc
     changed = [n for n in plain if not torch.equal(plain[n], cached[n])]
     for name in changed:
         torch.testing.assert_close(cached[name], plain[name], rtol=0, atol=1e-6, msg=name)
+
+
+def _replay_config(tmp_path, checkpoint, corpus, **overrides):
+    return config(
+        tmp_path,
+        checkpoint,
+        family="music_flamingo",
+        **{"data.replay": f"{corpus['think']},{corpus['skills']}", "grpo.replay_coef": 0.5, "grpo.replay_rows": 3,
+           "train.prompts_per_step": 2, "grpo.num_generations": 2, "train.max_steps": 1,
+           "train.max_grad_norm": 1e9, **overrides},
+    )  # fmt: skip
+
+
+def test_replayed_rows_add_their_supervised_gradient_as_transformers_computes_it(tmp_path, tiny_checkpoint):
+    """With every advantage 0 (a constant reward) and no clipping, a step's gradient is replay_coef x the gradient of the replayed
+    targets' mean token negative log-likelihood, computed independently: the SFT collator's batch (labels on the
+    target only), the model's logits with the engines' banned ids excluded, and torch's cross entropy."""
+    import copy
+
+    from transformers import AutoProcessor
+
+    from grpo_audio.data.synthetic import write_corpus
+    from grpo_audio.models import get_family
+    from grpo_audio.replay import replay_indices
+    from grpo_audio.rollout.base import banned_token_ids
+    from grpo_audio.sft import AudioSFTCollator
+
+    corpus = write_corpus(tmp_path / "corpus", n=4, seed=3)
+    checkpoint = tiny_checkpoint("music_flamingo")
+    cfg = _replay_config(tmp_path, checkpoint, corpus)
+    constant = RewardSet([lambda prompts, completions, **columns: [1.0] * len(completions)])
+    trainer = GRPOTrainer(cfg, reward_funcs=constant, train_rows=tone_rows(2))
+    before = copy.deepcopy(trainer.policy)
+    m = trainer.train_step()
+    rows = [trainer.replay_rows[i] for i in replay_indices(len(trainer.replay_rows), 0, 3, cfg.seed)]
+    assert {r.id for r in rows} <= {r.id for r in trainer.replay_rows} and len({r.id for r in rows}) == 3
+
+    family = get_family("music_flamingo")
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    batch = AudioSFTCollator(family, processor, rows, "auto")([{"index": i} for i in range(len(rows))])
+    labels = batch.pop("labels")
+    logits = before(**batch).logits[:, :-1].float()
+    logits[..., banned_token_ids(family, processor.tokenizer)] = float("-inf")
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100)
+    (0.5 * nll).backward()
+    assert m["replay/nll"] == pytest.approx(nll.item(), rel=1e-5)
+    assert m["advantages/abs_mean"] == 0.0  # the premise: the policy loss adds no gradient
+    grads = {n: p.grad for n, p in trainer.policy.named_parameters() if p.grad is not None}
+    expected = {n: p.grad for n, p in before.named_parameters() if p.grad is not None}
+    assert grads.keys() == expected.keys() and len(grads) > 10
+    for name, g in grads.items():
+        assert torch.allclose(g, expected[name], rtol=1e-4, atol=1e-7), name
+    assert max(g.abs().max().item() for g in grads.values()) > 1e-3  # a gradient a missing term would not match
+
+
+def test_replay_settings_and_rows_are_checked_before_a_step_runs(tmp_path, tiny_checkpoint):
+    from grpo_audio.config import ConfigError, check_parallel
+    from grpo_audio.data.synthetic import write_corpus
+    from grpo_audio.replay import replay_indices
+
+    corpus = write_corpus(tmp_path / "corpus", n=4, seed=3)
+    checkpoint = tiny_checkpoint("music_flamingo")
+    with pytest.raises(ConfigError, match="grpo.replay_coef=0.5: data.replay names no manifest"):
+        check_parallel(_replay_config(tmp_path, checkpoint, corpus, **{"data.replay": "''"}))
+    with pytest.raises(ConfigError, match="data.replay=.*grpo.replay_coef is 0"):
+        check_parallel(_replay_config(tmp_path, checkpoint, corpus, **{"grpo.replay_coef": 0.0}))
+    with pytest.raises(ConfigError, match="grpo.replay_rows=3 does not split over 2 processes"):
+        check_parallel(_replay_config(tmp_path, checkpoint, corpus, **{"train.prompts_per_step": 2}), world_size=2)
+    rows = [json.loads(line) for line in corpus["skills"].read_text().splitlines()]
+    rows[1].pop("answer")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("".join(json.dumps({**r, "audio": str(corpus["skills"].parent / r["audio"])}) + "\n"
+                              for r in rows))  # fmt: skip
+    cfg = _replay_config(tmp_path, checkpoint, corpus, **{"data.replay": str(broken)})
+    with pytest.raises(ValueError, match=f"row '{rows[1]['id']}'.*answer"):
+        GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    # A resumed run replays what an uninterrupted one would: the rows depend on the seed and the step only.
+    assert replay_indices(10, 4, 3, 0) == replay_indices(10, 4, 3, 0) != replay_indices(10, 4, 3, 1)

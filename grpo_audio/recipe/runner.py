@@ -356,7 +356,11 @@ class Recipe:
         values = {f.name: recipe[f.name] for f in dataclasses.fields(RunConfig)}  # the run the recipe holds
         values["output_dir"] = str(self.out / stage.name)
         values["model"]["path"] = str(model_dir)
-        values["data"].update(train=str(self.data_path(stage.data)), eval=str(self.data_path(self.cfg.eval.data)))
+        values["data"].update(
+            train=str(self.data_path(stage.data)),
+            eval=str(self.data_path(self.cfg.eval.data)),
+            replay=",".join(str(p) for p in self._paths(stage.replay)) if stage.replay.strip() else "",
+        )
         # The stage folder belongs to the recipe: a run of another input model or settings replaces what is there.
         values["train"]["overwrite"] = True
         merged = merge_config(RunConfig, base, OmegaConf.create(values), f"stage '{stage.name}'")

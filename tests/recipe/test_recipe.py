@@ -265,6 +265,22 @@ def test_replay_mixes_rows_into_a_stage_and_keeps_its_own_check(tmp_path, capsys
         recipe.sft_rows(cfg.stages[2])
 
 
+def test_a_grpo_stage_replays_its_rows_beside_the_policy_loss(tmp_path):
+    from grpo_audio.config import ConfigError
+
+    def recipe(grpo_overrides):
+        stages = f"[{{name: grpo, kind: grpo, data: 'synthetic:rl', replay: 'synthetic:think,synthetic:skills', grpo_overrides: {grpo_overrides}}}]"  # noqa: E501
+        overrides = [f"output_dir={tmp_path}", f"stages={stages}", "eval.base=true"]
+        return Recipe(load_config(REPO / "examples/music_flamingo/tiny.yaml", overrides, schema=RecipeConfig))
+
+    built = recipe("{grpo.replay_coef: 0.3}")
+    run = built.grpo_config(built.cfg.stages[0], tmp_path / "base")
+    assert run.data.replay == f"{tmp_path / 'data' / 'think.jsonl'},{tmp_path / 'data' / 'skills.jsonl'}"
+    assert run.grpo.replay_coef == 0.3
+    with pytest.raises(ConfigError, match="data.replay=.*think.jsonl.*grpo.replay_coef is 0"):
+        recipe("{}")  # replay rows nothing would train on: refused when the recipe is built
+
+
 @pytest.mark.parametrize(
     "override, field",
     [

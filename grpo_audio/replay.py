@@ -1,0 +1,85 @@
+"""Supervised rows replayed beside GRPO's policy loss: the pretraining mix of PPO-ptx (Ouyang et al. 2022,
+"Training language models to follow instructions with human feedback", eq. 2), with the recipe's supervised data
+in place of pretraining text.
+
+GRPO's update moves a policy only where a group's rewards differ; what the shared weights learn there also moves
+the answers to prompts it never samples (the embedded recipe's chord and instrument questions, results.md "Where
+the zero comes from"). A replayed row's negative log-likelihood, weighted by ``grpo.replay_coef``, pulls the
+policy back toward the supervised targets on every question type. Each step takes ``grpo.replay_rows`` rows in a
+seeded order that depends only on the step, so a resumed run replays what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data.collate import PromptBatch, collate_prompts
+from .data.schema import Row
+from .models import ModelFamily
+from .sft import target_text
+
+
+@dataclass
+class ReplayBatch:
+    """One step's replayed rows on one process, as completions the logprob pass scores (one per prompt).
+
+    R = this process's replayed rows; T = the longest target's token count.
+
+    Attributes:
+        rows: [R] the replayed rows.
+        prompts: the rows' prompt batch (token ids and audio features), as a rollout's.
+        target_ids: [R, T] int64, each row's target (``sft.target_text``, ``auto``: the chain of thought and answer
+            where the row has a chain, the answer otherwise) then the end-of-sequence token, right-padded.
+        target_mask: [R, T] int64, 1 on target tokens.
+    """
+
+    rows: list[Row]
+    prompts: PromptBatch
+    target_ids: torch.Tensor
+    target_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def check_replay_rows(rows: list[Row]) -> None:
+    """Raise ``ValueError`` naming the first row with nothing to train on (no answer nor caption), before any
+    step runs."""
+    for row in rows:
+        target_text(row, "auto")
+
+
+def replay_indices(num_rows: int, step: int, per_step: int, seed: int) -> list[int]:
+    """The ``per_step`` row indices step ``step`` replays: position ``step * per_step + j`` of an endless sequence
+    of seeded permutations of ``range(num_rows)``, one per pass over the rows.
+
+    >>> first_pass = replay_indices(5, 0, 3, 0) + replay_indices(5, 1, 3, 0)[:2]
+    >>> sorted(first_pass), replay_indices(5, 1, 3, 0) == replay_indices(5, 1, 3, 0)
+    ([0, 1, 2, 3, 4], True)
+    """
+    out = []
+    for position in range(step * per_step, (step + 1) * per_step):
+        epoch, i = divmod(position, num_rows)
+        out.append(int(np.random.default_rng([seed, 7919, epoch]).permutation(num_rows)[i]))
+    return out
+
+
+def replay_batch(family: type[ModelFamily], processor, rows: list[Row]) -> ReplayBatch:
+    """The :class:`ReplayBatch` of ``rows``: their prompts built as the rollouts' are, and their targets."""
+    tokenizer = processor.tokenizer
+    clips = [r.load_audio(family).wave for r in rows]
+    prompts = collate_prompts(family, processor, rows, clips)
+    targets = [
+        tokenizer(target_text(r, "auto"), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for r in rows
+    ]
+    width = max(len(t) for t in targets)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, t in enumerate(targets):
+        ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        mask[i, : len(t)] = 1
+    return ReplayBatch(rows=rows, prompts=prompts, target_ids=ids, target_mask=mask)
