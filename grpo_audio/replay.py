@@ -16,10 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data.collate import PromptBatch, collate_prompts
+from .data.collate import PromptBatch, collate_prompts, target_token_ids
 from .data.schema import Row
 from .models import ModelFamily
 from .sft import target_text
+
+_REPLAY_STREAM = 7919  # keeps the replay order's random numbers apart from the prompts' (trainer._permutation)
 
 
 @dataclass
@@ -53,17 +55,20 @@ def check_replay_rows(rows: list[Row]) -> None:
 
 
 def replay_indices(num_rows: int, step: int, per_step: int, seed: int) -> list[int]:
-    """The ``per_step`` row indices step ``step`` replays: position ``step * per_step + j`` of an endless sequence
-    of seeded permutations of ``range(num_rows)``, one per pass over the rows.
+    """The ``per_step`` row indices step ``step`` replays: positions ``step * per_step`` on of an endless sequence
+    of seeded permutations of ``range(num_rows)``, one per pass over the rows (its own random stream, apart from
+    the prompts' order).
 
-    >>> first_pass = replay_indices(5, 0, 3, 0) + replay_indices(5, 1, 3, 0)[:2]
-    >>> sorted(first_pass), replay_indices(5, 1, 3, 0) == replay_indices(5, 1, 3, 0)
-    ([0, 1, 2, 3, 4], True)
+    >>> sorted(replay_indices(5, 0, 3, 0) + replay_indices(5, 1, 3, 0)[:2])  # the first pass: every row once
+    [0, 1, 2, 3, 4]
     """
+    passes: dict[int, np.ndarray] = {}
     out = []
     for position in range(step * per_step, (step + 1) * per_step):
         epoch, i = divmod(position, num_rows)
-        out.append(int(np.random.default_rng([seed, 7919, epoch]).permutation(num_rows)[i]))
+        if epoch not in passes:
+            passes[epoch] = np.random.default_rng([seed, _REPLAY_STREAM, epoch]).permutation(num_rows)
+        out.append(int(passes[epoch][i]))
     return out
 
 
@@ -72,10 +77,7 @@ def replay_batch(family: type[ModelFamily], processor, rows: list[Row]) -> Repla
     tokenizer = processor.tokenizer
     clips = [r.load_audio(family).wave for r in rows]
     prompts = collate_prompts(family, processor, rows, clips)
-    targets = [
-        tokenizer(target_text(r, "auto"), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        for r in rows
-    ]
+    targets = [target_token_ids(tokenizer, target_text(r, "auto")) for r in rows]
     width = max(len(t) for t in targets)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -729,9 +729,9 @@ def _replay_config(tmp_path, checkpoint, corpus, **overrides):
 
 
 def test_replayed_rows_add_their_supervised_gradient_as_transformers_computes_it(tmp_path, tiny_checkpoint):
-    """With every advantage 0 (a constant reward) and no clipping, a step's gradient is replay_coef x the gradient of the replayed
-    targets' mean token negative log-likelihood, computed independently: the SFT collator's batch (labels on the
-    target only), the model's logits with the engines' banned ids excluded, and torch's cross entropy."""
+    """With every advantage 0 (a constant reward) and no clipping, a step's gradient is replay_coef x the gradient
+    of the replayed targets' mean token negative log-likelihood, computed independently: the SFT collator's batch
+    (labels on the target only), the model's logits with the engines' banned ids excluded, torch's cross entropy."""
     import copy
 
     from transformers import AutoProcessor

@@ -123,6 +123,13 @@ def collate_prompts(family: type[ModelFamily], processor, rows: list[Row], clips
     )
 
 
+def target_token_ids(tokenizer, target: str, append_eos: bool = True) -> list[int]:
+    """A supervised target's token ids: its text without special tokens, then the end-of-turn token a finished
+    completion ends with (``append_eos``)."""
+    ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id] if append_eos else ids
+
+
 def collate_sequences(
     family: type[ModelFamily],
     processor,
@@ -147,9 +154,7 @@ def collate_sequences(
     for i, target in enumerate(targets):
         prompt_ids = prompts.input_ids[i][prompts.attention_mask[i].bool()].tolist()
         if isinstance(target, str):
-            target_ids = tok(target, add_special_tokens=False)["input_ids"]
-            if append_eos:
-                target_ids = target_ids + [tok.eos_token_id]
+            target_ids = target_token_ids(tok, target, append_eos)
         else:
             target_ids = list(target)
         seqs.append(prompt_ids + target_ids)
