@@ -121,7 +121,8 @@ class DataConfig:
     replay: str = setting(
         "",
         help="Supervised manifests (comma-separated) replayed beside the policy loss with weight grpo.replay_coef "
-        "(PPO-ptx's mix; replay.py): each row trained on its chain of thought and answer, or on its answer.",
+        "(PPO-ptx's mix; replay.py): each row trained on its chain of thought and answer, else on its answer (or "
+        "caption).",
     )
     bad_rows: str = setting("raise", help="What to do with rows that fail validation.", choices=BAD_ROWS)
     long_audio: str = setting(
@@ -319,7 +320,8 @@ def check_parallel(cfg: RunConfig, world_size: int | None = None) -> None:
     if cfg.grpo.dynamic_sampling and world > 1:
         # Refilled groups differ per process, and DDP and FSDP2 need the same passes on every process.
         raise ConfigError("grpo.dynamic_sampling supports one process only for now")
-    if cfg.grpo.replay_coef > 0 and not cfg.data.replay.strip():
+    replay = [spec for spec in cfg.data.replay.split(",") if spec.strip()]
+    if cfg.grpo.replay_coef > 0 and not replay:
         raise ConfigError(f"grpo.replay_coef={cfg.grpo.replay_coef}: data.replay names no manifest to replay")
     if cfg.data.replay.strip() and cfg.grpo.replay_coef == 0:
         raise ConfigError(f"data.replay={cfg.data.replay!r}: grpo.replay_coef is 0, so no row of it would be trained")
@@ -673,7 +675,8 @@ class RecipeConfig(RunConfig):
     """A recipe: stages (sft -> cold_start -> grpo -> eval) run in order from one YAML.
 
     It is a GRPO run's config (``RunConfig``: model, lora, data, rollout, grpo, train, rewards, which every GRPO stage
-    starts from; ``data.train`` / ``data.eval`` are set by each stage) plus the recipe's own settings.
+    starts from; ``data.train`` / ``data.eval`` / ``data.replay`` are set by each stage) plus the recipe's own
+    settings.
     """
 
     tiny_model: str = setting(

@@ -47,11 +47,17 @@ class ReplayBatch:
         return len(self.rows)
 
 
-def check_replay_rows(rows: list[Row]) -> None:
-    """Raise ``ValueError`` naming the first row with nothing to train on (no answer nor caption), before any
-    step runs."""
+def check_replay_rows(rows: list[Row], tokenizer, banned_ids: list[int]) -> None:
+    """Raise ``ValueError`` naming the first row with nothing to train on (no answer nor caption), or whose target
+    holds a token the policy never samples (an audio placeholder written out in its text: its logprob is -inf,
+    ``rollout.base.banned_token_ids``), before any step runs."""
+    banned = set(banned_ids)
     for row in rows:
-        target_text(row, "auto")
+        text = target_text(row, "auto")
+        found = banned.intersection(target_token_ids(tokenizer, text))
+        if found:
+            tokens = ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in sorted(found))
+            raise ValueError(f"row '{row.id}': its target holds {tokens}, a token the policy never samples")
 
 
 def replay_indices(num_rows: int, step: int, per_step: int, seed: int) -> list[int]:

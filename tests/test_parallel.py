@@ -156,17 +156,23 @@ def test_two_nodes_through_the_rendezvous(project, single):
 
 
 def test_lora_under_fsdp2_saves_the_merged_weights_of_one_process(project):
-    """LoRA adapters sharded with their layers: the two processes train them as one process does, and the
-    consolidated model (adapters folded in, gathered tensor by tensor from the shards) is one process's."""
+    """LoRA adapters sharded with their layers, with supervised rows replayed beside the policy loss (each process
+    its share): the two processes train them as one process does, and the consolidated model (adapters folded in,
+    gathered tensor by tensor from the shards) is one process's."""
     from safetensors.torch import load_file
 
-    lora = ["lora.enabled=true", "lora.r=4", "save_at=2"]
+    root = project[0]
+    replay = root / "replay.jsonl"
+    replay.write_text("".join(json.dumps({"id": f"s{i}", "audio": f"c{i}.wav", "prompt": "Tempo in BPM?",
+                                          "answer": str(100 + 7 * i)}) + "\n" for i in range(4)))  # fmt: skip
+    lora = ["lora.enabled=true", "lora.r=4", "save_at=2", f"data.replay={replay}", "grpo.replay_coef=0.5",
+            "grpo.replay_rows=2"]  # fmt: skip
     alone = run(project, "lora-single", [[sys.executable]], "none", steps=2, extra=lora)
     sharded = run(project, "lora-fsdp2", [[TORCHRUN, "--nproc_per_node", "2"]], "fsdp2", steps=2, extra=lora)
     assert setup(sharded)["sharded"]
     for step in (1, 2):
+        assert load(alone, 0, step)["metrics"]["replay/nll"] > 0  # premise: rows were replayed on every step
         assert_same_step(load(sharded, 1, step), load(alone, 0, step))
-    root = project[0]
     a = load_file(str(root / "lora-single/checkpoints/step-000002/model/model.safetensors"))
     b = load_file(str(root / "lora-fsdp2/checkpoints/step-000002/model/model.safetensors"))
     assert a.keys() == b.keys() and not any("lora" in k for k in a)

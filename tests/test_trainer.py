@@ -771,25 +771,38 @@ def test_replayed_rows_add_their_supervised_gradient_as_transformers_computes_it
 
 
 def test_replay_settings_and_rows_are_checked_before_a_step_runs(tmp_path, tiny_checkpoint):
+    import re
+
     from grpo_audio.config import ConfigError, check_parallel
     from grpo_audio.data.synthetic import write_corpus
+    from grpo_audio.models import get_family
     from grpo_audio.replay import replay_indices
 
     corpus = write_corpus(tmp_path / "corpus", n=4, seed=3)
     checkpoint = tiny_checkpoint("music_flamingo")
-    with pytest.raises(ConfigError, match="grpo.replay_coef=0.5: data.replay names no manifest"):
-        check_parallel(_replay_config(tmp_path, checkpoint, corpus, **{"data.replay": "''"}))
+    for empty in ("''", "' , '"):
+        with pytest.raises(ConfigError, match="grpo.replay_coef=0.5: data.replay names no manifest"):
+            check_parallel(_replay_config(tmp_path, checkpoint, corpus, **{"data.replay": empty}))
     with pytest.raises(ConfigError, match="data.replay=.*grpo.replay_coef is 0"):
         check_parallel(_replay_config(tmp_path, checkpoint, corpus, **{"grpo.replay_coef": 0.0}))
     with pytest.raises(ConfigError, match="grpo.replay_rows=3 does not split over 2 processes"):
         check_parallel(_replay_config(tmp_path, checkpoint, corpus, **{"train.prompts_per_step": 2}), world_size=2)
     rows = [json.loads(line) for line in corpus["skills"].read_text().splitlines()]
-    rows[1].pop("answer")
+    answer = rows[1].pop("answer")
     broken = tmp_path / "broken.jsonl"
     broken.write_text("".join(json.dumps({**r, "audio": str(corpus["skills"].parent / r["audio"])}) + "\n"
                               for r in rows))  # fmt: skip
     cfg = _replay_config(tmp_path, checkpoint, corpus, **{"data.replay": str(broken)})
     with pytest.raises(ValueError, match=f"row '{rows[1]['id']}'.*answer"):
+        GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    # A target with an audio placeholder written out: its logprob would be -inf and every step skipped.
+    placeholder = get_family("music_flamingo").audio_special_tokens[0]
+    rows[1]["answer"] = answer
+    k = next(i for i, r in enumerate(rows) if not r.get("choices"))  # an open question: any answer is valid
+    rows[k]["answer"] = f"{placeholder} 120"
+    broken.write_text("".join(json.dumps({**r, "audio": str(corpus["skills"].parent / r["audio"])}) + "\n"
+                              for r in rows))  # fmt: skip
+    with pytest.raises(ValueError, match=f"row '{rows[k]['id']}': its target holds '{re.escape(placeholder)}'"):
         GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
     # A resumed run replays what an uninterrupted one would: the rows depend on the seed and the step only.
     assert replay_indices(10, 4, 3, 0) == replay_indices(10, 4, 3, 0) != replay_indices(10, 4, 3, 1)
