@@ -82,6 +82,7 @@ def main() -> None:
     (out / "after.json").write_text(json.dumps({"eval": entry["eval"]}))
     diff = recipe.compare_sampled(entry)["sampled_vs"]
     by_task = paired_by_task(before["eval"]["sampled"], entry["eval"]["sampled"], data / "eval.jsonl")
+    by_draws = paired_by_draws(before["eval"]["sampled"], entry["eval"]["sampled"])
 
     steps = [json.loads(x) for x in (out / stage.name / "metrics.jsonl").read_text().splitlines()]
     entropy = [s["entropy"] for s in steps if "entropy" in s]
@@ -96,6 +97,7 @@ def main() -> None:
         "pass_at_1": [a["sampled"]["pass_at_1"]["value"], b["sampled"]["pass_at_1"]["value"]],
         "paired": diff,
         "paired_by_task": by_task,
+        "paired_by_draws": by_draws,
         "entropy_first_last5": [sum(entropy[:5]) / len(entropy[:5]), sum(entropy[-5:]) / len(entropy[-5:])],
         "seconds": {"start_eval": t_start, "grpo": t_grpo, "grpo_eval": t_eval},
     }
@@ -112,6 +114,29 @@ def main() -> None:
         "paired reward change by question type: "
         + ", ".join(f"{task} {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for task, d in by_task.items())
     )
+    print(
+        "paired reward change on the first m draws of each prompt: "
+        + ", ".join(f"m={m} {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for m, d in by_draws.items())
+    )
+
+
+def paired_by_draws(before: dict, after: dict) -> dict[int, dict]:
+    """The paired change of the sampled reward counting only each prompt's first m draws, for m = 1, 2, 4, ... up
+    to k: how the interval narrows with the draws a prompt (both evaluations draw the same noise for draw j of a
+    prompt, so the first m of k are an evaluation with m draws, paired as the full one is)."""
+    from dataclasses import asdict
+
+    from grpo_audio.sampled_eval import paired_difference
+
+    if "rewards" not in next(iter(before["prompts"].values())):
+        return {}  # an evaluation cached before the per-draw rewards were kept
+
+    def first(summary: dict, m: int) -> dict:
+        prompts = {i: {**p, "reward": sum(p["rewards"][:m]) / m} for i, p in summary["prompts"].items()}
+        return {**summary, "prompts": prompts}
+
+    sizes = sorted({*(2**e for e in range(before["k"].bit_length()) if 2**e <= before["k"]), before["k"]})
+    return {m: asdict(paired_difference(first(after, m), first(before, m))) for m in sizes}
 
 
 def paired_by_task(before: dict, after: dict, manifest: Path) -> dict[str, dict]:

@@ -88,7 +88,8 @@ class SampledEval:
         k, temperature, seed: how the completions were drawn.
         reward: mean over prompts of their completions' mean total reward.
         pass_at_1, pass_at_k: over the prompts with an answer to check (None without any).
-        prompts: per prompt id, its mean reward and (None without an answer to check) its correct count.
+        prompts: per prompt id, its mean reward, its k completions' rewards in draw order, and (None without an
+            answer to check) its correct count.
     """
 
     k: int
@@ -152,6 +153,7 @@ def sampled_eval(
         correct = [checked[j]["correct"] for j in mine]
         prompts[row.id] = {
             "reward": float(np.mean([totals[j] for j in mine])),
+            "rewards": [float(totals[j]) for j in mine],
             "correct": None if any(c is None for c in correct) else int(sum(c >= 1.0 for c in correct)),
         }
     counts = [p["correct"] for p in prompts.values() if p["correct"] is not None]

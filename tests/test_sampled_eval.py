@@ -84,6 +84,10 @@ def test_draws_are_seeded_per_prompt(tiny_checkpoint):
     assert other.prompts != together.prompts  # premise: the seed decides the draws
     assert together.pass_at_1.n == 3 and together.reward.n == 3
     assert together.pass_at_1.value == pytest.approx(sum(p["correct"] for p in together.prompts.values()) / 9)
+    # Each prompt keeps its draws' rewards in draw order: their mean is its reward; the draws differ.
+    for p in together.prompts.values():
+        assert len(p["rewards"]) == 3 and p["reward"] == pytest.approx(sum(p["rewards"]) / 3)
+    assert any(len(set(p["rewards"])) > 1 for p in together.prompts.values())
 
 
 def test_rows_are_batched_task_by_task_with_the_completions_of_any_order(tiny_checkpoint, monkeypatch):
