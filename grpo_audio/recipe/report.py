@@ -106,7 +106,10 @@ def markdown(report: dict[str, Any], family: str) -> list[str]:
                 f"Against '{vs['stage']}', paired (the same prompts and seeds): sampled reward "
                 f"{_interval(vs['reward'], sign=True)}"
                 + (f", pass@1 {_interval(vs['pass_at_1'], sign=True)}" if vs.get("pass_at_1") else "")
-                + (" (the interval is above 0)" if vs["reward"]["low"] > 0 else " (the interval includes 0 or less)"),
+                + (" (the interval is above 0)" if vs["reward"]["low"] > 0 else " (the interval includes 0 or less)")
+                + ". The interval covers the evaluation's prompts and draws, not the randomness of this one GRPO run: "
+                "another seed moves the change too (`benchmarks/grpo_settings.py` reruns a GRPO setting from the same "
+                "model with other seeds).",
             ]
     lines += _final_lines(report)
     return lines

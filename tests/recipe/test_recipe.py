@@ -112,6 +112,7 @@ def test_short_recipe_runs_every_stage(tmp_path, capsys):
         assert line.split("|")[8].strip().startswith(f"{sampled['reward']['value']:.3f} ["), line
     assert grpo["sampled_vs"]["stage"] == "cold_start" and grpo["sampled_vs"]["reward"]["n"] == 6
     assert "Against 'cold_start', paired (the same prompts and seeds): sampled reward" in text
+    assert "not the randomness of this one GRPO run" in text  # what the interval does not cover, said with it
     # The last model on the held-out questions as an MMAU file, in each answer format of tiny.yaml's eval.final.
     finals = saved["final"]
     assert [(f["answer_format"], f["think"]) for f in finals] == [
