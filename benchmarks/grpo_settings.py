@@ -123,7 +123,8 @@ def main() -> None:
 def paired_by_draws(before: dict, after: dict) -> dict[int, dict]:
     """The paired change of the sampled reward counting only each prompt's first m draws, for m = 1, 2, 4, ... up
     to k: how the interval narrows with the draws a prompt (both evaluations draw the same noise for draw j of a
-    prompt, so the first m of k are an evaluation with m draws, paired as the full one is)."""
+    prompt, so the first m of k are paired as the full evaluation is, and drawn as an m-draw evaluation would be,
+    though not with its very noise)."""
     from dataclasses import asdict
 
     from grpo_audio.sampled_eval import paired_difference

@@ -151,9 +151,10 @@ def sampled_eval(
     for i, row in enumerate(rows):
         mine = range(i * k, (i + 1) * k)
         correct = [checked[j]["correct"] for j in mine]
+        draws = [float(totals[j]) for j in mine]
         prompts[row.id] = {
-            "reward": float(np.mean([totals[j] for j in mine])),
-            "rewards": [float(totals[j]) for j in mine],
+            "reward": float(np.mean(draws)),
+            "rewards": draws,
             "correct": None if any(c is None for c in correct) else int(sum(c >= 1.0 for c in correct)),
         }
     counts = [p["correct"] for p in prompts.values() if p["correct"] is not None]
