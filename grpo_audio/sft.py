@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,11 @@ class SFTConfig(SupervisedSettings):
         help="Compute each clip's log-mel features (and, with the encoder frozen, its encoder output) once, not "
         "every epoch (audio_cache.py; 1.5 MB of features per 30 s window, plus the encoder output).",
     )
+    score_labels_only: bool = setting(
+        True,
+        help="TRL's fused LM head projects only the positions with a label, on every device (TRL does so only where "
+        "it runs Triton kernels); the same loss and gradients, less compute where most positions are audio.",
+    )
 
 
 class TerminalProgress(TrainerCallback):
@@ -257,7 +263,10 @@ def run_sft(
             trainer.accelerator.distributed_type.value,
         )
     reuse_encoder = settings.freeze_audio_encoder and audio_cache is not None and settings.target != "text"
-    with audio_cache.encoder(trainer.model, family) if reuse_encoder else nullcontext() as encoder:
+    with (
+        audio_cache.encoder(trainer.model, family) if reuse_encoder else nullcontext() as encoder,
+        labels_only_lm_head() if settings.score_labels_only else nullcontext(),
+    ):
         trainer.train()
     if encoder is not None:
         logger.info("audio encoder outputs: %d windows computed, %d reused", encoder.misses, encoder.hits)
@@ -265,6 +274,33 @@ def run_sft(
     model_dir = save_model_dir(trainer.model, family, processor, out / "model", write=trainer.is_world_process_zero())
     trainer.accelerator.wait_for_everyone()
     return model_dir, [h for h in trainer.state.log_history if "loss" in h]
+
+
+@contextmanager
+def labels_only_lm_head() -> Iterator[None]:
+    """While in the block, TRL's fused LM head (``trl.trainer.utils.add_fused_lm_head``, which ``SFTTrainer`` installs)
+    projects only the positions that have a label.
+
+    TRL gathers those positions where it runs its Triton kernels and projects all ``B * (T - 1)`` positions
+    elsewhere, so that a compiler sees one tile shape per batch (TRL's comment names Neuron); its torch tiles give
+    each position the same log-probability, entropy and gradient either way, since a position's log-softmax does
+    not depend on the others. An audio row's positions are mostly audio and prompt tokens (a 5 s clip takes 125
+    audio tokens, its answer about 10), so on the CPU the projection of all of them was about a quarter of a
+    supervised step (``benchmarks/sft_step.py``). TRL decides with its private ``_use_triton``, looked up when the
+    head runs; this swaps it for the block and restores it after. Where a TRL release no longer has it, nothing
+    changes (``tests/test_sft.py`` checks that the rows projected are the labelled ones).
+    """
+    import trl.trainer.utils as trl_utils
+
+    decide = getattr(trl_utils, "_use_triton", None)
+    if decide is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = decide
 
 
 def _fsdp_arguments(model: Any, parallel: ParallelConfig | None) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import pytest
 import torch
 
@@ -109,3 +112,59 @@ def test_sft_command_text_target_lowers_the_loss(corpus, tiny_checkpoint, tmp_pa
     )
     before, after = _losses(capsys.readouterr().out)
     assert after < before - 0.5
+
+
+def test_lm_head_scores_only_the_labelled_positions_with_the_same_loss_and_gradients(
+    corpus, tiny_checkpoint, tmp_path
+):
+    """``labels_only_lm_head``: TRL's fused head projects the labelled rows only, and the per-token log-probabilities,
+    loss and every gradient are those of TRL's all-positions path; ``run_sft`` runs under it."""
+    from transformers import AutoProcessor
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+    from trl.trainer.utils import add_fused_lm_head
+
+    from grpo_audio.models import ModelSpec, load_policy
+    from grpo_audio.sft import SFTConfig, labels_only_lm_head, run_sft
+
+    family = get_family("music_flamingo")
+    path = tiny_checkpoint(family.name)
+    processor = AutoProcessor.from_pretrained(path)
+    rows = load_manifest(corpus["think"], family=family)
+    batch = AudioSFTCollator(family, processor, rows, "think")([{"index": i} for i in range(4)])
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    positions = batch["labels"][:, 1:].numel()
+    assert labelled < positions / 2  # the premise: most positions are audio, prompt or padding
+
+    projected: list[int] = []
+    apply = ChunkedLogProbFunction.apply
+
+    def spy(hidden, *args):
+        projected.append(hidden.shape[0])
+        return apply(hidden, *args)
+
+    def forward_backward(labels_only: bool):
+        torch.manual_seed(0)
+        model = load_policy(ModelSpec(path, family.name))
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+        with labels_only_lm_head() if labels_only else contextlib.nullcontext():
+            out = model(**batch, fused_lm_head=True)
+        loss = -out.log_probs.sum() / out.label_mask.sum()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.log_probs.detach(), loss.detach(), grads
+
+    with mock.patch.object(ChunkedLogProbFunction, "apply", spy):
+        log_probs, loss, grads = forward_backward(labels_only=True)
+        all_log_probs, all_loss, all_grads = forward_backward(labels_only=False)
+    assert projected == [labelled, positions]
+    torch.testing.assert_close(log_probs, all_log_probs, rtol=0, atol=1e-6)
+    torch.testing.assert_close(loss, all_loss, rtol=1e-6, atol=0)
+    assert grads.keys() == all_grads.keys() and "lm_head.weight" in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, all_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+    projected.clear()
+    settings = SFTConfig(max_steps=1, batch_size=4, target="think", logging_steps=1, seed=0)
+    with mock.patch.object(ChunkedLogProbFunction, "apply", spy):
+        run_sft(load_policy(ModelSpec(path, family.name)), family, processor, rows[:4], tmp_path / "out", settings)
+    assert len(projected) == 1 and projected[0] == labelled
