@@ -108,7 +108,7 @@ def main() -> None:
             print(f"ratio {first} / {size}: {medians[first] / medians[size]:.2f}x")
         return
     if "grpo-audio" in medians:
-        for name in medians.keys() - {"grpo-audio"}:
+        for name in [n for n in medians if n != "grpo-audio"]:
             print(f"ratio {name} / grpo-audio: {medians[name] / medians['grpo-audio']:.2f}x")
 
 

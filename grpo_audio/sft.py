@@ -283,12 +283,13 @@ def labels_only_lm_head() -> Iterator[None]:
 
     TRL gathers those positions where it runs its Triton kernels and projects all ``B * (T - 1)`` positions
     elsewhere, so that a compiler sees one tile shape per batch (TRL's comment names Neuron); its torch tiles give
-    each position the same log-probability, entropy and gradient either way, since a position's log-softmax does
-    not depend on the others. An audio row's positions are mostly audio and prompt tokens (a 5 s clip takes 125
-    audio tokens, its answer about 10), so on the CPU the projection of all of them was about a quarter of a
-    supervised step (``benchmarks/sft_step.py``). TRL decides with its private ``_use_triton``, looked up when the
-    head runs; this swaps it for the block and restores it after. Where a TRL release no longer has it, nothing
-    changes (``tests/test_sft.py`` checks that the rows projected are the labelled ones).
+    each position the same log-probability, entropy and gradient either way, since a position's log-softmax does not
+    depend on the others. An audio row's positions are mostly audio and prompt tokens (a 5 s clip takes 125 audio
+    tokens, its answer about 10): on the CPU the projection of all of them took about a quarter of a supervised
+    step's profile samples, and a step of 16 clips' rows runs 1.35x faster without it (the embedded recipe's longer
+    rows: 5-8%; ``benchmarks/sft_step.py``, results.md "SFT step"). TRL decides with its private ``_use_triton``,
+    looked up when the head runs; this swaps it for the block and restores it after. Where a TRL release no longer
+    has it, nothing changes (``tests/test_sft.py`` checks that the rows projected are the labelled ones).
     """
     import trl.trainer.utils as trl_utils
 
