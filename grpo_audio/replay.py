@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .data.collate import PromptBatch, collate_prompts, target_token_ids
-from .data.schema import Row
+from .data.schema import BadRow, Row, ValidationReport, apply_policy
 from .models import ModelFamily
 from .sft import target_text
 
@@ -47,17 +47,26 @@ class ReplayBatch:
         return len(self.rows)
 
 
-def check_replay_rows(rows: list[Row], tokenizer, banned_ids: list[int]) -> None:
-    """Raise ``ValueError`` naming the first row with nothing to train on (no answer nor caption), or whose target
-    holds a token the policy never samples (an audio placeholder written out in its text: its logprob is -inf,
-    ``rollout.base.banned_token_ids``), before any step runs."""
+def check_replay_rows(rows: list[Row], tokenizer, banned_ids: list[int], bad_rows: str = "raise") -> list[Row]:
+    """The rows with something to train on, before any step runs: a row is bad with no answer nor caption, or when
+    its target holds a token the policy never samples (an audio placeholder written out in its text: its logprob is
+    -inf, ``rollout.base.banned_token_ids``). ``bad_rows`` (``data.bad_rows``) as for every manifest: ``raise``
+    lists every bad row in one ``DataError`` (a ``ValueError``) naming its id and field; ``skip`` drops them with
+    a warning. Returns the good rows in order."""
     banned = set(banned_ids)
+    good, bad = [], []
     for row in rows:
-        text = target_text(row, "auto")
-        found = banned.intersection(target_token_ids(tokenizer, text))
+        if row.answer is None and row.caption is None:
+            bad.append(BadRow(row.id, "answer", "a replayed row needs an answer or a caption"))
+            continue
+        found = banned.intersection(target_token_ids(tokenizer, target_text(row, "auto")))
         if found:
             tokens = ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in sorted(found))
-            raise ValueError(f"row '{row.id}': its target holds {tokens}, a token the policy never samples")
+            field = "thinking" if row.thinking and found & set(target_token_ids(tokenizer, row.thinking)) else "answer"
+            bad.append(BadRow(row.id, field, f"the replayed target holds {tokens}, a token the policy never samples"))
+            continue
+        good.append(row)
+    return apply_policy(ValidationReport(good, bad, {}, []), "data.replay", bad_rows, len(rows), None)
 
 
 def replay_indices(num_rows: int, step: int, per_step: int, seed: int) -> list[int]:

@@ -187,9 +187,9 @@ class GRPOTrainer:
             raise ValueError("no training rows")
         replay_specs = [spec.strip() for spec in data.replay.split(",") if spec.strip()]
         self.replay_rows = [row for spec in replay_specs for row in load_manifest(spec, **limits)]
+        self.replay_rows = check_replay_rows(self.replay_rows, self.tokenizer, self.banned_ids, data.bad_rows)
         if replay_specs and not self.replay_rows:
             raise ValueError(f"data.replay {data.replay!r}: no rows")
-        check_replay_rows(self.replay_rows, self.tokenizer, self.banned_ids)
         self.loss_cfg = LossConfig(
             loss_type=config.grpo.loss_type,
             epsilon=config.grpo.epsilon,

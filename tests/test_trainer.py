@@ -802,7 +802,13 @@ def test_replay_settings_and_rows_are_checked_before_a_step_runs(tmp_path, tiny_
     rows[k]["answer"] = f"{placeholder} 120"
     broken.write_text("".join(json.dumps({**r, "audio": str(corpus["skills"].parent / r["audio"])}) + "\n"
                               for r in rows))  # fmt: skip
-    with pytest.raises(ValueError, match=f"row '{rows[k]['id']}': its target holds '{re.escape(placeholder)}'"):
+    placed = f"row '{rows[k]['id']}': field 'answer': the replayed target holds '{re.escape(placeholder)}'"
+    with pytest.raises(ValueError, match=placed):
         GRPOTrainer(cfg, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    # data.bad_rows: skip drops the bad replay rows, as it drops bad training rows, and keeps the others in order.
+    skip = _replay_config(tmp_path, checkpoint, corpus, **{"data.replay": str(broken), "data.bad_rows": "skip"})
+    trainer = GRPOTrainer(skip, reward_funcs=RewardSet([digits]), train_rows=tone_rows(2))
+    assert [r.id for r in trainer.replay_rows] == [r["id"] for i, r in enumerate(rows) if i != k]
+    trainer.close()
     # A resumed run replays what an uninterrupted one would: the rows depend on the seed and the step only.
     assert replay_indices(10, 4, 3, 0) == replay_indices(10, 4, 3, 0) != replay_indices(10, 4, 3, 1)
