@@ -78,8 +78,9 @@ class Command:
 
 # ---- recipe -------------------------------------------------------------------------------------------------
 def run_recipe(cfg: RecipeConfig, log: CommandLog) -> int:
+    recipe = Recipe(cfg)  # its checks first: a refused recipe leaves no output folder behind
     log.log_to(cfg.output_dir, header(cfg))
-    Recipe(cfg).run()
+    recipe.run()
     return 0
 
 

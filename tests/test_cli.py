@@ -13,6 +13,8 @@ import pytest
 from grpo_audio.cli import main
 from grpo_audio.config import ConfigError
 
+TINY_YAML = Path(__file__).resolve().parents[1] / "examples" / "music_flamingo" / "tiny.yaml"
+
 GRPO_AUDIO = Path(sys.executable).parent / "grpo-audio"
 
 
@@ -41,7 +43,9 @@ def test_nonsense_settings_are_refused_before_any_work(tmp_path):
         main(["eval", "model=m", "data=d", "batch_size=0"])
     with pytest.raises(ConfigError, match="epochs .* or max_steps"):
         main(["sft", "model=m", "data=d", f"output_dir={tmp_path / 'o'}", "epochs=0"])
-    assert not (tmp_path / "s").exists()
+    with pytest.raises(ConfigError, match=r"eval.data: '/no/such/eval.jsonl': no such file"):
+        main(["recipe", str(TINY_YAML), f"output_dir={tmp_path / 'r'}", "eval.data=/no/such/eval.jsonl"])
+    assert not (tmp_path / "s").exists() and not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
 
 
 def test_the_executable_reports_bad_input_in_one_line(tmp_path):
