@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from .advantages import SCALE_REWARDS
 from .audio import LONG_AUDIO
@@ -430,6 +436,48 @@ def merge_config(schema: type, base: DictConfig, other: DictConfig | ListConfig,
         raise ConfigError(f"{source}: config key '{key}': {str(e).splitlines()[0]}") from None
 
 
+_LIST_ITEM = re.compile(r"\[\d+\]|(?:^|\.)\d+(?:\.|$)")  # stages[1].epochs or stages.1.epochs
+
+
+def set_list_item(schema: type, cfg: DictConfig, override: str, source: str) -> None:
+    """Apply one ``key=value`` override whose key goes through an item of a list (``stages[1].epochs=2``, or
+    ``stages.1.epochs=2``) to ``cfg`` (a structured config of ``schema``), in place: the value is read as YAML, as
+    every override's is, and checked against the field's type.
+
+    Raises:
+        ConfigError: the index is outside the list, a key is unknown (with the valid keys), or the value has the
+            wrong type; the message names the key and ``source``.
+    """
+    key, text = override.split("=", 1)
+    parts = re.sub(r"\[(\d+)\]", r".\1", key).split(".")
+    if parts[-1].isdigit():
+        raise ConfigError(f"{source}: config key '{key}': set a list item's fields one by one ({key}.FIELD=VALUE)")
+    node: Any = cfg
+    for depth, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            if not isinstance(node, ListConfig) or int(part) >= len(node):
+                where = ".".join(parts[:depth])
+                size = len(node) if isinstance(node, ListConfig) else 0
+                raise ConfigError(f"{source}: config key '{key}': '{where}' has {size} items, no item {part}")
+            node = node[int(part)]
+        elif isinstance(node, DictConfig) and part in node:
+            node = node[part]
+        else:
+            break  # OmegaConf.update names the unknown key below
+    value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]))["value"]
+    leaf = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", ".".join(parts))  # stages[1].epochs
+    node_cls = _node_class(schema, leaf)
+    if node_cls is not None:  # unknown keys and true/false settings as a YAML file's are checked
+        _check_keys(node_cls, {parts[-1]: value}, source, leaf[: len(leaf) - len(parts[-1])])
+    try:
+        OmegaConf.update(cfg, ".".join(parts), value, merge=True)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        message = _unknown_key_message(_node_class(schema, e.full_key), key, str(e.key))
+        raise ConfigError(f"{source}: {message}") from None
+    except ValidationError as e:
+        raise ConfigError(f"{source}: config key '{key}' has the wrong type: {e.msg.splitlines()[0]}") from None
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -460,7 +508,12 @@ def load_config(
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must be key=value, got: {', '.join(bad)}")
-        cfg = merge_config(schema, cfg, OmegaConf.from_dotlist(overrides), "command line")
+        items = [o for o in overrides if _LIST_ITEM.search(o.split("=", 1)[0])]
+        plain = [o for o in overrides if o not in items]
+        if plain:
+            cfg = merge_config(schema, cfg, OmegaConf.from_dotlist(plain), "command line")
+        for override in items:
+            set_list_item(schema, cfg, override, "command line")
     obj = to_object(cfg, schema)
     _check_rewards(obj)
     return obj

@@ -40,6 +40,40 @@ def test_good_yaml_and_overrides(tmp_path):
     assert cfg.rewards[0].weight == 0.5 and cfg.rewards[1].kwargs == {"fallback": False}
 
 
+def test_an_override_sets_a_field_of_a_list_item(tmp_path):
+    """``rewards[1].weight=2`` and ``rewards.1.weight=2`` set one item's field and leave the others as the YAML
+    has them; a bad index, key, type or value fails naming the key, as in a YAML file."""
+    from grpo_audio.config import RecipeConfig
+
+    path = write(tmp_path, GOOD)
+    cfg = load_config(path, ["rewards[1].weight=2", "rewards.1.kwargs={fallback: true}", "grpo.beta=0.04"])
+    assert [r.weight for r in cfg.rewards] == [0.5, 2.0] and cfg.grpo.beta == 0.04
+    assert cfg.rewards[0].kwargs == {} and cfg.rewards[1].kwargs == {"fallback": True}
+    tiny = Path(__file__).resolve().parents[1] / "examples" / "music_flamingo" / "tiny.yaml"
+    recipe = load_config(tiny, ["stages.1.epochs=2", "stages[2].lr=0.01"], RecipeConfig)
+    committed = load_config(tiny, [], RecipeConfig)
+    assert (
+        (recipe.stages[1].epochs, recipe.stages[2].lr)
+        == (2, 0.01)
+        != (committed.stages[1].epochs, committed.stages[2].lr)
+    )
+    assert [dataclasses.replace(s, epochs=0, lr=0) for s in recipe.stages] == [
+        dataclasses.replace(s, epochs=0, lr=0) for s in committed.stages
+    ]
+    for override, why in [
+        ("rewards[2].weight=1", r"'rewards\[2\].weight': 'rewards' has 2 items, no item 2"),
+        ("rewards.1.wieght=1", r"unknown config key 'rewards\[1\].wieght'. Did you mean 'weight'"),
+        ("rewards[1].weight=heavy", r"'rewards\[1\].weight' has the wrong type"),
+        ("rewards[1]=x", r"'rewards\[1\]': set a list item's fields one by one"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            load_config(path, [override])
+    with pytest.raises(ConfigError, match=r"'stages\[1\].evaluate' has the wrong type: 2 is not true or false"):
+        load_config(tiny, ["stages.1.evaluate=2"], RecipeConfig)
+    with pytest.raises(ConfigError, match=r"'stages\[1\].kind' = 'bogus' is not one of"):
+        load_config(tiny, ["stages[1].kind=bogus"], RecipeConfig)
+
+
 def test_typo_key_names_key_and_valid_choices(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, GOOD.replace("num_generations", "num_generation")))
