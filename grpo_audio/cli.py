@@ -37,8 +37,8 @@ from .config import (
     DTYPES,
     ConfigError,
     CorpusConfig,
+    EvalSettings,
     RecipeConfig,
-    RecipeEvalConfig,
     RunConfig,
     checked_answer_formats,
     describe,
@@ -162,7 +162,7 @@ SFT = Command(
 
 # ---- eval ---------------------------------------------------------------------------------------------------
 @dataclass
-class EvalCommandConfig(RecipeEvalConfig):
+class EvalCommandConfig(EvalSettings):
     """``grpo-audio eval``: one model on one evaluation file."""
 
     data: str = setting(
@@ -260,10 +260,6 @@ class SynthCommandConfig(CorpusConfig):
 
 
 def run_synth(cfg: SynthCommandConfig, log: CommandLog) -> int:
-    if cfg.n < 1 or cfg.n_eval < 0 or cfg.n_rl < 0:
-        raise ConfigError(
-            f"synth: n must be at least 1, n_eval and n_rl at least 0; got {cfg.n}, {cfg.n_eval}, {cfg.n_rl}"
-        )
     log.log_to(cfg.output_dir, header(cfg))
     space, formats = cfg.label_space(prefix=""), checked_answer_formats(cfg.answer_formats, prefix="")
     paths = write_corpus(cfg.output_dir, cfg.n, cfg.seed, cfg.n_eval, space, n_rl=cfg.n_rl, answer_formats=formats)
@@ -521,13 +517,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The ``grpo-audio`` executable: :func:`main`, with a bad config, bad data or a missing file reported in one
-    line (exit status 2) rather than a traceback."""
+    line (exit status 2) rather than a traceback, and Ctrl-C in one line too (exit status 130, as a shell's)."""
     try:
         status = main()
     except (ConfigError, DataError, LayoutError, FileNotFoundError) as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process meets it: the main one says it
             print(f"grpo-audio: {e}", file=sys.stderr)
         status = 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; what was written before it stays
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("grpo-audio: interrupted; completed stages and saved checkpoints are kept", file=sys.stderr)
+        status = 130
     sys.exit(status)
 
 

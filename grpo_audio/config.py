@@ -620,11 +620,12 @@ class StageConfig(SupervisedSettings):
 class CorpusConfig:
     """The synthetic music-theory corpus (``data/synthetic.py``): how many clips, drawn from which labels."""
 
-    n: int = setting(400, help="Training clips.")
-    n_eval: int = setting(100, help="Held-out clips.")
+    n: int = setting(400, help="Training clips.", minimum=1)
+    n_eval: int = setting(100, help="Held-out clips.", minimum=0)
     n_rl: int = setting(
         0,
         help="Clips of their own for the GRPO prompts (rl.jsonl), unseen in SFT (0: the training clips).",
+        minimum=0,
     )
     seed: int = setting(0, help="Corpus seed.")
     chord_qualities: list[str] = setting(
@@ -683,8 +684,8 @@ class FinalEvalConfig:
 
 
 @dataclass
-class RecipeEvalConfig:
-    """Evaluation after each training stage."""
+class EvalSettings:
+    """How a model is evaluated on a file (greedy): what `grpo-audio eval` and the recipe's evaluations share."""
 
     data: str = setting("synthetic:eval", help="Eval manifest (or 'synthetic:eval').")
     max_rows: int = setting(0, help="Evaluate the first N rows only (0 = all).", minimum=0)
@@ -696,6 +697,18 @@ class RecipeEvalConfig:
         "together); vLLM schedules its own batches.",
         minimum=1,
     )
+    answer_format: str = setting(
+        "letter",
+        help="What a benchmark file's prompts ask for: the choice's letter or its text (MMAU's and MMAR's scorers "
+        "credit the text); also how a bare token that is both a letter and a choice's text is read.",
+        choices=ANSWER_FORMATS,
+    )
+
+
+@dataclass
+class RecipeEvalConfig(EvalSettings):
+    """Evaluation after each training stage."""
+
     samples: int = setting(
         0,
         help="k: also sample k completions per eval prompt at the rollout temperature, for the sampled reward and "
@@ -709,12 +722,6 @@ class RecipeEvalConfig:
         help="Stages with the sampled evaluation (eval.samples): 'grpo', each GRPO stage and the stage it starts "
         "from (what the paired difference compares), or 'all'.",
         choices=("grpo", "all"),
-    )
-    answer_format: str = setting(
-        "letter",
-        help="What a benchmark file's prompts ask for: the choice's letter or its text (MMAU's and MMAR's scorers "
-        "credit the text); also how a bare token that is both a letter and a choice's text is read.",
-        choices=ANSWER_FORMATS,
     )
     final: list[FinalEvalConfig] = setting(
         help="Files the last stage's model is also scored on (greedy, as `grpo-audio eval`): the report's table "

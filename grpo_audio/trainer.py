@@ -365,6 +365,16 @@ class GRPOTrainer:
                 rounds += 1
                 _, z2, _ = group_advantages(torch.tensor(more_rewards.total), g)
                 pool += [(more[i], more_rollouts, more_rewards, i) for i in range(len(more)) if not z2[i]]
+            if len(pool) < want:
+                logger.warning(
+                    "step %d: %d of %d groups have a reward spread after %d resampling round(s) "
+                    "(grpo.max_resample_rounds); %s",
+                    self.step + 1,
+                    len(pool),
+                    want,
+                    rounds,
+                    "the step trains on those only" if pool else "no group moves the policy this step",
+                )
             if pool:
                 rows, rollouts, rewards = self._merge_groups(pool[:want])
         completion_ids, completion_mask, sampling_logps = rollouts.padded(self.tokenizer.pad_token_id)

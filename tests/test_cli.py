@@ -35,7 +35,7 @@ def test_verbose_anywhere_on_the_line(tmp_path, where, capsys):
 
 
 def test_nonsense_settings_are_refused_before_any_work(tmp_path):
-    with pytest.raises(ConfigError, match="n must be at least 1"):
+    with pytest.raises(ConfigError, match=r"'n' = 0 is below its least value, 1"):
         main(["synth", f"output_dir={tmp_path / 's'}", "n=0"])
     with pytest.raises(ConfigError, match=r"'max_rows' = -1 is below its least value, 0"):
         main(["eval", "model=m", "data=d", "max_rows=-1"])
@@ -46,6 +46,26 @@ def test_nonsense_settings_are_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"eval.data: '/no/such/eval.jsonl': no such file"):
         main(["recipe", str(TINY_YAML), f"output_dir={tmp_path / 'r'}", "eval.data=/no/such/eval.jsonl"])
     assert not (tmp_path / "s").exists() and not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path):
+    """SIGINT, as Ctrl-C sends it, while a command runs (a corpus being written): one line, no traceback."""
+    import signal
+    import time
+
+    out = tmp_path / "corpus"
+    proc = subprocess.Popen([str(GRPO_AUDIO), "synth", f"output_dir={out}", "n=20000"], stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    log = out / "grpo-audio.log"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and any((out / "clips").glob("*.wav"))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None and any((out / "clips").glob("*.wav"))  # the premise: interrupted mid-corpus
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip() == "grpo-audio: interrupted; completed stages and saved checkpoints are kept", err
+    assert not (out / "skills.jsonl").exists()  # it stopped before the end
 
 
 def test_the_executable_reports_bad_input_in_one_line(tmp_path):

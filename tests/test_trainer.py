@@ -202,6 +202,23 @@ def test_dynamic_sampling_drops_groups_without_signal(tmp_path, tiny_checkpoint)
     assert step.rollouts.row_ids == [r.id for r in rows for _ in range(8)] and len(step.rewards.total) == 32
 
 
+def test_dynamic_sampling_says_when_its_rounds_found_too_few_groups(tmp_path, tiny_checkpoint, caplog):
+    def constant(prompts, completions, **columns):
+        return [1.0] * len(completions)
+
+    cfg = config(
+        tmp_path,
+        tiny_checkpoint("audio_flamingo3"),
+        **{"train.max_steps": 1, "grpo.dynamic_sampling": True, "grpo.max_resample_rounds": 2},
+    )
+    trainer = GRPOTrainer(cfg, reward_funcs=RewardSet([constant]), train_rows=tone_rows(8))
+    with caplog.at_level("WARNING", logger="grpo_audio.trainer"):
+        step = trainer.collect_rollouts()
+    assert step.resample_rounds == 2 and step.frac_zero_std_groups == 1.0  # the premise: no group had a spread
+    assert "step 1: 0 of 4 groups have a reward spread after 2 resampling round(s)" in caplog.text
+    assert "no group moves the policy this step" in caplog.text
+
+
 def test_one_step_with_vllm_on_music_flamingo(tmp_path, tiny_checkpoint):
     """Trainable weights change, frozen ones are bit-identical, the next rollout samples from the new weights."""
     from tests.rollout.helpers import chord_clip, hf_logprobs, rows_for

@@ -1,10 +1,12 @@
 """A recipe's report: ``report.json`` (everything), ``report.md`` (the tables a person reads) and ``stages.png``
 (evaluation accuracy per stage and question type).
 
-The report is a dict: ``family``, ``wall_s``, ``final`` (the last model on ``eval.final``'s files, see
-``Recipe.evaluate_final``) and ``stages``, one entry per stage in order (``name``, ``kind``,
-``model_dir``, ``wall_s``; ``eval`` with the stage's evaluation, see ``evaluate.score``, plus ``eval.reward``;
-supervised stages add ``loss_first`` / ``loss_last``, GRPO stages the fields of :func:`grpo_entry`).
+The report is a dict: ``family``, ``wall_s`` (this run of the recipe, seconds), ``final`` (the last model on
+``eval.final``'s files, see ``Recipe.evaluate_final``) and ``stages``, one entry per stage in order (``name``,
+``kind``, ``model_dir``, ``wall_s`` (the stage with its evaluation, in the run that trained or evaluated it; for a
+GRPO stage resumed from a checkpoint, since the resume); ``eval`` with the stage's evaluation, see
+``evaluate.score``, plus ``eval.reward``; supervised stages add ``loss_first`` / ``loss_last``, GRPO stages the
+fields of :func:`grpo_entry`).
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ def markdown(report: dict[str, Any], family: str) -> list[str]:
     lines = [
         f"# Recipe report ({family})",
         "",
-        f"Total wall time: {report['wall_s'] / 60:.1f} min",
+        f"Wall time: {report['wall_s'] / 60:.1f} min in this run of the recipe; the stages' own times (wall s, each "
+        f"with its evaluation) sum to {sum(s.get('wall_s', 0.0) for s in report['stages']) / 60:.1f} min (a stage "
+        "kept from an earlier run shows that run's time, one resumed from a checkpoint the time since).",
         "",
         "| stage | kind | MCQ acc | MCQ answers naming one choice | open acc | format rate | eval reward | "
-        "sampled reward [95% CI] | pass@1 | pass@k | per question type |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "sampled reward [95% CI] | pass@1 | pass@k | per question type | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["stages"]:
         e = s.get("eval", {})
@@ -71,7 +75,8 @@ def markdown(report: dict[str, Any], family: str) -> list[str]:
             f"| {s['name']} | {s['kind']} | {_fmt(e.get('mcq_accuracy'))} | {_fmt(e.get('choice_rate'))} | "
             f"{_fmt(e.get('open_accuracy'))} | {_fmt(e.get('format_rate'))} | "
             f"{_fmt(e.get('reward', {}).get('total'))} | {_interval(sampled.get('reward'))} | "
-            f"{_interval(sampled.get('pass_at_1'))} | {_interval(sampled.get('pass_at_k'))} | {per} |"
+            f"{_interval(sampled.get('pass_at_1'))} | {_interval(sampled.get('pass_at_k'))} | {per} | "
+            f"{_fmt(s.get('wall_s'), '.0f')} |"
         )
     sampled = next((s["eval"]["sampled"] for s in report["stages"] if s.get("eval", {}).get("sampled")), None)
     if sampled:
@@ -179,8 +184,8 @@ def plot_stages(stages: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(v: Any) -> str:
-    return "-" if v is None or v != v else f"{v:.3f}"  # None or NaN (a reward no sample applied to)
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None or v != v else f"{v:{spec}}"  # None or NaN (a reward no sample applied to)
 
 
 def _plot_sampled(ax: Any, stages: list[dict[str, Any]]) -> None:

@@ -34,9 +34,9 @@ from ..config import (
     merge_config,
     to_object,
 )
-from ..data.benchmarks import load_benchmark
+from ..data.benchmarks import LayoutError, load_benchmark
 from ..data.loaders import load_manifest
-from ..data.schema import Row
+from ..data.schema import DataError, Row
 from ..data.synthetic import CORPUS_FILES, write_corpus
 from ..evaluate import cached_encoder, evaluate_model
 from ..models import get_family, load_policy
@@ -126,6 +126,8 @@ class Recipe:
             fields += [(f"stages[{i}] ({stage.name!r}).{name}", getattr(stage, name)) for name in ("data", "replay")]
         fields += [(f"eval.final[{i}].data", final.data) for i, final in enumerate(self.cfg.eval.final)]
         known = set(CORPUS_FILES.values())
+        held_out = {CORPUS_FILES["eval"], CORPUS_FILES["eval_mmau"]}
+        files: dict[Path, str] = {}  # the user's own files, each with the first field that names it
         for field, specs in fields:
             for spec in filter(None, (s.strip() for s in specs.split(","))):
                 path = self.data_path(spec)
@@ -133,11 +135,29 @@ class Recipe:
                     why = "synthetic.enabled is false"
                 elif spec.startswith("synthetic:") and path.name not in known:
                     why = f"the synthetic corpus writes no such file (it writes {', '.join(sorted(known))})"
+                elif spec.startswith("synthetic:") and path.name in held_out and self.cfg.synthetic.n_eval == 0:
+                    why = "synthetic.n_eval is 0: the corpus's held-out split is empty"
                 elif not spec.startswith("synthetic:") and not path.is_file():
                     why = "no such file"
                 else:
+                    if not spec.startswith("synthetic:"):
+                        files.setdefault(path, field)
                     continue
                 raise ConfigError(f"{field}: {spec!r}: {why}")
+        for path, field in files.items():  # every row and clip, before the first stage spends any compute
+            self.check_rows(path, field)
+
+    def check_rows(self, path: Path, field: str) -> None:
+        """Every row of the user's data file ``path`` (named by ``field``) with its audio decoded, as the stage or
+        evaluation that reads it will load it: an ``eval.final`` file as a benchmark, the others as manifests.
+        Raises ``ConfigError`` naming the field, then every bad row with its field (``DataError``'s list)."""
+        try:
+            if field.startswith("eval.final"):
+                load_benchmark(path, self.family)
+            else:
+                load_manifest(path, family=self.family)
+        except (DataError, LayoutError) as e:
+            raise ConfigError(f"{field}: {e}") from None
 
     def data_path(self, spec: str) -> Path:
         """``synthetic:NAME`` is the synthetic corpus's ``NAME.jsonl`` (or ``NAME`` with its own suffix)."""
@@ -251,8 +271,9 @@ class Recipe:
         evaluation settings, the rewards that score it, the sampling of the sampled evaluation (and whether it runs
         there), the seed, and the stage's own settings (an ``eval`` stage's data)."""
         cfg = OmegaConf.to_container(OmegaConf.structured(self.cfg))
-        cfg["eval"].pop("base")  # whether the base model is evaluated re-evaluates no stage (a stage's own flag is
-        # in its settings below)
+        # Whether the base model is evaluated, and what the last model is asked besides (eval.final, asked anew
+        # each run), re-evaluate no stage; a stage's own flag is in its settings below.
+        cfg["eval"].pop("base"), cfg["eval"].pop("final")
         reads = {name: cfg[name] for name in ("eval", "rewards", "rollout", "seed")}
         stage = OmegaConf.to_container(OmegaConf.structured(self.cfg.stages[index])) if index >= 0 else None
         reads.update(

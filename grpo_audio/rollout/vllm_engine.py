@@ -38,6 +38,7 @@ from .base import (
     finish_reason,
     prepare_prompts,
 )
+from .reaper import Reaper, child_processes
 
 # A weight sync writes the model in files of this size: the most of it a trainer process holds at once.
 SYNC_FILE_BYTES = 512 << 20
@@ -88,6 +89,7 @@ class VLLMEngine:
             # its prefill split over steps; without chunked prefill every prompt is prefilled in one step.
             engine_kwargs.setdefault("enable_chunked_prefill", False)
             engine_kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
+        before = child_processes()
         self.llm = LLM(
             model=str(self.model_dir),
             dtype=dtype,
@@ -100,6 +102,8 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",
             **engine_kwargs,
         )
+        # The engine core and worker processes vLLM just started end with this process, even when it is killed.
+        self.reaper = Reaper({p: t for p, t in child_processes().items() if p not in before})
         self.last_sync_s: float | None = None
         # -100 is the most vLLM allows; exp(-100) underflows to 0 next to the other logits.
         self.logit_bias = {i: -100.0 for i in banned_token_ids(self.family, self.tokenizer)}
@@ -213,3 +217,4 @@ class VLLMEngine:
             core.shutdown()
         del self.llm
         gc.collect()
+        self.reaper.close()

@@ -7,7 +7,9 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from grpo_audio.config import RecipeConfig, load_config
@@ -324,6 +326,13 @@ def test_a_bad_label_space_or_row_count_fails_before_any_stage(tmp_path, overrid
         ([], (2, "replay", "synthetic:skills, /no/such.jsonl"),
          r"stages\[2\] \('cold_start'\).replay: '/no/such.jsonl': no such file"),
         ([], (1, "data", " "), r"stages\[1\] \('sft'\).data: empty, but a sft stage trains on it"),
+        (["synthetic.n_eval=0"], None,
+         r"eval.data: 'synthetic:eval': synthetic.n_eval is 0: the corpus's held-out split is empty"),
+        (["eval.final=[{data: MISSING_AUDIO}]"], None,
+         r"eval.final\[0\].data: .*mmau-test-mini.json: \d+ of 1000 rows are bad:\n  row '3fe64f3d-282c-4bc8-a753-"
+         r"68f8f6c35652': field 'audio': file not found"),
+        ([], (3, "data", "BAD_ROW"), r"stages\[3\] \('grpo'\).data: .*rl.jsonl: 1 of 2 rows are bad:\n  row 'r1': "
+         r"field 'answer'"),
     ],
 )  # fmt: skip
 def test_a_data_file_that_is_not_there_fails_before_any_stage(tmp_path, overrides, stage_edit, why):
@@ -332,14 +341,33 @@ def test_a_data_file_that_is_not_there_fails_before_any_stage(tmp_path, override
     from grpo_audio.config import ConfigError
 
     tiny = REPO / "examples/music_flamingo/tiny.yaml"
-    Recipe(load_config(tiny, [f"output_dir={tmp_path}"], schema=RecipeConfig))  # the committed config passes
-    cfg = load_config(tiny, [f"output_dir={tmp_path}", *overrides], schema=RecipeConfig)
+    out = tmp_path / "run"
+    # Files of the user's own, read before any stage: one whose audio is not there, one with a bad row.
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(16000, dtype=np.float32), 16000)
+    rows = [{"id": "r0", "audio": str(clip), "prompt": "Which chord?", "answer": "C major", "task": "chord"},
+            {"id": "r1", "audio": str(clip), "prompt": "Which chord?", "task": "chord",
+             "choices": ["C major", "D minor"], "answer": "E major"}]  # fmt: skip
+    (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # MMAU test-mini as published, without its audio folder.
+    mmau = REPO / "tests" / "fixtures" / "benchmarks" / "mmau-test-mini.json"
+    paths = {"MISSING_AUDIO": str(mmau), "BAD_ROW": str(tmp_path / "rl.jsonl")}
+    Recipe(load_config(tiny, [f"output_dir={out}"], schema=RecipeConfig))  # the committed config passes
+    rows[1]["answer"] = "C major"  # and so does the same file with the row mended
+    (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mended = load_config(tiny, [f"output_dir={out}"], schema=RecipeConfig)
+    mended.stages[3].data = paths["BAD_ROW"]
+    Recipe(mended)
+    (tmp_path / "rl.jsonl").write_text("".join(json.dumps({**r, "answer": "E major"} if r["id"] == "r1" else r) + "\n"
+                                           for r in rows))  # fmt: skip
+    overrides = [o.replace("MISSING_AUDIO", paths["MISSING_AUDIO"]) for o in overrides]
+    cfg = load_config(tiny, [f"output_dir={out}", *overrides], schema=RecipeConfig)
     if stage_edit:
         index, field, value = stage_edit
-        setattr(cfg.stages[index], field, value)
+        setattr(cfg.stages[index], field, paths.get(value, value))
     with pytest.raises(ConfigError, match=why):
         Recipe(cfg)
-    assert not any(tmp_path.iterdir())  # nothing generated
+    assert not out.exists()  # nothing generated
 
 
 @pytest.mark.parametrize(
@@ -398,6 +426,9 @@ def test_a_grpo_setting_changes_only_the_grpo_stages_key(tmp_path, tiny_checkpoi
     # A reward changes the GRPO stages' model keys, and every evaluation key.
     rewarded = keys("rewards=[{name: format, weight: 1.0}]")
     assert all((rewarded[s][0] != base[s][0]) == (s in grpo) and rewarded[s][1] != base[s][1] for s in base)
+    # What the last model is asked besides (eval.final) is asked anew each run: no stage is evaluated again for it.
+    final = keys("eval.final=[{data: 'synthetic:eval_mmau.json', max_rows: 3}]")
+    assert final == base
 
 
 @pytest.mark.slow
