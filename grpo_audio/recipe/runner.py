@@ -120,10 +120,13 @@ class Recipe:
         names at least one. Else ``ConfigError`` naming the field: a misspelt file fails before the first stage,
         not when the stage that reads it starts, and an evaluation is never skipped for want of its file."""
         fields = [("eval.data", self.cfg.eval.data)]
+        skips: dict[str, str] = {}
         for i, stage in enumerate(self.cfg.stages):
             if not stage.data.strip() and stage.kind != "eval":  # an eval stage's data defaults to eval.data
                 raise ConfigError(f"stages[{i}] ({stage.name!r}).data: empty, but a {stage.kind} stage trains on it")
             fields += [(f"stages[{i}] ({stage.name!r}).{name}", getattr(stage, name)) for name in ("data", "replay")]
+            if stage.kind == "grpo":  # GRPO reads its rows under data.bad_rows (its overrides included)
+                skips[fields[-2][0]] = skips[fields[-1][0]] = self.grpo_config(stage, self.out).data.bad_rows
         fields += [(f"eval.final[{i}].data", final.data) for i, final in enumerate(self.cfg.eval.final)]
         known = set(CORPUS_FILES.values())
         held_out = {CORPUS_FILES["eval"], CORPUS_FILES["eval_mmau"]}
@@ -145,19 +148,23 @@ class Recipe:
                     continue
                 raise ConfigError(f"{field}: {spec!r}: {why}")
         for path, field in files.items():  # every row and clip, before the first stage spends any compute
-            self.check_rows(path, field)
+            self.check_rows(path, field, skips.get(field, "raise"))
 
-    def check_rows(self, path: Path, field: str) -> None:
+    def check_rows(self, path: Path, field: str, bad_rows: str = "raise") -> None:
         """Every row of the user's data file ``path`` (named by ``field``) with its audio decoded, as the stage or
-        evaluation that reads it will load it: an ``eval.final`` file as a benchmark, the others as manifests.
-        Raises ``ConfigError`` naming the field, then every bad row with its field (``DataError``'s list)."""
+        evaluation that reads it will load it: an ``eval.final`` file as a benchmark, the others as manifests, bad
+        rows raised or skipped per ``bad_rows`` (a GRPO stage's ``data.bad_rows``; the other stages raise).
+        Raises ``ConfigError`` naming the field, then every bad row with its field (``DataError``'s list), or
+        naming the field of a file with no good row."""
         try:
             if field.startswith("eval.final"):
-                load_benchmark(path, self.family)
+                rows = load_benchmark(path, self.family).rows
             else:
-                load_manifest(path, family=self.family)
+                rows = load_manifest(path, family=self.family, bad_rows=bad_rows)
         except (DataError, LayoutError) as e:
             raise ConfigError(f"{field}: {e}") from None
+        if not rows:
+            raise ConfigError(f"{field}: {path}: no row passed validation")
 
     def data_path(self, spec: str) -> Path:
         """``synthetic:NAME`` is the synthetic corpus's ``NAME.jsonl`` (or ``NAME`` with its own suffix)."""

@@ -360,6 +360,10 @@ def test_a_data_file_that_is_not_there_fails_before_any_stage(tmp_path, override
     Recipe(mended)
     (tmp_path / "rl.jsonl").write_text("".join(json.dumps({**r, "answer": "E major"} if r["id"] == "r1" else r) + "\n"
                                            for r in rows))  # fmt: skip
+    skipping = load_config(tiny, [f"output_dir={out}"], schema=RecipeConfig)  # GRPO may skip bad rows
+    skipping.stages[3].data = paths["BAD_ROW"]
+    skipping.stages[3].grpo_overrides["data.bad_rows"] = "skip"
+    Recipe(skipping)
     overrides = [o.replace("MISSING_AUDIO", paths["MISSING_AUDIO"]) for o in overrides]
     cfg = load_config(tiny, [f"output_dir={out}", *overrides], schema=RecipeConfig)
     if stage_edit:
