@@ -54,8 +54,10 @@ def test_ctrl_c_is_one_line_and_exit_status_130(tmp_path):
     import time
 
     out = tmp_path / "corpus"
+    # As a terminal's foreground job: SIGINT not ignored, whatever this process inherited (an ignored signal
+    # stays ignored across exec, and earlier tests' libraries may leave it so).
     proc = subprocess.Popen([str(GRPO_AUDIO), "synth", f"output_dir={out}", "n=20000"], stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     log = out / "grpo-audio.log"
     deadline = time.monotonic() + 120
     while not (log.is_file() and any((out / "clips").glob("*.wav"))) and time.monotonic() < deadline:
