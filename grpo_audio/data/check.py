@@ -1,16 +1,17 @@
 """``grpo-audio check-data``: vet an evaluation or training file before a long run, one line per row.
 
 Reads every layout ``grpo-audio eval`` reads (``data/benchmarks.py``), checks each row's fields, answer and audio
-against the model family, and prints one line per row, then a summary.
+against the model family and, given a checkpoint, each prompt's tokens with its audio plus ``max_new_tokens``
+against the engine's context, and prints one line per row, then a summary.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..models import get_family
+from ..models import family_of_checkpoint, get_family
 from .benchmarks import read_benchmark
-from .schema import BAD_ROWS, audio_limit, validate_rows
+from .schema import BAD_ROWS, ContextLimit, audio_limit, validate_rows
 
 
 def check_data(
@@ -21,6 +22,9 @@ def check_data(
     bad_rows: str = "raise",
     fields: str | None = None,
     audio_root: str | None = None,
+    model: str | Path | None = None,
+    max_model_len: int = 0,
+    max_new_tokens: int = 256,
 ) -> int:
     """Validate every row of ``path`` and print a per-row report.
 
@@ -33,15 +37,28 @@ def check_data(
             skipped, exit status 0 if any row is good.
         fields: a field map for the generic layout.
         audio_root: the folder relative audio paths start from.
+        model: a checkpoint directory: its family (unless ``family`` is given) and its processor, to check that each
+            prompt with its audio tokens plus ``max_new_tokens`` fits the context.
+        max_model_len: the engine's context length (``rollout.max_model_len``); 0: the model's own.
+        max_new_tokens: the completion's room (``rollout.max_new_tokens``).
 
     Returns:
         The exit status.
+
+    Raises:
+        ValueError: ``family`` is not the checkpoint's.
     """
     if bad_rows not in BAD_ROWS:
         raise ValueError(f"bad_rows must be one of {BAD_ROWS}, got {bad_rows!r}")
     fam = get_family(family) if family else None
+    context = None
+    if model is not None:
+        own = family_of_checkpoint(model)
+        if fam is not None and fam is not own:
+            raise ValueError(f"family {fam.name!r} given, but the checkpoint {model} is a {own.name} model")
+        fam, context = own, ContextLimit.from_checkpoint(model, max_new_tokens, max_model_len)
     bench = read_benchmark(path, fields=fields, audio_root=audio_root)
-    report = validate_rows(bench.rows, fam, max_audio_seconds=max_seconds, long_audio=long_audio)
+    report = validate_rows(bench.rows, fam, max_audio_seconds=max_seconds, long_audio=long_audio, context=context)
     problems: dict[str, list[str]] = {}
     for b in bench.bad + report.bad:
         problems.setdefault(b.id, []).append(f"{b.field}: {b.reason}")
@@ -53,12 +70,16 @@ def check_data(
             print(f"BAD  {rid}: " + "; ".join(problems[rid]))
         else:
             note = f"  (truncated to {limit:g} s)" if rid in truncated else ""
+            if context is not None:
+                prompt = report.prompt_tokens[rid]
+                note += f", {prompt} + {max_new_tokens} = {prompt + max_new_tokens} of {context.max_model_len} tokens"
             print(f"ok   {rid}: {report.seconds[rid]:.1f} s{note}")
     n_rows, n_bad = len(dict.fromkeys(ids)), len(problems)
     dropped = f", {bench.dropped_choices} empty trailing choices dropped" if bench.dropped_choices else ""
     print(
         f"{bench.layout} layout, {n_rows} rows: {n_rows - n_bad} ok, {n_bad} bad, {len(truncated)} truncated"
         + (f" (limit {limit:g} s)" if limit else "")
+        + (f", context {context.max_model_len} tokens with max_new_tokens {max_new_tokens}" if context else "")
         + dropped
     )
     if bad_rows == "skip":

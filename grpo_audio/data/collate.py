@@ -99,7 +99,7 @@ def collate_prompts(family: type[ModelFamily], processor, rows: list[Row], clips
     """Render each row's chat prompt and run the processor over the batch (one clip per row)."""
     if len(rows) != len(clips):
         raise ValueError(f"{len(rows)} rows but {len(clips)} clips")
-    prompts = [family.render_prompt(processor, row.messages(family)) for row in rows]
+    prompts = [row.render(family, processor) for row in rows]  # as the loaders' context check renders them
     # The processors pad text on the left and audio to whole 30 s windows by default; a `padding` argument here
     # would also change the audio padding, which the encoders do not accept.
     processed = family.process(processor, prompts, list(clips))

@@ -1,7 +1,8 @@
 """Loaders: a JSONL manifest, a Hugging Face ``datasets`` dataset, or a plain Python list, all to ``Row``.
 
 Every loader validates every row up front (fields, audio placeholders, audio decoding and length against the
-model family's limit), reports all bad rows at once, then raises or skips them per ``bad_rows``. A manifest
+model family's limit; with a ``ContextLimit``, the prompt with its audio tokens and the completion's room against
+the engine's context), reports all bad rows at once, then raises or skips them per ``bad_rows``. A manifest
 line looks like::
 
     {"id": "clip-1", "audio": "clips/clip-1.wav", "prompt": "Which chord is played?",
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import ModelFamily, get_family
-from .schema import BadRow, Row, apply_policy, audio_limit, resolve_audio, validate_rows
+from .schema import BadRow, ContextLimit, Row, apply_policy, audio_limit, resolve_audio, validate_rows
 
 ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Row))
 
@@ -67,11 +68,14 @@ def validate_and_apply(
     long_audio: str = "truncate",
     max_audio_seconds: float | None = None,
     decode: bool = True,
+    context: ContextLimit | None = None,
 ) -> list[Row]:
     """Validate ``rows`` (see ``validate_rows``), add the rows that failed earlier (``pre_bad``), and raise or skip
     the bad ones per ``bad_rows``. Returns the good rows in order."""
     fam = _family(family)
-    report = validate_rows(rows, fam, max_audio_seconds=max_audio_seconds, long_audio=long_audio, decode=decode)
+    report = validate_rows(
+        rows, fam, max_audio_seconds=max_audio_seconds, long_audio=long_audio, decode=decode, context=context
+    )
     report.bad = pre_bad + report.bad
     total = len(rows) + len({b.id for b in pre_bad})
     return apply_policy(report, source, bad_rows, total, audio_limit(fam, max_audio_seconds))
@@ -103,6 +107,7 @@ def load_manifest(
     long_audio: str = "truncate",
     max_audio_seconds: float | None = None,
     decode: bool = True,
+    context: ContextLimit | None = None,
 ) -> list[Row]:
     """Load and validate a JSONL manifest.
 
@@ -113,12 +118,14 @@ def load_manifest(
         long_audio: ``truncate`` (counted warning) or ``reject`` audio over the limit.
         max_audio_seconds: overrides the family's limit.
         decode: decode every clip up front (default) to find corrupt audio before any compute.
+        context: also refuse rows whose prompt with its audio tokens and ``max_new_tokens`` overflow the engine's
+            context (a bad row under ``bad_rows``, named with its token count); needs ``family`` and ``decode``.
 
     Returns:
         The good rows in file order.
     """
     rows, bad = read_manifest(path)
-    return validate_and_apply(rows, bad, str(path), family, bad_rows, long_audio, max_audio_seconds, decode)
+    return validate_and_apply(rows, bad, str(path), family, bad_rows, long_audio, max_audio_seconds, decode, context)
 
 
 def from_records(
@@ -129,12 +136,14 @@ def from_records(
     max_audio_seconds: float | None = None,
     decode: bool = True,
     base_dir: str | Path | None = None,
+    context: ContextLimit | None = None,
 ) -> list[Row]:
-    """Load and validate a plain list of dicts (same fields as a manifest line; ``audio`` may be an array)."""
+    """Load and validate a plain list of dicts (same fields as a manifest line; ``audio`` may be an array); the
+    settings are ``load_manifest``'s."""
     rows, bad = rows_from_records(
         ((f"item {i}", r) for i, r in enumerate(records)), Path(base_dir) if base_dir else None
     )
-    return validate_and_apply(rows, bad, "records", family, bad_rows, long_audio, max_audio_seconds, decode)
+    return validate_and_apply(rows, bad, "records", family, bad_rows, long_audio, max_audio_seconds, decode, context)
 
 
 def from_hf_dataset(
@@ -146,8 +155,10 @@ def from_hf_dataset(
     long_audio: str = "truncate",
     max_audio_seconds: float | None = None,
     decode: bool = True,
+    context: ContextLimit | None = None,
 ) -> list[Row]:
-    """Load and validate a ``datasets.Dataset`` with an ``Audio`` column (read undecoded, see module doc).
+    """Load and validate a ``datasets.Dataset`` with an ``Audio`` column (read undecoded, see module doc); the
+    other settings are ``load_manifest``'s.
 
     Args:
         dataset: the dataset.
@@ -168,4 +179,4 @@ def from_hf_dataset(
             rec["audio"] = audio.get("bytes") or audio.get("path")
         records.append((f"item {i}", rec))
     rows, bad = rows_from_records(records)
-    return validate_and_apply(rows, bad, "dataset", family, bad_rows, long_audio, max_audio_seconds, decode)
+    return validate_and_apply(rows, bad, "dataset", family, bad_rows, long_audio, max_audio_seconds, decode, context)

@@ -2,7 +2,10 @@
 
 A :class:`Row` is one audio clip with a chat prompt and the targets the trainer and rewards need. Validation
 checks every field and decodes the audio, collecting every problem of every row (id, field, reason) so that a
-dataset can be fixed in one pass instead of one crash at a time.
+dataset can be fixed in one pass instead of one crash at a time. Given a :class:`ContextLimit`, it also checks
+that each prompt with its audio tokens leaves room for the completion in the engine's context: the prompt's text
+is tokenized and the audio tokens are counted from the clip's duration (``ModelFamily.audio_token_count``), so
+the processor never runs on the audio.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 
 from ..audio import AudioClip, AudioError, load_audio
 from ..models import FAMILIES, ModelFamily
+from ..models.base import context_length
 from ..rewards.matching import Choices
 from ..rewards.music_theory import metadata_problems
 
@@ -76,6 +80,10 @@ class Row:
 
     def messages(self, family: type[ModelFamily]) -> list[dict[str, Any]]:
         return family.build_messages(self.prompt, system=self.system)
+
+    def render(self, family: type[ModelFamily], processor: Any) -> str:
+        """The chat prompt as the processor and vLLM take it (its audio placeholder not yet expanded)."""
+        return family.render_prompt(processor, self.messages(family))
 
     def columns(self) -> dict[str, Any]:
         """The row's fields as reward keyword arguments (TRL passes dataset columns the same way)."""
@@ -178,6 +186,47 @@ def check_fields(row: Row) -> list[BadRow]:
     return bad
 
 
+@dataclass(frozen=True)
+class ContextLimit:
+    """What every prompt with its audio must fit: the engine's context less the completion's room.
+
+    Attributes:
+        processor: the checkpoint's processor (its chat template and tokenizer give the prompt's text tokens).
+        max_model_len: L, the engine's context length in tokens (prompt with audio tokens + completion).
+        max_new_tokens: K, the completion length cap.
+    """
+
+    processor: Any
+    max_model_len: int
+    max_new_tokens: int
+
+    @classmethod
+    def from_checkpoint(cls, model_dir: str | Path, max_new_tokens: int, max_model_len: int = 0) -> ContextLimit:
+        """The limit of the checkpoint in ``model_dir``: its processor, and ``max_model_len`` or, when 0, the
+        text model's ``max_position_embeddings`` (``models.base.context_length``)."""
+        from transformers import AutoConfig, AutoProcessor
+
+        config = AutoConfig.from_pretrained(model_dir)
+        return cls(AutoProcessor.from_pretrained(model_dir), context_length(config, max_model_len), max_new_tokens)
+
+    def prompt_tokens(self, family: type[ModelFamily], row: Row, seconds: float) -> tuple[int, int]:
+        """(prompt tokens with the audio expanded, audio tokens) of ``row`` with a clip of ``seconds``."""
+        text_tokens = len(self.processor.tokenizer(row.render(family, self.processor))["input_ids"])
+        return family.prompt_token_count(text_tokens, seconds), family.audio_token_count(seconds)
+
+    def problem(self, family: type[ModelFamily], row: Row, seconds: float) -> tuple[int, BadRow | None]:
+        """``row``'s prompt tokens (audio included), and a ``BadRow`` when they and ``max_new_tokens`` overflow."""
+        prompt, audio = self.prompt_tokens(family, row, seconds)
+        total = prompt + self.max_new_tokens
+        if total <= self.max_model_len:
+            return prompt, None
+        reason = (
+            f"prompt is {prompt} tokens with its audio ({audio} audio tokens for {seconds:.1f} s) + max_new_tokens "
+            f"{self.max_new_tokens} = {total} > context {self.max_model_len}; cut the audio or raise max_model_len"
+        )
+        return prompt, BadRow(row.id, "prompt", reason)
+
+
 @dataclass
 class ValidationReport:
     """Result of validating rows: the good ones, every bad one, and audio statistics.
@@ -187,12 +236,14 @@ class ValidationReport:
         bad: every failure (a row can fail on several fields).
         seconds: decoded duration per good row id (before truncation).
         truncated: ids of good rows whose audio is cut to the length limit.
+        prompt_tokens: per row id checked against a ``ContextLimit``, its prompt's tokens with the audio expanded.
     """
 
     good: list[Row]
     bad: list[BadRow]
     seconds: dict[str, float]
     truncated: list[str]
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
 
 
 def validate_rows(
@@ -201,6 +252,7 @@ def validate_rows(
     max_audio_seconds: float | None = None,
     long_audio: str = "truncate",
     decode: bool = True,
+    context: ContextLimit | None = None,
 ) -> ValidationReport:
     """Check every row (and decode its audio when ``decode``), collecting every failure.
 
@@ -210,11 +262,16 @@ def validate_rows(
         max_audio_seconds: overrides the family's limit.
         long_audio: ``truncate`` or ``reject`` audio over the limit.
         decode: decode every clip (finds corrupt data, NaN samples); False checks fields only.
+        context: also check that each prompt with its audio tokens (counted from the clip as cut to the limit)
+            plus ``max_new_tokens`` fits ``max_model_len``; needs ``family`` and ``decode``.
     """
+    if context is not None and (family is None or not decode):
+        raise ValueError("the context check needs a model family and decoded audio (decode=True)")
     good: list[Row] = []
     bad: list[BadRow] = []
     seconds: dict[str, float] = {}
     truncated: list[str] = []
+    prompt_tokens: dict[str, int] = {}
     seen: set[str] = set()
     for row in rows:
         problems = check_fields(row)
@@ -229,11 +286,14 @@ def validate_rows(
                     truncated.append(row.id)
             except AudioError as e:
                 problems.append(BadRow(row.id, e.field, e.reason))
+        if context is not None and not problems:
+            prompt_tokens[row.id], too_long = context.problem(family, row, clip.seconds)
+            problems += [too_long] if too_long else []
         if problems:
             bad.extend(problems)
         else:
             good.append(row)
-    return ValidationReport(good=good, bad=bad, seconds=seconds, truncated=truncated)
+    return ValidationReport(good=good, bad=bad, seconds=seconds, truncated=truncated, prompt_tokens=prompt_tokens)
 
 
 def _decode(row: Row, family: type[ModelFamily] | None, max_seconds: float | None, long_audio: str) -> AudioClip:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import AF3_STYLE_KEY_MAP, ModelFamily, TinySize, qwen2_text_config
+from .base import AF3_STYLE_KEY_MAP, ModelFamily, TinySize, qwen2_text_config, whisper_audio_tokens
+
+WINDOW_SECONDS = 30  # the feature extractor's chunk_length
 
 
 class AudioFlamingo3(ModelFamily):
@@ -23,6 +25,12 @@ class AudioFlamingo3(ModelFamily):
     projector_prefixes = ("model.multi_modal_projector.",)
     max_audio_seconds = 600.0
     checkpoint_key_map = AF3_STYLE_KEY_MAP
+
+    @classmethod
+    def audio_token_count(cls, seconds: float) -> int:
+        # The processor keeps whole 30 s windows up to max_audio_len and counts the mask over all of them at once.
+        windows = int(cls.max_audio_seconds // WINDOW_SECONDS)
+        return whisper_audio_tokens(seconds, windows * WINDOW_SECONDS, cls.sampling_rate)
 
     @classmethod
     def audio_config(cls, size: TinySize) -> dict[str, Any]:

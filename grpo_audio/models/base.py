@@ -9,6 +9,7 @@ is one file with a subclass of :class:`ModelFamily` plus one line in ``grpo_audi
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -71,6 +72,8 @@ class ModelFamily:
     projector_prefixes: ClassVar[tuple[str, ...]]
     #: the longest audio the family takes, in seconds (the processor's own limit).
     max_audio_seconds: ClassVar[float]
+    #: tokens the processor writes around each clip's audio tokens (Music Flamingo's ``<|sound_bos|>``/``_eos``).
+    audio_framing_tokens: ClassVar[int] = 0
     sampling_rate: ClassVar[int] = 16000
     #: (regex, replacement) pairs turning transformers' in-memory parameter names into the on-disk layout that
     #: both transformers and vLLM load.
@@ -132,6 +135,22 @@ class ModelFamily:
         return text.count(cls.audio_token)
 
     @classmethod
+    def audio_token_count(cls, seconds: float) -> int:
+        """How many ``audio_token`` placeholders the family's processor expands a clip of ``seconds`` (at
+        ``sampling_rate``) into: the processor's own arithmetic, so a prompt's length is known without running it."""
+        raise NotImplementedError
+
+    @classmethod
+    def prompt_token_count(cls, text_tokens: int, seconds: float) -> int:
+        """Tokens of a prompt once the processor has expanded its one audio placeholder.
+
+        Args:
+            text_tokens: the rendered prompt's tokens, its audio placeholder counted as one.
+            seconds: the clip's duration as the processor gets it (after any cut to the length limit).
+        """
+        return text_tokens - 1 + cls.audio_framing_tokens + cls.audio_token_count(seconds)
+
+    @classmethod
     def process(cls, processor: Any, texts: list[str], audios: list[np.ndarray], **kwargs: Any) -> Any:
         """Run the processor on rendered prompts and their audio (one clip per prompt), left-padded."""
         return processor(text=texts, audio=audios, sampling_rate=cls.sampling_rate, return_tensors="pt", **kwargs)
@@ -155,6 +174,30 @@ class ModelFamily:
     def processor_kwargs(cls) -> dict[str, Any]:
         """Extra constructor arguments of the family's processor."""
         return {}
+
+
+def whisper_audio_tokens(seconds: float, max_seconds: float, sampling_rate: int = 16000, hop_length: int = 160) -> int:
+    """Audio tokens of a Whisper-style encoder for a clip of ``seconds``: one mel frame per ``hop_length`` samples
+    (the feature extractor's attention mask, over at most ``max_seconds``), halved by the stride-2 convolution and
+    again by the stride-2 pooling (``_get_audio_token_length`` of the Audio Flamingo 3 / Music Flamingo processors,
+    the same sum in Qwen2-Audio's). A full 30 s window gives 750.
+    """
+    samples = min(round(seconds * sampling_rate), round(max_seconds * sampling_rate))
+    frames = math.ceil(samples / hop_length)
+    return ((frames - 1) // 2 + 1 - 2) // 2 + 1
+
+
+def context_length(model_config: Any, max_model_len: int | None = None) -> int:
+    """The engine's context length: ``max_model_len`` when set (above 0), else the text model's
+    ``max_position_embeddings``, which is where vLLM derives its default from for these families.
+
+    Args:
+        model_config: a transformers config of the checkpoint (composite or text-only).
+        max_model_len: ``rollout.max_model_len``; None or 0 for the model's own length.
+    """
+    if max_model_len:
+        return max_model_len
+    return int(model_config.get_text_config().max_position_embeddings)
 
 
 # Composite AF3-style models keep their parts under ``model.*`` in memory and under the part names on disk.

@@ -19,6 +19,7 @@ class MusicFlamingo(AudioFlamingo3):
     vllm_architecture = "MusicFlamingoForConditionalGeneration"
     audio_special_tokens = ("<sound>", "<|sound_bos|>", "<|sound_eos|>")
     max_audio_seconds = 1200.0
+    audio_framing_tokens = 2  # <|sound_bos|> and <|sound_eos|> around each clip's <sound> tokens
 
     @classmethod
     def tiny_config(cls, size: TinySize, token_ids: dict[str, int]) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import AF3_STYLE_KEY_MAP, ModelFamily, TinySize, qwen2_text_config
+from .base import AF3_STYLE_KEY_MAP, ModelFamily, TinySize, qwen2_text_config, whisper_audio_tokens
 
 
 class Qwen2Audio(ModelFamily):
@@ -25,6 +25,11 @@ class Qwen2Audio(ModelFamily):
     projector_prefixes = ("model.multi_modal_projector.",)
     max_audio_seconds = 30.0
     checkpoint_key_map = AF3_STYLE_KEY_MAP
+
+    @classmethod
+    def audio_token_count(cls, seconds: float) -> int:
+        # The feature extractor cuts every clip to its 30 s window.
+        return whisper_audio_tokens(seconds, 30.0, cls.sampling_rate)
 
     @classmethod
     def tiny_config(cls, size: TinySize, token_ids: dict[str, int]) -> Any:
