@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoProcessor
 
 from grpo_audio.data.check import check_data
 from grpo_audio.data.collate import collate_prompts
-from grpo_audio.data.loaders import load_manifest
+from grpo_audio.data.loaders import from_records, load_manifest
 from grpo_audio.data.schema import ContextLimit, DataError, Row, validate_rows
 from grpo_audio.models import get_family
 from grpo_audio.models.base import context_length
@@ -151,3 +151,13 @@ def test_context_check_needs_a_family_and_decoded_audio(af3):
     with pytest.raises(ValueError, match="needs a model family and decoded audio"):
         validate_rows(rows, None, context=context)
     assert validate_rows(rows, af3.family, context=context).prompt_tokens == {"a": af3.short[0] - 25}
+
+
+def test_every_loader_takes_the_context(af3):
+    """A list of records is checked as a manifest is (the loaders share ``validate_and_apply``)."""
+    records = [{"id": "a", "audio": sine(1.0), "sampling_rate": SR, "prompt": PROMPT}]
+    prompt = af3.short[0] - 25  # 1 s instead of 2 s: 25 fewer audio tokens
+    fits = ContextLimit(af3.processor, prompt + K, K)
+    assert [r.id for r in from_records(records, af3.family, context=fits)] == ["a"]
+    with pytest.raises(DataError, match=f"row 'a': field 'prompt': prompt is {prompt} tokens"):
+        from_records(records, af3.family, context=ContextLimit(af3.processor, prompt + K - 1, K))
