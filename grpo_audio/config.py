@@ -3,7 +3,10 @@
 The YAML files mirror these dataclasses exactly. Loading goes through omegaconf's structured configs, so an
 unknown key, a value of the wrong type or a missing required field fails at load time with a
 :class:`ConfigError` that names the key and, for unknown keys, the valid ones. Fields whose value is one of a
-fixed set declare ``choices`` in their metadata and are checked the same way.
+fixed set declare ``choices`` in their metadata, and numbers with a natural range (a fraction, a count, a rate)
+declare it as a :class:`Range` (``within``); both are checked the same way, in every schema. A file that is not
+valid YAML fails naming the file and line; ``key=`` (nothing after the '=') sets a text or list field to its empty
+value.
 
 Every field carries a one-line ``help`` string (``grpo-audio config-help`` prints them all).
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
@@ -35,6 +39,7 @@ from .advantages import SCALE_REWARDS
 from .audio import LONG_AUDIO
 from .data.schema import BAD_ROWS
 from .data.synthetic import LabelSpace
+from .errors import UserError
 from .loss import IS_MODES, LOSS_TYPES
 from .models import FAMILIES
 from .models.tiny import SIZES
@@ -49,8 +54,51 @@ T = TypeVar("T")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration could not be loaded: the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take: from ``low`` to ``high`` (None: unbounded), each end included unless open.
+
+    >>> FRACTION, 0.0 in FRACTION, 1.0 in FRACTION, str(COUNT)
+    (Range('(0, 1]'), False, True, '>= 1')
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        return self.side(value) is None
+
+    def side(self, value: float) -> str | None:
+        """'below' or 'above' for a value outside the range, None inside."""
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return "below"
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return "above"
+        return None
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def __repr__(self) -> str:
+        return f"Range({str(self)!r})"
+
+
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+COUNT = Range(1)
+FRACTION = Range(0, 1, low_open=True)  # a share that cannot be nothing: memory, nucleus mass
+SHARE = Range(0, 1)
+PROBABILITY_BELOW_1 = Range(0, 1, high_open=True)  # dropout: 1 would drop everything
 
 
 def setting(
@@ -58,15 +106,15 @@ def setting(
     help: str = "",
     choices: tuple[str, ...] | None = None,
     factory: Any = None,
-    minimum: float | None = None,
+    within: Range | None = None,
 ) -> Any:
-    """A dataclass field of a config schema, with its help string (and optional fixed choices, or the least value
-    a number may take) in its metadata; ``MISSING`` (the default) makes it required. ``load_config`` checks both."""
+    """A dataclass field of a config schema, with its help string (and optional fixed choices, or the range of a
+    number) in its metadata; ``MISSING`` (the default) makes it required. ``load_config`` checks both."""
     meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = choices
-    if minimum is not None:
-        meta["minimum"] = minimum
+    if within is not None:
+        meta["range"] = within
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -105,9 +153,9 @@ class LoraConfig:
     """Optional LoRA adapters (peft) on the language model."""
 
     enabled: bool = setting(False, help="Train LoRA adapters instead of the full model.")
-    r: int = setting(16, help="LoRA rank.", minimum=1)
-    alpha: int = setting(32, help="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = setting(0.0, help="Dropout on the LoRA branch.", minimum=0)
+    r: int = setting(16, help="LoRA rank.", within=COUNT)
+    alpha: int = setting(32, help="LoRA scaling numerator (scale = alpha / r).", within=POSITIVE)
+    dropout: float = setting(0.0, help="Dropout on the LoRA branch.", within=PROBABILITY_BELOW_1)
     target_modules: list[str] = setting(
         help="Module name suffixes that get adapters.",
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -136,7 +184,9 @@ class DataConfig:
         help="Audio longer than the family's limit: cut it (counted warning) or reject the row.",
         choices=LONG_AUDIO,
     )
-    max_audio_seconds: float = setting(0.0, help="Override the family's audio length limit; 0 uses the family's.")
+    max_audio_seconds: float = setting(
+        0.0, help="Override the family's audio length limit; 0 uses the family's.", within=NON_NEGATIVE
+    )
 
 
 @dataclass
@@ -144,15 +194,19 @@ class RolloutConfig:
     """How completions are sampled."""
 
     engine: str = setting("vllm", help="Generation engine.", choices=ENGINES)
-    max_new_tokens: int = setting(256, help="Completion length cap.", minimum=1)
-    temperature: float = setting(1.0, help="Sampling temperature.", minimum=0)
-    top_p: float = setting(1.0, help="Nucleus sampling mass.")
-    top_k: int = setting(-1, help="Top-k sampling; -1 disables it.")
+    max_new_tokens: int = setting(256, help="Completion length cap.", within=COUNT)
+    temperature: float = setting(1.0, help="Sampling temperature.", within=NON_NEGATIVE)
+    top_p: float = setting(1.0, help="Nucleus sampling mass.", within=FRACTION)
+    top_k: int = setting(-1, help="Top-k sampling; -1 (or 0) disables it.", within=Range(-1))
     gpu_memory_utilization: float = setting(
-        0.3, help="vLLM's memory fraction (of the GPU, or of the NUMA node's RAM on CPU, where 0.9 fails)."
+        0.3,
+        help="vLLM's memory fraction (of the GPU, or of the NUMA node's RAM on CPU, where 0.9 fails).",
+        within=FRACTION,
     )
-    tensor_parallel_size: int = setting(1, help="vLLM tensor-parallel degree for rollouts.", minimum=1)
-    max_model_len: int = setting(4096, help="vLLM context length (prompt with audio tokens + completion).", minimum=1)
+    tensor_parallel_size: int = setting(1, help="vLLM tensor-parallel degree for rollouts.", within=COUNT)
+    max_model_len: int = setting(
+        4096, help="vLLM context length (prompt with audio tokens + completion).", within=COUNT
+    )
     enforce_eager: bool = setting(True, help="Skip CUDA-graph capture in vLLM (faster start, slower decode).")
 
 
@@ -160,45 +214,53 @@ class RolloutConfig:
 class GRPOConfig:
     """The algorithm's knobs (see loss.py / advantages.py for the maths)."""
 
-    num_generations: int = setting(8, help="G: completions sampled per prompt (the group).", minimum=2)
+    num_generations: int = setting(8, help="G: completions sampled per prompt (the group).", within=Range(2))
     beta: float = setting(
-        0.0, help="KL coefficient to the reference policy (k3 estimator); 0 loads no reference model.", minimum=0
+        0.0,
+        help="KL coefficient to the reference policy (k3 estimator); 0 loads no reference model.",
+        within=NON_NEGATIVE,
     )
-    epsilon: float = setting(0.2, help="Lower clip range of the importance ratio.", minimum=0)
-    epsilon_high: float = setting(0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28).", minimum=0)
+    epsilon: float = setting(0.2, help="Lower clip range of the importance ratio.", within=NON_NEGATIVE)
+    epsilon_high: float = setting(0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28).", within=NON_NEGATIVE)
     loss_type: str = setting("dapo", help="Loss aggregation.", choices=LOSS_TYPES)
     scale_rewards: str = setting(
         "group",
         help="Advantage normalisation: group std (GRPO), batch std, or none (Dr. GRPO).",
         choices=SCALE_REWARDS,
     )
-    num_iterations: int = setting(1, help="mu: optimisation passes over each batch of rollouts.", minimum=1)
+    num_iterations: int = setting(1, help="mu: optimisation passes over each batch of rollouts.", within=COUNT)
     shared_prefix: bool = setting(
         True, help="Logprob passes run each prompt and its audio once per group (false: per sample, the reference)."
     )
-    std_floor: float = setting(0.0, help="Lower bound on the reward std used to scale advantages.", minimum=0)
+    std_floor: float = setting(
+        0.0, help="Lower bound on the reward std used to scale advantages.", within=NON_NEGATIVE
+    )
     negative_weight: float = setting(
         1.0,
         help="Factor on negative advantages (1: GRPO; 0: successes only, positive-sample reinforcement, which "
         "sharpens the policy; arXiv 2506.01347).",
-        minimum=0,
+        within=NON_NEGATIVE,
     )
     dynamic_sampling: bool = setting(False, help="Drop groups with equal rewards and refill from new prompts (DAPO).")
     replay_coef: float = setting(
         0.0,
         help="Weight of the replayed rows' mean token negative log-likelihood (data.replay) in each update; 0: none.",
-        minimum=0,
+        within=NON_NEGATIVE,
     )
     replay_rows: int = setting(
-        8, help="Rows of data.replay per step over all processes (the number of processes must divide it).", minimum=1
+        8,
+        help="Rows of data.replay per step over all processes (the number of processes must divide it).",
+        within=COUNT,
     )
-    max_resample_rounds: int = setting(2, help="Extra rollout rounds dynamic sampling may spend per step.", minimum=0)
+    max_resample_rounds: int = setting(
+        2, help="Extra rollout rounds dynamic sampling may spend per step.", within=NON_NEGATIVE
+    )
     is_mode: str = setting(
         "token_truncate",
         help="Rollout/trainer importance-sampling correction.",
         choices=IS_MODES,
     )
-    is_cap: float = setting(2.0, help="Upper bound of the importance-sampling ratio.")
+    is_cap: float = setting(2.0, help="Upper bound of the importance-sampling ratio.", within=POSITIVE)
     is_ratio_band: list[float] = setting(
         help="[low, high]: warn when a step's mean importance-sampling ratio (trainer vs rollout engine, before "
         "truncation) leaves this band: the two no longer compute the same distribution.",
@@ -227,33 +289,37 @@ class RewardSpec:
 class TrainConfig:
     """Optimisation schedule and bookkeeping."""
 
-    lr: float = setting(1e-6, help="Peak learning rate.", minimum=0)
-    max_steps: int = setting(100, help="Number of optimiser steps.", minimum=1)
+    lr: float = setting(1e-6, help="Peak learning rate.", within=POSITIVE)
+    max_steps: int = setting(100, help="Number of optimiser steps.", within=COUNT)
     prompts_per_step: int = setting(
         8,
         help="Prompts per step over all processes (each sampled G times); each process takes an equal share, so "
         "the number of processes must divide it.",
-        minimum=1,
+        within=COUNT,
     )
-    warmup_ratio: float = setting(0.03, help="Fraction of steps with linear warm-up (paper: 0.03).", minimum=0)
+    warmup_ratio: float = setting(0.03, help="Fraction of steps with linear warm-up (paper: 0.03).", within=SHARE)
     lr_scheduler: str = setting("cosine", help="Learning-rate schedule.", choices=("cosine", "linear", "constant"))
-    max_grad_norm: float = setting(1.0, help="Gradient clipping norm.")
+    max_grad_norm: float = setting(1.0, help="Gradient clipping norm.", within=POSITIVE)
     micro_batch_size: int = setting(
-        8, help="Completions per forward/backward; gradients accumulate over the whole rollout batch.", minimum=1
+        8, help="Completions per forward/backward; gradients accumulate over the whole rollout batch.", within=COUNT
     )
-    weight_decay: float = setting(0.0, help="AdamW weight decay.", minimum=0)
-    eval_every: int = setting(0, help="Evaluate every N steps; 0 disables.", minimum=0)
-    eval_rows: int = setting(64, help="Rows of the eval set used per evaluation (0 = all).", minimum=0)
-    eval_temperature: float = setting(0.0, help="Sampling temperature at evaluation (0 = greedy).", minimum=0)
+    weight_decay: float = setting(0.0, help="AdamW weight decay.", within=NON_NEGATIVE)
+    eval_every: int = setting(0, help="Evaluate every N steps; 0 disables.", within=NON_NEGATIVE)
+    eval_rows: int = setting(64, help="Rows of the eval set used per evaluation (0 = all).", within=NON_NEGATIVE)
+    eval_temperature: float = setting(
+        0.0, help="Sampling temperature at evaluation (0 = greedy).", within=NON_NEGATIVE
+    )
     eval_generations: int = setting(
         1,
         help="Completions per eval prompt (TRL's num_generations_eval); the eval metrics average over them. With "
         "eval_temperature = rollout.temperature this estimates the reward the policy earns as it samples.",
-        minimum=1,
+        within=COUNT,
     )
-    samples_per_eval: int = setting(8, help="Sample completions written to samples.jsonl per evaluation.", minimum=0)
-    save_every: int = setting(0, help="Checkpoint every N steps; 0 saves only at the end.", minimum=0)
-    keep_last: int = setting(2, help="Number of checkpoints kept.", minimum=1)
+    samples_per_eval: int = setting(
+        8, help="Sample completions written to samples.jsonl per evaluation.", within=NON_NEGATIVE
+    )
+    save_every: int = setting(0, help="Checkpoint every N steps; 0 saves only at the end.", within=NON_NEGATIVE)
+    keep_last: int = setting(2, help="Number of checkpoints kept.", within=COUNT)
     resume: str = setting(
         "auto",
         help="Resume from this run's newest complete checkpoint ('auto'), a checkpoint path, or 'never' (a new run).",
@@ -267,7 +333,7 @@ class TrainConfig:
         3,
         help="A step whose loss or gradient norm is NaN/Inf is skipped (no update, no sync, no checkpoint); this "
         "many in a row stop the run with an error naming the step.",
-        minimum=0,
+        within=NON_NEGATIVE,
     )
 
 
@@ -297,7 +363,7 @@ class RunConfig:
     """A GRPO run: the top-level schema of a training YAML."""
 
     output_dir: str = setting(help="Where checkpoints, metrics and plots go; required.")
-    seed: int = setting(0, help="Seed for sampling, data order and initialisation.")
+    seed: int = setting(0, help="Seed for sampling, data order and initialisation.", within=NON_NEGATIVE)
     model: ModelConfig = setting(help="Model to train.", factory=ModelConfig)
     lora: LoraConfig = setting(help="Optional LoRA adapters.", factory=LoraConfig)
     data: DataConfig = setting(help="Training and evaluation data.", factory=DataConfig)
@@ -366,7 +432,7 @@ def _type_hints(cls: type) -> dict[str, Any]:
 
 
 def check_values(obj: Any, prefix: str = "") -> None:
-    """Each field's value against its ``choices`` and ``minimum``, recursing into sections and lists of them."""
+    """Each field's value against its ``choices`` and ``range``, recursing into sections and lists of them."""
     if isinstance(obj, list):
         for i, item in enumerate(obj):
             check_values(item, f"{prefix}[{i}]")
@@ -379,9 +445,9 @@ def check_values(obj: Any, prefix: str = "") -> None:
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"config key '{key}' = {value!r} is not one of: {', '.join(choices)}.")
-        minimum = f.metadata.get("minimum")
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"config key '{key}' = {value!r} is below its least value, {minimum:g}.")
+        within = f.metadata.get("range")
+        if within is not None and (side := within.side(value)):
+            raise ConfigError(f"config key '{key}' = {value!r} is {side} its range, {within}.")
         check_values(value, key)
 
 
@@ -464,8 +530,8 @@ def set_list_item(schema: type, cfg: DictConfig, override: str, source: str) -> 
             node = node[part]
         else:
             break  # OmegaConf.update names the unknown key below
-    value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]))["value"]
     leaf = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", ".".join(parts))  # stages[1].epochs
+    value = _override_value(schema, leaf, text, source)
     node_cls = _node_class(schema, leaf)
     if node_cls is not None:  # unknown keys and true/false settings as a YAML file's are checked
         _check_keys(node_cls, {parts[-1]: value}, source, leaf[: len(leaf) - len(parts[-1])])
@@ -503,7 +569,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        cfg = merge_config(schema, cfg, OmegaConf.load(path), str(path))
+        cfg = merge_config(schema, cfg, _read_yaml(path), str(path))
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
@@ -511,12 +577,71 @@ def load_config(
         items = [o for o in overrides if _LIST_ITEM.search(o.split("=", 1)[0])]
         plain = [o for o in overrides if o not in items]
         if plain:
-            cfg = merge_config(schema, cfg, OmegaConf.from_dotlist(plain), "command line")
+            cfg = merge_config(schema, cfg, _read_overrides(schema, plain, "command line"), "command line")
         for override in items:
             set_list_item(schema, cfg, override, "command line")
     obj = to_object(cfg, schema)
     _check_rewards(obj)
     return obj
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    """A config file's settings; a file that is not YAML, or not a mapping of keys, fails naming the file (and the
+    line and column of the fault)."""
+    try:
+        data = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(e)}") from e
+    except OSError as e:  # omegaconf's word for a file holding a single value
+        raise ConfigError(f"{path}: cannot be read as a config: {e}") from e
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"{path}: a config file is a mapping of keys (key: value), not a list")
+    return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """What a YAML parser says is wrong, on one line ("found duplicate key seed", "did not find expected ',' ...")."""
+    problem, context = getattr(e, "problem", None), getattr(e, "context", None)
+    if problem is None:
+        return str(e).splitlines()[0]
+    return f"{context}: {problem}" if context else problem
+
+
+def _read_overrides(schema: type, overrides: list[str], source: str) -> DictConfig:
+    """``key=value`` overrides as one config node, each value read by :func:`_override_value`."""
+    node = OmegaConf.create()
+    for override in overrides:
+        key, text = override.split("=", 1)
+        OmegaConf.update(node, key, _override_value(schema, key, text, source), merge=True)
+    return node
+
+
+_EMPTY: dict[type, Any] = {str: "", list: []}
+
+
+def _override_value(schema: type, key: str, text: str, source: str) -> Any:
+    """The value of the override ``key=text``, read as YAML as omegaconf reads it, except that ``key=`` (nothing
+    after the '=', which YAML reads as null and no field takes) sets a text or list field to its empty value.
+
+    Raises:
+        ConfigError: the text is not valid YAML, or ``key=`` for a field that has no empty value (a number, a flag,
+            a mapping, whose overrides merge into it).
+    """
+    if not text.strip():
+        node = _node_class(schema, key)
+        hint = _type_hints(node).get(re.sub(r"\[\d+\]", "", key).split(".")[-1]) if node is not None else None
+        origin = typing.get_origin(hint) or hint
+        if origin in _EMPTY:
+            return type(_EMPTY[origin])()
+        if hint is not None:
+            raise ConfigError(f"{source}: config key '{key}' needs a value ({getattr(hint, '__name__', hint)})")
+        return None  # an unknown key: named as one when it is merged
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]))["value"]
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: config key '{key}': {text!r} is not valid YAML: {_yaml_problem(e)}") from e
 
 
 def _check_rewards(cfg: Any) -> None:
@@ -534,8 +659,8 @@ def help_of(schema: type, name: str) -> str:
 
 
 def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:
-    """One line per field, ``key (type, default): help [choices]`` (or ``[>= minimum]``), recursing into nested
-    sections."""
+    """One line per field, ``key (type, default): help [choices]`` (or its range: ``[>= 1]``, ``[in (0, 1]]``),
+    recursing into nested sections."""
     lines: list[str] = []
     hints = _type_hints(schema)
     for f in dataclasses.fields(schema):
@@ -553,8 +678,10 @@ def describe(schema: type = RunConfig, prefix: str = "") -> list[str]:
             default = "required"
         tname = getattr(t, "__name__", str(t))
         choices = f.metadata.get("choices")
-        minimum = f.metadata.get("minimum")
-        extra = f" [{' | '.join(choices)}]" if choices else f" [>= {minimum:g}]" if minimum is not None else ""
+        within = f.metadata.get("range")
+        extra = f" [{' | '.join(choices)}]" if choices else ""
+        if within is not None:  # [>= 1], [in (0, 1]]
+            extra = f" [{within}]" if within.low is None or within.high is None else f" [in {within}]"
         lines.append(f"{key} ({tname}, {default}): {f.metadata['help']}{extra}")
         sub = _resolve_field_type(schema, f.name)
         if sub is not None:
@@ -569,12 +696,14 @@ STAGE_KINDS = ("text_pretrain", "sft", "cold_start", "grpo", "eval")
 class SupervisedSettings:
     """How long and how a supervised stage trains: what a recipe's stage sets and ``sft.SFTConfig`` extends."""
 
-    epochs: float = setting(1.0, help="Supervised stages: epochs over the rows.")
+    epochs: float = setting(1.0, help="Supervised stages: epochs over the rows.", within=NON_NEGATIVE)
     max_steps: int = setting(
-        -1, help="Supervised stages: optimiser steps (overrides epochs when > 0); a GRPO stage: use grpo_overrides."
+        -1,
+        help="Supervised stages: optimiser steps (overrides epochs when > 0); a GRPO stage: use grpo_overrides.",
+        within=Range(-1),
     )
-    lr: float = setting(1e-4, help="Supervised stages: peak learning rate.", minimum=0)
-    batch_size: int = setting(8, help="Supervised stages: rows per optimiser step.", minimum=1)
+    lr: float = setting(1e-4, help="Supervised stages: peak learning rate.", within=POSITIVE)
+    batch_size: int = setting(8, help="Supervised stages: rows per optimiser step.", within=COUNT)
     freeze_audio_encoder: bool = setting(
         False,
         help="Supervised stages: keep the audio encoder fixed; its output for each clip is then computed once and "
@@ -604,7 +733,9 @@ class StageConfig(SupervisedSettings):
         "with the recipe's seed (a cold start on chains alone overwrites the direct answers sft taught). GRPO "
         "stages: data.replay, grpo.replay_rows a step at weight grpo.replay_coef (set in grpo_overrides).",
     )
-    replay_ratio: float = setting(1.0, help="SFT stages: replayed rows per row of the stage's own data.", minimum=0)
+    replay_ratio: float = setting(
+        1.0, help="SFT stages: replayed rows per row of the stage's own data.", within=NON_NEGATIVE
+    )
     grpo_overrides: dict[str, Any] = setting(
         help="GRPO stage: dotted overrides of the recipe's run settings, e.g. {train.max_steps: 20}.", factory=dict
     )
@@ -620,20 +751,20 @@ class StageConfig(SupervisedSettings):
 class CorpusConfig:
     """The synthetic music-theory corpus (``data/synthetic.py``): how many clips, drawn from which labels."""
 
-    n: int = setting(400, help="Training clips.", minimum=1)
-    n_eval: int = setting(100, help="Held-out clips.", minimum=0)
+    n: int = setting(400, help="Training clips.", within=COUNT)
+    n_eval: int = setting(100, help="Held-out clips.", within=NON_NEGATIVE)
     n_rl: int = setting(
         0,
         help="Clips of their own for the GRPO prompts (rl.jsonl), unseen in SFT (0: the training clips).",
-        minimum=0,
+        within=NON_NEGATIVE,
     )
-    seed: int = setting(0, help="Corpus seed.")
+    seed: int = setting(0, help="Corpus seed.", within=NON_NEGATIVE)
     chord_qualities: list[str] = setting(
         help="Chord qualities the chord clips draw from (default: all seven: major, minor, diminished, augmented, "
         "dominant/major/minor seventh).",
         factory=list,
     )
-    tempo_step: int = setting(4, help="Tempo grid step in BPM over 64-160 (4: 25 tempi; 16: 7 tempi).")
+    tempo_step: int = setting(4, help="Tempo grid step in BPM over 64-160 (4: 25 tempi; 16: 7 tempi).", within=COUNT)
     registers: list[int] = setting(
         help="MIDI notes of the C that pitched clips are built up from, one drawn per clip (default: 48, 60, 72; "
         "C2-C6 allowed). Notes from C5 (72) up are resolved by the Whisper front end without overtones.",
@@ -680,7 +811,7 @@ class FinalEvalConfig:
         "letter", help="What the prompts ask for: the choice's letter or its text.", choices=ANSWER_FORMATS
     )
     think: bool = setting(False, help="The prompts also ask for <think> reasoning, then an <answer> block.")
-    max_rows: int = setting(0, help="Score the file's first N questions only (0 = all).", minimum=0)
+    max_rows: int = setting(0, help="Score the file's first N questions only (0 = all).", within=NON_NEGATIVE)
 
 
 @dataclass
@@ -688,14 +819,14 @@ class EvalSettings:
     """How a model is evaluated on a file (greedy): what `grpo-audio eval` and the recipe's evaluations share."""
 
     data: str = setting("synthetic:eval", help="Eval manifest (or 'synthetic:eval').")
-    max_rows: int = setting(0, help="Evaluate the first N rows only (0 = all).", minimum=0)
-    max_new_tokens: int = setting(128, help="Completion length cap at evaluation.", minimum=1)
+    max_rows: int = setting(0, help="Evaluate the first N rows only (0 = all).", within=NON_NEGATIVE)
+    max_new_tokens: int = setting(128, help="Completion length cap at evaluation.", within=COUNT)
     engine: str = setting("hf", help="Engine for evaluation (greedy decoding).", choices=ENGINES)
     batch_size: int = setting(
         HF_BATCH_SIZE,
         help="The hf engine's prompts per generate call (greedy and sampled; a sampled prompt's k completions go "
         "together); vLLM schedules its own batches.",
-        minimum=1,
+        within=COUNT,
     )
     answer_format: str = setting(
         "letter",
@@ -714,7 +845,7 @@ class RecipeEvalConfig(EvalSettings):
         help="k: also sample k completions per eval prompt at the rollout temperature, for the sampled reward and "
         "pass@1 / pass@k with 95% bootstrap intervals, and GRPO stages' paired difference from the stage before "
         "(sampled_eval.py); 0 skips it.",
-        minimum=0,
+        within=NON_NEGATIVE,
     )
     base: bool = setting(True, help="Evaluate the base model too, before the first stage (the report's 'base' row).")
     samples_at: str = setting(
@@ -753,6 +884,7 @@ class RecipeConfig(RunConfig):
         4.0,
         help="Memory for the log-mel features and frozen-encoder outputs every stage shares (audio_cache.py; a 30 s "
         "window's features take 1.5 MB).",
+        within=NON_NEGATIVE,
     )
     synthetic: SyntheticConfig = setting(help="Synthetic corpus generation.", factory=SyntheticConfig)
     eval: RecipeEvalConfig = setting(help="Evaluation after each training stage.", factory=RecipeEvalConfig)

@@ -35,11 +35,11 @@ def test_verbose_anywhere_on_the_line(tmp_path, where, capsys):
 
 
 def test_nonsense_settings_are_refused_before_any_work(tmp_path):
-    with pytest.raises(ConfigError, match=r"'n' = 0 is below its least value, 1"):
+    with pytest.raises(ConfigError, match=r"'n' = 0 is below its range, >= 1\."):
         main(["synth", f"output_dir={tmp_path / 's'}", "n=0"])
-    with pytest.raises(ConfigError, match=r"'max_rows' = -1 is below its least value, 0"):
+    with pytest.raises(ConfigError, match=r"'max_rows' = -1 is below its range, >= 0\."):
         main(["eval", "model=m", "data=d", "max_rows=-1"])
-    with pytest.raises(ConfigError, match=r"'batch_size' = 0 is below its least value, 1"):
+    with pytest.raises(ConfigError, match=r"'batch_size' = 0 is below its range, >= 1\."):
         main(["eval", "model=m", "data=d", "batch_size=0"])
     with pytest.raises(ConfigError, match="epochs .* or max_steps"):
         main(["sft", "model=m", "data=d", f"output_dir={tmp_path / 'o'}", "epochs=0"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 
@@ -95,26 +96,185 @@ def test_wrong_type_names_key(tmp_path):
         load_config(write(tmp_path, GOOD), ["train.max_steps=many"])
 
 
+TINY = Path(__file__).resolve().parents[1] / "examples" / "music_flamingo" / "tiny.yaml"
+
+# Every number of a recipe (a GRPO run's settings and the recipe's own) with a natural range, and the range.
+RANGES = {
+    "seed": ">= 0",
+    "lora.r": ">= 1",
+    "lora.alpha": "> 0",
+    "lora.dropout": "[0, 1)",
+    "data.max_audio_seconds": ">= 0",
+    "rollout.max_new_tokens": ">= 1",
+    "rollout.temperature": ">= 0",
+    "rollout.top_p": "(0, 1]",
+    "rollout.top_k": ">= -1",
+    "rollout.gpu_memory_utilization": "(0, 1]",
+    "rollout.tensor_parallel_size": ">= 1",
+    "rollout.max_model_len": ">= 1",
+    "grpo.num_generations": ">= 2",
+    "grpo.beta": ">= 0",
+    "grpo.epsilon": ">= 0",
+    "grpo.epsilon_high": ">= 0",
+    "grpo.num_iterations": ">= 1",
+    "grpo.std_floor": ">= 0",
+    "grpo.negative_weight": ">= 0",
+    "grpo.replay_coef": ">= 0",
+    "grpo.replay_rows": ">= 1",
+    "grpo.max_resample_rounds": ">= 0",
+    "grpo.is_cap": "> 0",
+    "train.lr": "> 0",
+    "train.max_steps": ">= 1",
+    "train.prompts_per_step": ">= 1",
+    "train.warmup_ratio": "[0, 1]",
+    "train.max_grad_norm": "> 0",
+    "train.micro_batch_size": ">= 1",
+    "train.weight_decay": ">= 0",
+    "train.eval_every": ">= 0",
+    "train.eval_rows": ">= 0",
+    "train.eval_temperature": ">= 0",
+    "train.eval_generations": ">= 1",
+    "train.samples_per_eval": ">= 0",
+    "train.save_every": ">= 0",
+    "train.keep_last": ">= 1",
+    "train.max_skipped_steps": ">= 0",
+    "audio_cache_gb": ">= 0",
+    "synthetic.n": ">= 1",
+    "synthetic.n_eval": ">= 0",
+    "synthetic.n_rl": ">= 0",
+    "synthetic.seed": ">= 0",
+    "synthetic.tempo_step": ">= 1",
+    "eval.max_rows": ">= 0",
+    "eval.max_new_tokens": ">= 1",
+    "eval.batch_size": ">= 1",
+    "eval.samples": ">= 0",
+    "eval.final[0].max_rows": ">= 0",
+    "stages[0].epochs": ">= 0",
+    "stages[0].max_steps": ">= -1",
+    "stages[0].lr": "> 0",
+    "stages[0].batch_size": ">= 1",
+    "stages[0].replay_ratio": ">= 0",
+}
+
+
+def _values(within: str, integer: bool) -> tuple[list[str], list[str]]:
+    """Override texts outside ``within`` (its open ends included) and at its closed ends (just inside an open end),
+    for an integer or a float field."""
+    step = 1 if integer else 0.5
+    inside = 1 if integer else 1e-6
+    if within[0] in "<>":
+        op, bound = within.split()
+        low = int(bound) if integer else float(bound)
+        if op == ">=":
+            return [str(low - step)], [str(low)]
+        return [str(low), str(low - step)], [str(low + inside)]
+    low, high = (float(x) for x in within[1:-1].split(", "))
+    bad = [str(low - step), str(high + step)] + [str(low)] * (within[0] == "(") + [str(high)] * (within[-1] == ")")
+    good = [
+        str(low) if within[0] == "[" else str(low + inside),
+        str(high) if within[-1] == "]" else str(high - inside),
+    ]
+    return bad, good
+
+
+def _get(cfg, key: str):
+    for part in re.sub(r"\[0\]", ".0", key).split("."):
+        cfg = cfg[int(part)] if part.isdigit() else getattr(cfg, part)
+    return cfg
+
+
+def _ranged_fields(schema, prefix=""):
+    """``{key: range}`` of every field with a range, the first item of each list standing for all its items."""
+    from grpo_audio.config import _resolve_field_type
+
+    out = {}
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if "range" in f.metadata:
+            out[f"{prefix}{f.name}"] = str(f.metadata["range"])
+        sub = _resolve_field_type(schema, f.name)
+        if sub is not None:
+            out.update(
+                _ranged_fields(sub, f"{prefix}{f.name}" + ("." if dataclasses.is_dataclass(hints[f.name]) else "[0]."))
+            )
+    return out
+
+
+def test_every_number_with_a_natural_range_declares_it():
+    from grpo_audio.config import RecipeConfig
+
+    assert _ranged_fields(RecipeConfig) == RANGES
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+def test_a_value_outside_its_range_is_refused_when_read_and_its_ends_are_taken(key):
+    """The range of a number is part of its field: a value outside it is refused when the config is read, in one
+    line naming the key, the value and the range (``rollout.gpu_memory_utilization=1.5`` used to be taken, a
+    negative ``negative_weight`` failed only at the first GRPO step); a value at a closed end is taken, and
+    ``describe`` shows the range."""
+    from grpo_audio.config import RecipeConfig
+
+    within = RANGES[key]
+    bad, good = _values(within, isinstance(_get(load_config(TINY, [], RecipeConfig), key), int))
+    for value in bad:
+        with pytest.raises(ConfigError) as e:
+            load_config(TINY, [f"{key}={value}"], RecipeConfig)
+        found = re.fullmatch(
+            rf"config key '{re.escape(key)}' = (\S+) is (below|above) its range, (.+)\.", str(e.value)
+        )
+        assert found, str(e.value)
+        assert float(found[1]) == float(value) and found[3] == within
+    for value in good:
+        assert _get(load_config(TINY, [f"{key}={value}"], RecipeConfig), key) == pytest.approx(float(value))
+    shown = re.sub(r"\[0\]", "[]", key)
+    expect = f"[{within}]" if within[0] in "<>" else f"[in {within}]"
+    assert any(line.startswith(f"{shown} (") and line.endswith(expect) for line in describe(RecipeConfig))
+
+
+def test_an_empty_value_on_the_command_line_empties_a_text_or_list_field(tmp_path):
+    """``data.eval=`` disables evaluation as its help says (omegaconf alone reads it as null and fails), and so
+    for every text field; a list field becomes empty; a number, a flag or a mapping (whose overrides merge into it)
+    needs a value."""
+    from grpo_audio.config import RecipeConfig
+
+    path = write(tmp_path, GOOD.replace("model:", "data: {eval: held_out.jsonl, train_tasks: [key]}\nmodel:"))
+    assert load_config(path).data.eval == "held_out.jsonl"
+    cfg = load_config(path, ["data.eval=", "data.train_tasks=", "parallel.compute_dtype="])
+    assert (cfg.data.eval, cfg.data.train_tasks, cfg.parallel.compute_dtype) == ("", [], "")
+    recipe = load_config(TINY, ["stages[2].replay=", "tiny_model="], RecipeConfig)
+    assert recipe.stages[2].replay == "" and recipe.tiny_model == ""
+    assert load_config(TINY, [], RecipeConfig).stages[2].replay  # the premise: the file sets it
+    for key in ("train.lr", "seed", "lora.enabled", "rewards[1].kwargs", "model"):
+        with pytest.raises(ConfigError, match=rf"^command line: config key '{re.escape(key)}' needs a value"):
+            load_config(path, [f"{key}="])
+    with pytest.raises(ConfigError, match="'model.family' = '' is not one of"):
+        load_config(path, ["model.family="])
+
+
 @pytest.mark.parametrize(
-    "override, least",
+    "text, where, problem",
     [
-        ("grpo.negative_weight=-0.5", "0"),
-        ("grpo.num_generations=1", "2"),
-        ("train.lr=-0.001", "0"),
-        ("train.prompts_per_step=0", "1"),
-        ("rollout.temperature=-0.5", "0"),
-        ("lora.r=0", "1"),
+        ("output_dir: x\nmodel: {path: p, family: [qwen2_audio}\n", "cfg.yaml:2:", "did not find expected"),
+        ("output_dir: x\n  seed: 2\n", "cfg.yaml:2:7", "mapping values are not allowed"),
+        ("seed: 1\nseed: 2\n", "cfg.yaml:2:1", "found duplicate key seed"),
+        ("output_dir: x\n\tseed: 2\n", "cfg.yaml:2:", "found a tab character"),
     ],
 )
-def test_a_value_below_its_least_is_refused_when_read(tmp_path, override, least):
-    """The least value a number may take is part of its field: refused when the YAML is read, naming the key and
-    the bound (a negative negative_weight used to fail only at the first GRPO step), and shown by ``describe``;
-    the bound itself is accepted."""
-    key, value = override.split("=")
-    with pytest.raises(ConfigError, match=rf"'{key}' = {value} is below its least value, {least}\."):
-        load_config(write(tmp_path, GOOD), [override])
-    assert load_config(write(tmp_path, GOOD), [f"{key}={least}"]) is not None
-    assert any(line.startswith(f"{key} (") and line.endswith(f"[>= {least}]") for line in describe(RunConfig))
+def test_a_file_that_is_not_yaml_fails_naming_the_file_and_line(tmp_path, text, where, problem):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    message = str(e.value)
+    assert "\n" not in message and problem in message and "not valid YAML" in message
+    assert message.startswith(str(tmp_path / where)), message
+
+
+def test_a_file_or_value_that_is_no_mapping_of_keys_fails_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"cfg.yaml: a config file is a mapping of keys \(key: value\), not a list"):
+        load_config(write(tmp_path, "- output_dir: x\n"))
+    with pytest.raises(ConfigError, match=r"cfg.yaml: cannot be read as a config"):
+        load_config(write(tmp_path, "3\n"))
+    with pytest.raises(ConfigError, match=r"^command line: config key 'data.train_tasks': '\[key,' is not valid YAML"):
+        load_config(write(tmp_path, GOOD), ["data.train_tasks=[key,"])
 
 
 def test_bad_choice_names_key_and_choices(tmp_path):

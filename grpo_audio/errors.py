@@ -1,0 +1,13 @@
+"""The errors a user can cause, told apart from bugs.
+
+A :class:`UserError` (a config, a reward, data or an output folder that cannot be used) names its cause in its
+message; the ``grpo-audio`` executable reports it in one line with exit status 2 and keeps its traceback in the
+command's log file (``cli.USER_ERRORS`` lists it with the older error types that name their cause too). Any other
+exception is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error the user's input causes; the message names the input and what is wrong with it."""
