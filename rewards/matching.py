@@ -5,8 +5,11 @@ so that what a loader accepts, what a reward credits and what an evaluation repo
 
 Precedence, for the answer text (the last ``<answer>`` block, else the text outside think blocks):
 
-1. A leading answer phrase is dropped ("Answer:", "The correct answer is", "Option", "Final answer:"), and so
-   are trailing full stops and wrapping quotes, brackets or markdown bold.
+1. Markup is read through (``text.strip_markup``, for answers and choice texts alike): LaTeX (``$B$``,
+   ``\\(B\\)``, ``\\boxed{\\text{B}}``, ``\\textbf{B}``, ``\\mathrm{B}``), Markdown (``**B**``, ``*B*``, ``__B__``,
+   ```B```), HTML emphasis, quotes (straight or curly), a letter in any brackets ("[B]" is "(B)") and unicode
+   accidentals. A leading answer phrase is dropped ("Answer:", "The correct answer is", "Option", "Final
+   answer:", in any case), and so are trailing full stops and wrapping quotes or brackets.
 2. An explicit option letter alone, "(B)" or "B)", names choice B.
 3. The whole answer equal to a choice's text names that choice. Texts are compared normalised: case, unicode
    sharps and flats, punctuation and whitespace folded; the articles "a", "an", "the" dropped only where
@@ -14,7 +17,8 @@ Precedence, for the answer text (the last ``<answer>`` block, else the text outs
    note names ("D", "A", "Cm7b5") are therefore matched as text before any letter reading, unless the prompt
    asked for a letter (``prefer="letter"``), in which case steps 3 and 4 swap.
 4. A lone letter in any case, "b" or "B.", names that choice, for letters up to the number of choices.
-5. A lettered start, "(B) A minor", "B. A minor" or "B) A minor", names B and whatever the rest names.
+5. A lettered start, "(B) A minor", "B. A minor" or "B) A minor", names B when the rest is B's own text ("(C) D"
+   among ``["G", "A#", "D", "E"]`` is choice C, whatever ``prefer`` says), else B and whatever the rest names.
 6. Otherwise every choice text mentioned as a phrase names its choice (a mention inside a longer mentioned
    choice, "F# major" in "F# major seventh", does not count), and so does every letter given in an explicit
    form ("(B)", "answer is B", "option B") that is not part of a mentioned text (the "A" of "answer is A
@@ -31,11 +35,11 @@ and so does letter D. A clear answer names exactly one index.
 from __future__ import annotations
 
 import re
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from .music_theory import chord_label, chord_score, key_label, key_score
-from .text import extract_answer, fold_accidentals
+from .text import extract_answer, strip_markup
 
 # What a prompt asks for, and so how a bare token that is both a letter and a choice's text is read.
 ANSWER_FORMATS = ("letter", "text")
@@ -51,8 +55,6 @@ _LEADING_PHRASE = re.compile(
     r"(?:\s+is)?\s*[:\-]?\s*",
     re.IGNORECASE,
 )
-# Markdown bold / italics ("**Answer:** B", "__violin__"); underscores inside words ("light_switch") stay.
-_EMPHASIS = re.compile(r"\*+|(?<!\w)_{1,2}|_{1,2}(?!\w)")
 _WRAPPERS = re.compile(r"^[\s\"'`*\[]+|[\s\"'`*\].!]+$")
 _EXPLICIT_LETTER = re.compile(r"^(?:\(\s*([A-Za-z])\s*\)|([A-Za-z])\))$")
 _LONE_LETTER = re.compile(r"^([A-Za-z])\.?$")
@@ -82,6 +84,7 @@ def _without_articles(tokens: list[tuple[str, int, int]]) -> list[tuple[str, int
     return kept or tokens
 
 
+@lru_cache(maxsize=1 << 16)  # a group's completions share their question's choices: each is normalised once
 def choice_key(text: str) -> tuple[str, ...]:
     """The normalised form two texts are compared by.
 
@@ -90,14 +93,14 @@ def choice_key(text: str) -> tuple[str, ...]:
     >>> choice_key(" 🙂 "), choice_key("-")  # no word at all: the text itself
     (('🙂',), ('-',))
     """
-    folded = fold_accidentals(str(text))
+    folded = strip_markup(str(text))
     key = tuple(t for t, _, _ in _without_articles(_tokens(folded)))
     return key or ((" ".join(folded.split()).casefold(),) if folded.strip() else ())
 
 
 def _core(answer: str) -> str:
-    """The answer without markdown emphasis, a leading answer phrase, trailing full stops and wrapping quotes."""
-    plain = _EMPHASIS.sub("", fold_accidentals(answer)).strip()
+    """The answer without markup, a leading answer phrase, trailing full stops and wrapping quotes."""
+    plain = strip_markup(answer)
     core = _LEADING_PHRASE.sub("", plain, count=1)
     return _WRAPPERS.sub("", core) or plain.strip()
 
@@ -170,13 +173,15 @@ class Choices:
             found = self._by_letter(m.group(1) or m.group(2))
             if found:
                 rest = m.group(3)
+                if choice_key(_core(rest)) == self.keys[min(found)]:  # the letter's own text after it
+                    return found
                 return found | (self.whole(rest, prefer) or self.mentioned(rest))
         return None
 
     def mentioned(self, answer: str) -> set[int]:
         """Step 6: choices whose texts are mentioned (every one of a repeated text), plus letters in explicit forms
         outside those mentions."""
-        text = fold_accidentals(answer)
+        text = strip_markup(answer)
         full = _tokens(text)
         stripped = _without_articles(full)
         spans: list[tuple[int, int, int]] = []
