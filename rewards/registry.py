@@ -4,6 +4,10 @@ Rewards are looked up by name in ``REWARDS``; a name of the form ``package.modul
 function. A spec with settings (``kwargs``) builds a new instance through the registered reward's class (or
 calls the user's factory with them). :class:`RewardSet` calls several rewards, checks what they return, and
 combines them with weights into a total plus one component per reward for logging.
+
+A reward value is what TRL's GRPOTrainer takes (it reads them with ``torch.tensor(values, dtype=torch.float32)``):
+a real number, bools (as 0 and 1) and NumPy or torch scalars included, or None (the reward does not apply). A
+string is refused, even "1": a reward returning text has a bug that a silent conversion would hide.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import importlib
 import inspect
 import logging
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from grpo_audio.errors import UserError
 
 from .accuracy import answer_accuracy, mcq_accuracy
 from .caption import structured_caption
@@ -36,7 +43,7 @@ REWARDS: dict[str, RewardFn] = {
 ON_ERROR = ("raise", "zero", "skip")
 
 
-class RewardError(RuntimeError):
+class RewardError(UserError, RuntimeError):
     """A reward raised or returned something unusable; the message names the reward and the sample."""
 
 
@@ -163,9 +170,10 @@ class RewardSet:
     """Several rewards with weights, called through a safety net.
 
     Each reward is called with TRL's signature. What it returns is checked: a list, one value per completion,
-    each finite or None. An exception or a bad value follows ``on_error``: ``raise`` (default; a
+    each a finite number or None. An exception or a bad value follows ``on_error``: ``raise`` (default; a
     ``RewardError`` naming the reward and the sample id), ``zero`` (the bad values become 0.0) or ``skip``
-    (they become None); both of the latter are counted in ``RewardOutput.errors``.
+    (they become None); both of the latter are counted in ``RewardOutput.errors``. A reward that gives no value
+    (None) for any sample of a batch it applies to adds nothing to it: that is logged as a warning.
 
     >>> rs = RewardSet([(format_reward, 0.5), (mcq_accuracy, 1.0)])
     >>> out = rs(["Q"], ["<think>t</think><answer>B</answer>"], choices=[["x", "y"]], answer=["B"], id=["q1"])
@@ -202,6 +210,8 @@ class RewardSet:
         errors: dict[str, int] = {}
         for (fn, weight), name in zip(self.rewards, self.names, strict=True):
             values = self._call_one(fn, name, prompts, completions, columns, ids, errors)
+            if name not in errors:  # a failure was reported already
+                self._warn_if_empty(fn, name, values, columns)
             components[name] = [math.nan if v is None else float(v) for v in values]
             for i, v in enumerate(values):
                 if v is not None:
@@ -246,10 +256,29 @@ class RewardSet:
                 name, f"returned {got} values for {n} completions", ids, list(range(n)), [None] * n, errors
             )
         values = list(values)
-        bad = [i for i, v in enumerate(values) if v is not None and not _finite(v)]
+        bad = [i for i, v in enumerate(values) if v is not None and not _number(v)]
+        if bad:
+            first = values[bad[0]]
+            return self._fail(
+                name, f"returned {first!r} ({type(first).__name__}), not a number", ids, bad, values, errors
+            )
+        bad = [i for i, v in enumerate(values) if v is not None and not math.isfinite(float(v))]
         if bad:
             return self._fail(name, f"returned {values[bad[0]]!r}", ids, bad, values, errors)
         return values
+
+    @staticmethod
+    def _warn_if_empty(fn: RewardFn, name: str, values: list[float | None], columns: dict[str, Any]) -> None:
+        """A warning when a reward gives no value (None) for any sample of the batch it applies to: the batch then
+        trains without it, which is rarely meant (a column it reads may be missing)."""
+        applies = fn.applies(columns, len(values)) if isinstance(fn, ForTasks) else [True] * len(values)
+        if any(applies) and all(v is None for v, a in zip(values, applies, strict=True) if a):
+            logger.warning(
+                "reward '%s' gave no value (None) for any of the %d samples of this batch it applies to: it adds "
+                "nothing to their reward",
+                name,
+                sum(applies),
+            )
 
     def _fail(self, name, what, ids, bad, values, errors, exc=None) -> list[float | None]:
         where = ", ".join(ids[i] for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
@@ -280,16 +309,25 @@ class ForTasks:
         self.fn, self.tasks = fn, tuple(tasks)
         self.__name__ = reward_name(fn)
 
+    def applies(self, columns: dict[str, Any], n: int) -> list[bool]:
+        """[n] whether each of n samples is of one of the tasks."""
+        return [t in self.tasks for t in columns.get("task") or [""] * n]
+
     def __call__(self, prompts: Any, completions: list[Any], **columns: Any) -> list[float | None]:
-        task = columns.get("task") or [""] * len(completions)
         values = self.fn(prompts=prompts, completions=completions, **columns)
         if not isinstance(values, (list, tuple)) or len(values) != len(completions):
             return values  # the safety net reports it
-        return [v if t in self.tasks else None for v, t in zip(values, task, strict=True)]
+        return [v if a else None for v, a in zip(values, self.applies(columns, len(completions)), strict=True)]
 
 
-def _finite(v: Any) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
+def _number(v: Any) -> bool:
+    """Whether ``v`` is a reward value TRL takes: a real number (bool and int included), or a NumPy or torch scalar
+    holding one.
+
+    >>> [_number(v) for v in (1, 0.5, True, "1", 1j)]
+    [True, True, True, False, False]
+    """
+    if isinstance(v, numbers.Real):
+        return True
+    item = getattr(v, "item", None)  # NumPy scalars (np.bool_ is no numbers.Real) and 0-d arrays and tensors
+    return getattr(v, "shape", None) == () and callable(item) and isinstance(item(), numbers.Real)

@@ -1,4 +1,5 @@
-"""The safety net: a reward that raises, returns the wrong length or NaN follows the configured policy."""
+"""The safety net: a reward that raises, returns the wrong length, NaN or something other than a number follows the
+configured policy; one that gives no value for a whole batch is warned about."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ CASES = [
     (raises, "reward 'raises' raised KeyError: 'metadata' (sample id: clip-1, clip-2, clip-3)", [0, 1, 2]),
     (short, "reward 'short' returned 2 values for 3 completions (sample id: clip-1, clip-2, clip-3)", [0, 1, 2]),
     (nan_second, "reward 'nan_second' returned nan (sample id: clip-2)", [1]),
-    (not_a_number, "reward 'not_a_number' returned 'high' (sample id: clip-1)", [0]),
+    (not_a_number, "reward 'not_a_number' returned 'high' (str), not a number (sample id: clip-1)", [0]),
 ]
 
 
@@ -63,6 +64,69 @@ def test_zero_and_skip_policies_count(fn, message, bad, policy, caplog):
             assert out.total[i] == 1.0  # only the healthy reward counts (0 * 2 or nothing)
         else:  # healthy values of the faulty reward still count, None adds nothing
             assert out.total[i] == 1.0 + (0.0 if math.isnan(value) else 2.0 * value)
+
+
+def text_one(prompts, completions, **kw):
+    return [1.0, "1", 0.5]
+
+
+def test_a_number_as_text_is_refused_not_read_as_the_number():
+    """TRL's trainer fails on a string (``torch.tensor(["1"])``); "1" used to be taken here as 1.0."""
+    with pytest.raises(RewardError) as e:
+        RewardSet([text_one])(["p"] * 3, ["c"] * 3, id=IDS)
+    assert str(e.value) == "reward 'text_one' returned '1' (str), not a number (sample id: clip-2)"
+
+
+def test_numbers_as_trl_takes_them_bools_and_numpy_and_torch_scalars():
+    import numpy as np
+    import torch
+
+    def scalars(prompts, completions, **kw):
+        return [True, np.float32(0.5), torch.tensor(0.25), np.bool_(False), 2]
+
+    out = RewardSet([(scalars, 2.0)])(["p"] * 5, ["c"] * 5)
+    assert out.components["scalars"] == [1.0, 0.5, 0.25, 0.0, 2.0]
+    assert out.total == [2.0, 1.0, 0.5, 0.0, 4.0]
+
+
+def nothing(prompts, completions, **kw):
+    return [None] * len(completions)
+
+
+def one_value(prompts, completions, **kw):
+    return [None, 0.0, None]
+
+
+def test_a_reward_with_no_value_for_a_whole_batch_is_warned_about(caplog):
+    """A reward returning None for every sample adds nothing to the batch's reward: said, naming it and the count."""
+    with caplog.at_level(logging.WARNING):
+        out = RewardSet([(nothing, 1.0), (ones, 0.5)])(["p"] * 3, ["c"] * 3, id=IDS)
+    assert out.total == [0.5, 0.5, 0.5]
+    assert [r.getMessage() for r in caplog.records] == [
+        "reward 'nothing' gave no value (None) for any of the 3 samples of this batch it applies to: it adds nothing "
+        "to their reward"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        RewardSet([one_value])(["p"] * 3, ["c"] * 3, id=IDS)  # a value for clip-2: no warning
+        RewardSet([raises], on_error="skip")(["p"] * 3, ["c"] * 3, id=IDS)  # the failure's own warning only
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["reward 'raises' raised KeyError: 'metadata'"]
+
+
+def test_a_task_reward_is_warned_about_only_for_a_batch_with_its_tasks(caplog):
+    """None outside its tasks is 'does not apply'; None for every row of its tasks is the same silence as above."""
+    from grpo_audio.rewards import ForTasks
+
+    rewards = RewardSet([ForTasks(nothing, ["caption"]), ones])
+    with caplog.at_level(logging.WARNING):
+        rewards(["p"] * 3, ["c"] * 3, task=["key", "tempo", "key"])
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING):
+        out = rewards(["p"] * 3, ["c"] * 3, task=["caption", "key", "caption"])
+    assert out.total == [1.0, 1.0, 1.0]
+    assert [r.getMessage().split(" of this")[0] for r in caplog.records] == [
+        "reward 'nothing' gave no value (None) for any of the 2 samples"
+    ]
 
 
 def test_none_means_not_applicable_and_metrics():
