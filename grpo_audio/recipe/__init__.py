@@ -13,11 +13,15 @@ question type, format rate), and at the end a report folder holds ``report.json`
 
 Run: ``grpo-audio recipe examples/music_flamingo/tiny.yaml [key=value ...]``.
 
-Re-running a recipe skips every stage already completed with the same settings from the same input model: each
-finished stage leaves ``<stage>/STAGE_COMPLETE.json`` with its settings' hash, its input model's fingerprint, its
-output model and its report entry. A GRPO stage that was interrupted resumes from its last checkpoint, and only
-from a checkpoint made from its current input model (``checkpoint.Lineage``); anything else in its folder is
-replaced. Supervised stages write no checkpoints: an interrupted one runs again.
+Re-running a recipe skips every stage already completed with the same settings and data from the same input model:
+each finished stage leaves ``<stage>/STAGE_COMPLETE.json`` with its key (its settings' hash, the content
+fingerprint of every data file it trains on and of the clips those files name (``grpo_audio.fingerprint``), its
+input model's fingerprint and the key of the stage before it), its evaluation's key (settings and the eval file's
+content), its output model and its report entry. A file edited in place therefore trains again the stages that read
+it and every stage after them, and re-evaluates the models evaluated on it. A GRPO stage that was interrupted resumes
+from its last checkpoint, and only from a checkpoint made under its current key (``<stage>/STAGE_STARTED.json``) from
+its current input model (``checkpoint.Lineage``); anything else in its folder is replaced. Supervised stages write no
+checkpoints: an interrupted one runs again.
 
 Departure from the paper: the embedded default trains a tiny model from random weights on synthetic music in
 minutes; the paper starts from Audio Flamingo 3 and trains on MF-Skills / MF-Think for days on GPUs.

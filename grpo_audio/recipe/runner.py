@@ -34,11 +34,12 @@ from ..config import (
     merge_config,
     to_object,
 )
-from ..data.benchmarks import LayoutError, load_benchmark
-from ..data.loaders import load_manifest
+from ..data.benchmarks import LayoutError, load_benchmark, read_benchmark
+from ..data.loaders import load_manifest, read_manifest
 from ..data.schema import DataError, Row
 from ..data.synthetic import CORPUS_FILES, write_corpus
 from ..evaluate import cached_encoder, evaluate_model
+from ..fingerprint import data_fingerprint
 from ..models import get_family, load_policy
 from ..models.tiny import build_tiny_model
 from ..parallel import Parallel
@@ -54,6 +55,8 @@ from .report import grpo_entry, write_report
 AUDIO_SFT_KINDS = ("sft", "cold_start")
 SFT_KINDS = ("text_pretrain", *AUDIO_SFT_KINDS)
 STAGE_MARKER = "STAGE_COMPLETE.json"
+# A GRPO stage's key when it last started training: its checkpoints are resumed only under the same key.
+STARTED_MARKER = "STAGE_STARTED.json"
 BASE_MARKER = "BASE_EVALUATED.json"  # in the output folder (a tiny base model's folder is rebuilt by every run)
 # What a stage's evaluation adds to its report entry (done again, without training, when only the evaluation
 # settings changed).
@@ -86,6 +89,7 @@ class Recipe:
         self.report: dict[str, Any] = {"stages": [], "family": self.family.name}
         # Every stage reads the same clips (training and eval): their features and frozen-encoder outputs once.
         self.audio_cache = AudioCache(int(cfg.audio_cache_gb * (1 << 30)))
+        self._fingerprints: dict[tuple[Any, ...], str] = {}  # data_key's, by file, reader, size and mtime
         if cfg.synthetic.enabled:
             cfg.synthetic.label_space()  # a bad label space fails here, before any stage
             checked_answer_formats(cfg.synthetic.answer_formats)
@@ -217,9 +221,12 @@ class Recipe:
         self.out.mkdir(parents=True, exist_ok=True)
         current = self.prepare()
         self.report["stages"].append(self.evaluate_base(current))
+        upstream = None  # the key of the last stage that trained: a stage trained again retrains every later one
         for i, stage in enumerate(self.cfg.stages):
             t = time.perf_counter()
-            key, eval_key = self.stage_key(stage, current), self.eval_key(i)
+            key, eval_key = self.stage_key(stage, current, upstream), self.eval_key(i)
+            if stage.kind != "eval":
+                upstream = _digest(key)
             done = self.completed(stage, key)
             if done is not None:
                 current = Path(done["entry"]["model_dir"])
@@ -230,7 +237,9 @@ class Recipe:
                     self.report["stages"].append(done["entry"])
                     continue
                 then = "evaluated" if stage.evaluate else "its evaluation dropped (evaluate: false)"
-                self.say(f"[recipe] stage '{stage.name}' already completed; its evaluation settings changed: {then}")
+                self.say(
+                    f"[recipe] stage '{stage.name}' already completed; its evaluation settings or data changed: {then}"
+                )
                 entry = {k: v for k, v in done["entry"].items() if k not in EVAL_FIELDS}  # its training's record
             else:
                 self.say(f"[recipe] stage '{stage.name}' ({stage.kind}) from {current}")
@@ -240,7 +249,7 @@ class Recipe:
                     if history:
                         entry["loss_first"], entry["loss_last"] = history[0]["loss"], history[-1]["loss"]
                 elif stage.kind == "grpo":
-                    current, grpo = self.grpo(stage, current)
+                    current, grpo = self.grpo(stage, current, key)
                     entry.update(grpo)
                 entry["model_dir"] = str(current)
             self.evaluate_stage(i, entry, current)
@@ -257,10 +266,18 @@ class Recipe:
         self.say(f"[recipe] report in {self.out / 'report.md'} ({time.perf_counter() - start:.0f} s)")
         return self.report
 
-    def stage_key(self, stage: StageConfig, input_model: Path) -> dict[str, str]:
+    def stage_key(self, stage: StageConfig, input_model: Path, upstream: str | None = None) -> dict[str, Any]:
         """What a stage's model depends on: its settings and the recipe's settings it reads (other stages, the
         output folder and the evaluation settings aside; for a supervised stage the GRPO settings and the rewards
-        too), and its input model's fingerprint. What its evaluation depends on is :meth:`eval_key`."""
+        too), the content of the data it trains on (:meth:`data_key`: its ``data`` and ``replay`` files, and for
+        GRPO the eval data its curves are drawn on), its input model's fingerprint, and ``upstream``, the key of the
+        stage that trained its input model (None for the base model): a stage trained again retrains every later
+        stage, whether or not the sampled bytes of its new model differ. What its evaluation depends on is
+        :meth:`eval_key`.
+
+        Raises:
+            FileNotFoundError: a data file it trains on is not there (the synthetic corpus is written by ``run``).
+        """
         shared = OmegaConf.to_container(OmegaConf.structured(self.cfg))
         shared.pop("stages"), shared.pop("output_dir")
         evaluation = shared.pop("eval")
@@ -271,23 +288,62 @@ class Recipe:
                 shared.pop(key)
         settings = {"stage": OmegaConf.to_container(OmegaConf.structured(stage)), "recipe": shared}
         settings["stage"].pop("evaluate")  # what its evaluation depends on
-        return {"settings": _digest(settings), "input_model": model_fingerprint(input_model)}
+        data: dict[str, str] = {}
+        if stage.kind != "eval":  # an eval stage trains nothing: its file is its evaluation's (eval_key)
+            data.update(self.data_key(stage.data))
+            data.update(self.data_key(stage.replay))
+        if stage.kind == "grpo":
+            data.update(self.data_key(self.cfg.eval.data, benchmark=True))
+        return {
+            "settings": _digest(settings),
+            "data": data,
+            "input_model": model_fingerprint(input_model),
+            "upstream": upstream,
+        }
+
+    def data_key(self, specs: str, benchmark: bool = False) -> dict[str, str]:
+        """``{spec: data_fingerprint}`` for each of the comma-separated data ``specs`` (none for an empty string):
+        the file's bytes and the audio files its rows read, found as a manifest (``read_manifest``) or, with
+        ``benchmark``, as an evaluation file of any layout (``read_benchmark``). Each file is fingerprinted once per
+        recipe while its size and modification time stay the same.
+
+        Raises:
+            FileNotFoundError: a file is not there.
+        """
+        keys: dict[str, str] = {}
+        for spec in filter(None, (s.strip() for s in specs.split(","))):
+            path = self.data_path(spec)
+            stat = path.stat()
+            memo = (str(path.resolve()), benchmark, stat.st_size, stat.st_mtime_ns)
+            if memo not in self._fingerprints:
+                rows = read_benchmark(path).rows if benchmark else read_manifest(path)[0]
+                clips = [row.audio for row in rows if isinstance(row.audio, str)]
+                self._fingerprints[memo] = data_fingerprint(path, clips)
+            keys[spec] = self._fingerprints[memo]
+        return keys
 
     def eval_key(self, index: int) -> str:
         """What the evaluation after stage ``index`` (-1: the base model) depends on besides its model: the
         evaluation settings, the rewards that score it, the sampling of the sampled evaluation (and whether it runs
-        there), the seed, and the stage's own settings (an ``eval`` stage's data)."""
+        there), the seed, the stage's own settings (an ``eval`` stage's data), and the content of the file it
+        evaluates on (:meth:`data_key`).
+
+        Raises:
+            FileNotFoundError: the evaluation file is not there.
+        """
         cfg = OmegaConf.to_container(OmegaConf.structured(self.cfg))
         # Whether the base model is evaluated, and what the last model is asked besides (eval.final, asked anew
         # each run), re-evaluate no stage; a stage's own flag is in its settings below.
         cfg["eval"].pop("base"), cfg["eval"].pop("final")
         reads = {name: cfg[name] for name in ("eval", "rewards", "rollout", "seed")}
         stage = OmegaConf.to_container(OmegaConf.structured(self.cfg.stages[index])) if index >= 0 else None
+        evaluated = stage["data"] if stage is not None and stage["kind"] == "eval" else cfg["eval"]["data"]
         reads.update(
             reward_on_error=cfg["grpo"]["reward_on_error"],
             dtype=cfg["model"]["dtype"],
             sampled=self.sampled_after(index),
             stage=stage,
+            data=self.data_key(evaluated, benchmark=True),
         )
         return _digest(reads)
 
@@ -321,7 +377,7 @@ class Recipe:
             entry.update(self.compare_sampled(entry))
         return entry
 
-    def completed(self, stage: StageConfig, key: dict[str, str]) -> dict[str, Any] | None:
+    def completed(self, stage: StageConfig, key: dict[str, Any]) -> dict[str, Any] | None:
         """The stage's completion record if it was completed with ``key`` and its output model is still there."""
         try:
             done = json.loads((self.out / stage.name / STAGE_MARKER).read_text())
@@ -332,7 +388,7 @@ class Recipe:
         done["entry"]["model_dir"] = str(stage_model_dir(self.out, done["entry"]["model_dir"]))
         return done if Path(done["entry"]["model_dir"], "config.json").is_file() else None
 
-    def mark_completed(self, stage: StageConfig, key: dict[str, str], eval_key: str, entry: dict[str, Any]) -> None:
+    def mark_completed(self, stage: StageConfig, key: dict[str, Any], eval_key: str, entry: dict[str, Any]) -> None:
         _write_record(self.out / stage.name / STAGE_MARKER, {"key": key, "eval_key": eval_key, "entry": entry})
 
     def _paths(self, specs: str) -> list[Path]:
@@ -396,8 +452,24 @@ class Recipe:
         merged = merge_config(RunConfig, merged, overrides, f"stage '{stage.name}' grpo_overrides")
         return to_object(merged, RunConfig)
 
-    def grpo(self, stage: StageConfig, model_dir: Path) -> tuple[Path, dict[str, Any]]:
+    def grpo(
+        self, stage: StageConfig, model_dir: Path, key: dict[str, Any] | None = None
+    ) -> tuple[Path, dict[str, Any]]:
+        """Train a ``grpo`` stage from ``model_dir``; returns its model and report entry. With the stage's ``key``, a
+        run left in its folder is resumed (``train.resume: auto``) only if it started under the same key: the
+        trainer's own lineage names the data files by path, and a file edited in place must start the run over."""
         run_cfg = self.grpo_config(stage, model_dir)
+        if key is not None:
+            started = self.out / stage.name / STARTED_MARKER
+            try:
+                same = json.loads(started.read_text()).get("key") == key
+            except (OSError, ValueError):
+                same = False
+            if not same and run_cfg.train.resume == "auto":
+                run_cfg.train.resume = "never"  # with train.overwrite, the old run's checkpoints are removed
+            self.parallel.barrier()  # every process has read the record before it is replaced
+            if self.main:
+                _write_record(started, {"key": key})
         trainer = GRPOTrainer(run_cfg, audio_cache=self.audio_cache)
         try:
             summary = trainer.train()

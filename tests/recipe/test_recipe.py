@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -208,7 +210,7 @@ def test_short_recipe_runs_every_stage(tmp_path, capsys):
     capsys.readouterr()
     skipped = Recipe(skipping).run()
     said = capsys.readouterr().out
-    assert "stage 'text' already completed; its evaluation settings changed: its evaluation dropped" in said
+    assert "stage 'text' already completed; its evaluation settings or data changed: its evaluation dropped" in said
     assert ["eval" in s for s in skipped["stages"]] == [False, False, True, True, True, True]
     assert {n: (out / "samples" / f"{n}.jsonl").stat().st_mtime_ns for n in kept} == kept
     assert trained() == stamps
@@ -412,7 +414,10 @@ def test_grpo_overrides_are_checked_when_the_recipe_is_built(tmp_path):
 
 
 def test_a_grpo_setting_changes_only_the_grpo_stages_key(tmp_path, tiny_checkpoint):
+    from grpo_audio.data.synthetic import write_corpus
+
     model = tiny_checkpoint("music_flamingo")
+    write_corpus(tmp_path / "data", n=8, n_eval=4, n_rl=4)  # the files the keys fingerprint, as run() writes them
 
     def keys(*overrides):
         cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}", *overrides],
@@ -433,6 +438,150 @@ def test_a_grpo_setting_changes_only_the_grpo_stages_key(tmp_path, tiny_checkpoi
     # What the last model is asked besides (eval.final) is asked anew each run: no stage is evaluated again for it.
     final = keys("eval.final=[{data: 'synthetic:eval_mmau.json', max_rows: 3}]")
     assert final == base
+
+
+def _edit_in_place(path: Path, content: bytes) -> None:
+    """Write ``content`` over ``path``, the same size, and put its modification time back: only its bytes tell."""
+    before = path.stat()
+    assert len(content) == before.st_size and content != path.read_bytes()  # the premise: an edit, size kept
+    path.write_bytes(content)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_the_keys_follow_the_data_files_content_not_their_paths_or_times(tmp_path, tiny_checkpoint):
+    """A data file or a clip edited in place (same path, size and modification time) changes the key of each stage
+    that trains on it and of each evaluation that reads it, and no other; the same bytes written again (the
+    synthetic corpus, rewritten by every run) change none."""
+    from grpo_audio.data.synthetic import write_corpus
+
+    model = tiny_checkpoint("music_flamingo")
+    data = tmp_path / "data"
+    write_corpus(data, n=8, n_eval=4, n_rl=4)
+    cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}"], schema=RecipeConfig)
+    # tiny.yaml's stages and what they train on: text (skills, think), sft (skills), cold_start (think, skills
+    # replayed), grpo (rl, think replayed, and the eval data its curves are drawn on).
+    assert [(s.name, s.data, s.replay) for s in cfg.stages] == [
+        ("text", "synthetic:skills,synthetic:think", ""), ("sft", "synthetic:skills", ""),
+        ("cold_start", "synthetic:think", "synthetic:skills"), ("grpo", "synthetic:rl", "synthetic:think"),
+    ]  # fmt: skip
+
+    def keys():
+        recipe = Recipe(cfg)
+        stages = {s.name: recipe.stage_key(s, model) for s in cfg.stages}
+        return stages, {s.name: recipe.eval_key(i) for i, s in enumerate(cfg.stages)} | {"base": recipe.eval_key(-1)}
+
+    def changed(before, after):
+        return sorted(n for n in before if before[n] != after[n])
+
+    stages, evals = keys()
+    rl = data / "rl.jsonl"
+    _edit_in_place(rl, "".join(reversed(rl.read_text().splitlines(keepends=True))).encode())  # the rows reordered
+    edited_stages, edited_evals = keys()
+    assert changed(stages, edited_stages) == ["grpo"] and edited_evals == evals
+    assert edited_stages["grpo"]["data"]["synthetic:rl"] != stages["grpo"]["data"]["synthetic:rl"]
+
+    held_out = data / "eval.jsonl"
+    text = held_out.read_bytes()
+    at = text.index(b'"prompt": "') + len(b'"prompt": "')
+    _edit_in_place(held_out, text[:at] + text[at : at + 1].swapcase() + text[at + 1 :])  # one letter of one row
+    stages2, evals2 = keys()
+    assert changed(edited_stages, stages2) == ["grpo"]  # (its curves)
+    assert changed(edited_evals, evals2) == ["base", "cold_start", "grpo", "sft", "text"]
+
+    clip = data / "clips" / "eval-00000.wav"  # a held-out clip, its samples shifted: same length, same size
+    assert f'"audio": "clips/{clip.name}"' in held_out.read_text() and clip.name not in rl.read_text()
+    wave, rate = sf.read(clip, dtype="int16")
+    buffer = io.BytesIO()
+    sf.write(buffer, np.roll(wave, 1234), rate, subtype="PCM_16", format="WAV")
+    _edit_in_place(clip, buffer.getvalue())
+    stages3, evals3 = keys()
+    assert changed(stages2, stages3) == ["grpo"] and changed(evals2, evals3) == sorted(evals)
+
+    times = rl.stat().st_mtime_ns
+    write_corpus(data, n=8, n_eval=4, n_rl=4)  # the same bytes again, newer times
+    assert rl.stat().st_mtime_ns != times
+    assert keys() == (stages, evals)
+
+
+def test_a_data_file_edited_in_place_retrains_its_stage_and_every_later_one(tmp_path, capsys):
+    """The user's own files, edited in place between runs (same paths, sizes and modification times): the stage
+    that trains on an edited file and every stage after it train again (a GRPO stage from scratch, not from its old
+    checkpoint), the stages before it are skipped; an edited eval file re-evaluates every model and retrains none;
+    an untouched run skips everything."""
+    from grpo_audio.data.synthetic import write_corpus
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_corpus(data, n=6, n_eval=3, n_rl=2)
+    stages = (
+        f'[{{name: sft, kind: sft, data: "{data / "skills.jsonl"}", max_steps: 1, batch_size: 4}},'
+        f' {{name: cold_start, kind: cold_start, data: "{data / "think.jsonl"}", max_steps: 1, batch_size: 4}},'
+        f' {{name: grpo, kind: grpo, data: "{data / "rl.jsonl"}", grpo_overrides: {{train.max_steps: 1}}}}]'
+    )
+    overrides = [
+        f"output_dir={out}", "tiny_model=test", "synthetic.enabled=false", f"eval.data={data / 'eval.jsonl'}",
+        "eval.final=[]", "eval.samples=0", "eval.base=true", "eval.max_rows=2", "eval.max_new_tokens=2",
+        "rollout.engine=hf", "rollout.max_new_tokens=2", "train.prompts_per_step=2", "grpo.num_generations=2",
+        "grpo.dynamic_sampling=false", "train.eval_every=0", f"stages={stages}",
+    ]  # fmt: skip
+    cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", overrides, schema=RecipeConfig)
+    names = ("sft", "cold_start", "grpo")
+
+    def run() -> tuple[dict[str, int], dict[str, int], str]:
+        """Each stage's model's and each evaluation's modification time after a run, and what the run said."""
+        capsys.readouterr()
+        report = Recipe(cfg).run()
+        models = {n: Path(s["model_dir"], "model.safetensors").stat().st_mtime_ns for n, s in
+                  zip(names, report["stages"][1:], strict=True)}  # fmt: skip
+        evaluated = {n: (out / "samples" / f"{n}.jsonl").stat().st_mtime_ns for n in ("base", *names)}
+        return models, evaluated, capsys.readouterr().out
+
+    def grpo_run() -> tuple[str, list[int]]:
+        steps = [json.loads(x)["step"] for x in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+        return json.loads((out / "grpo" / "run.json").read_text())["run_id"], steps
+
+    def evaluated_ids(name: str) -> list[str]:
+        return [json.loads(x)["id"] for x in (out / "samples" / f"{name}.jsonl").read_text().splitlines()]
+
+    models, evaluated, said = run()
+    assert all(f"[recipe] stage '{n}' ({cfg.stages[i].kind}) from" in said for i, n in enumerate(names))  # trained
+    first_grpo = grpo_run()
+
+    # Untouched: every stage and the base model's evaluation skipped.
+    again, evaluated_again, said = run()
+    assert (again, evaluated_again) == (models, evaluated)
+    assert said.count("already completed from this input with these settings: skipped") == 3
+    assert "base model already evaluated with these settings: skipped" in said
+
+    # The cold start's file edited in place: the sft stage is skipped, the cold start and GRPO train again, GRPO as
+    # a new run (its input model changed).
+    think = data / "think.jsonl"
+    _edit_in_place(think, "".join(reversed(think.read_text().splitlines(keepends=True))).encode())
+    retrained, evaluated2, said = run()
+    assert retrained["sft"] == models["sft"] and "stage 'sft' already completed" in said
+    assert all(retrained[n] != models[n] and f"[recipe] stage '{n}' (" in said for n in ("cold_start", "grpo"))
+    assert evaluated2["base"] == evaluated["base"] and evaluated2["sft"] == evaluated["sft"]
+    second_grpo = grpo_run()
+    assert second_grpo[0] != first_grpo[0] and second_grpo[1] == first_grpo[1] == [1]  # its one step, anew
+
+    # GRPO's own prompts edited in place: the same input model and settings, so the trainer alone would resume its
+    # finished run (step 1 of 1) and train nothing; it starts over. The held-out file edited too: every model is
+    # evaluated again on its new first rows, none but GRPO's trained again.
+    rl, held_out = data / "rl.jsonl", data / "eval.jsonl"
+    _edit_in_place(rl, "".join(reversed(rl.read_text().splitlines(keepends=True))).encode())
+    rows = held_out.read_text().splitlines(keepends=True)
+    _edit_in_place(held_out, "".join(rows[2:] + rows[:2]).encode())
+    assert evaluated_ids("sft") == [json.loads(r)["id"] for r in rows[:2]]  # the premise: the old first rows
+    third, evaluated3, said = run()
+    assert third["sft"] == models["sft"] and third["cold_start"] == retrained["cold_start"]
+    assert third["grpo"] != retrained["grpo"] and "[recipe] stage 'grpo' (grpo) from" in said
+    third_grpo = grpo_run()
+    assert third_grpo[0] != second_grpo[0] and third_grpo[1] == [1]
+    assert said.count("its evaluation settings or data changed: evaluated") == 2  # sft, cold_start
+    assert "base model already evaluated" not in said
+    for name in ("base", *names):
+        assert evaluated3[name] != evaluated2[name]
+        assert evaluated_ids(name) == [json.loads(r)["id"] for r in rows[2:4]], name
 
 
 @pytest.mark.slow
