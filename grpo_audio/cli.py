@@ -233,8 +233,8 @@ def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
         print(f"report written to {cfg.out}")
     if cfg.predictions_out:
         completions = {r["id"]: r["completion"] for r in report["results"]}
-        out = write_predictions(bench, completions, cfg.predictions_out, prefer=cfg.answer_format)
-        print(f"predictions ({bench.spec.prediction_field}) written to {out}")
+        export = write_predictions(bench, completions, cfg.predictions_out, prefer=cfg.answer_format)
+        print(export.message(right=sum(bool(r["correct"]) for r in report["results"])))
     return 0
 
 

@@ -30,6 +30,11 @@ Repeated source ids get unique row ids (``<id>#2``, ``<id>#3``, ...; the source 
 Relative audio paths are resolved against ``audio_root`` (default: the file's folder). Empty trailing choices
 are dropped and counted; every other problem is a bad row, named with its field, raised or skipped per
 ``bad_rows`` before any model is loaded.
+
+Predictions go back into the source items (``write_predictions``), the scored items only unless every item is asked
+for: an item left unscored (a bad row skipped, a row beyond ``max_rows``) would carry an empty prediction, which the
+official scorers count as wrong. The export's message says how many items were left unscored and what the official
+scorer makes of them.
 """
 
 from __future__ import annotations
@@ -563,26 +568,109 @@ def prediction_text(row: Row, completion: str, letter: bool = False, prefer: str
     return chr(65 + index) if letter else row.choices[index]
 
 
-def write_predictions(bench: Benchmark, completions: dict[str, str], out: str | Path, prefer: str = "text") -> Path:
-    """The source items, unchanged, with the scorer's prediction field filled (``Layout.prediction_field``);
-    items that were skipped get an empty prediction. Written in the source's own kind (JSON, JSONL or CSV).
+@dataclass(frozen=True)
+class PredictionExport:
+    """What :func:`write_predictions` wrote, item by item of the source file.
+
+    Attributes:
+        path: the file written.
+        items: the source file's items, readable or not (M).
+        scored: items written with the prediction of their scored row (N).
+        bad: items with no good row: unreadable, or skipped as bad rows (``bad_rows=skip``) (K).
+        not_asked: items whose good row got no completion: beyond ``max_rows`` (J).
+        kept_unscored: the unscored items that could be read were written too, with an empty prediction.
+        prediction_field: the field the benchmark's scorer reads.
+    """
+
+    path: Path
+    items: int
+    scored: int
+    bad: int
+    not_asked: int
+    kept_unscored: bool
+    prediction_field: str
+
+    @property
+    def unscored(self) -> int:
+        """Items the run did not score (``bad + not_asked``)."""
+        return self.bad + self.not_asked
+
+    def message(self, right: int) -> str:
+        """What the export means to the benchmark's official scorer, for the user: one line when every item was
+        scored; else a second, ``warning:`` line saying how many items were not scored and why, and, since the
+        official scorer counts an item with an empty prediction as wrong, the accuracy it reports on every item
+        (``right / items``) beside grpo-audio's on the scored ones (``right / scored``).
+
+        >>> export = PredictionExport(Path("p.json"), 1000, 40, 0, 960, False, "model_output")
+        >>> print(export.message(13))  # doctest: +NORMALIZE_WHITESPACE
+        predictions (model_output) written to p.json: the 40 scored items of 1000 (the others left out)
+        warning: 960 of 1000 items were not scored (skipped as bad rows: 0; beyond max_rows: 960). The official
+        scorer counts an unscored item as wrong: on all 1000 items it would report 0.013 (13 right), where
+        grpo-audio reports 0.325 (13 of the 40 scored items). Left out of this file, the unscored items do not
+        lower the official scorer's number on it, which is then over the 40 scored items only, not the
+        benchmark's full set.
+
+        Args:
+            right: how many of the scored items grpo-audio counted right (its verdicts taken as the scorer's).
+        """
+        field, m, n = self.prediction_field, self.items, self.scored
+        if not self.unscored:
+            return f"predictions ({field}) written to {self.path}: all {m} items scored"
+        written = "with the unscored ones, empty" if self.kept_unscored else "the others left out"
+        head = f"predictions ({field}) written to {self.path}: the {n} scored items of {m} ({written})"
+        ours = f"{right / n:.3f} ({right} of the {n} scored items)" if n else "nothing (no item scored)"
+        said = (
+            f"warning: {self.unscored} of {m} items were not scored (skipped as bad rows: {self.bad}; beyond "
+            f"max_rows: {self.not_asked}). The official scorer counts an unscored item as wrong: on all {m} items "
+            f"it would report {right / m:.3f} ({right} right), where grpo-audio reports {ours}. "
+        )
+        if self.kept_unscored:
+            said += "This file holds them with an empty prediction: the official scorer's number on it is that one."
+        else:
+            said += (
+                "Left out of this file, the unscored items do not lower the official scorer's number on it, which "
+                f"is then over the {n} scored items only, not the benchmark's full set."
+            )
+        return f"{head}\n{said}"
+
+
+def write_predictions(
+    bench: Benchmark, completions: dict[str, str], out: str | Path, prefer: str = "text", keep_unscored: bool = False
+) -> PredictionExport:
+    """The source items, unchanged, with the scorer's prediction field filled (``Layout.prediction_field``), in
+    the source's own kind (JSON, JSONL or CSV), for the benchmark's official scorer.
+
+    Only the scored items are written by default: an item whose row was skipped as bad, or got no completion
+    (beyond ``max_rows``), would carry an empty prediction, which the official scorers count as wrong, silently
+    lowering their number below grpo-audio's on the same answers. ``keep_unscored`` writes them too, with an empty
+    prediction, for a file of the benchmark's full length. Either way :meth:`PredictionExport.message` says what
+    was left unscored and what the official scorer will make of it. Items that could not be read at all (a JSONL
+    line that is not JSON) are never written.
 
     Args:
         bench: the benchmark the completions answer.
-        completions: row id -> completion text.
+        completions: row id -> completion text, for the rows scored.
         out: the file to write.
         prefer: how the completions' bare letters were asked for (see ``Choices``).
+        keep_unscored: also write the unscored items, with an empty prediction.
+
+    Returns:
+        What was written, counted by item.
     """
     spec = bench.spec
     by_item = {bench.item_of[r.id]: r for r in bench.rows}
-    items = []
+    items, scored, bad, not_asked = [], 0, 0, 0
     for index, item in enumerate(bench.items):
-        if not isinstance(item, dict):
-            continue
         row = by_item.get(index)
-        text = completions.get(row.id, "") if row is not None else ""
-        prediction = prediction_text(row, text, spec.predict_letter, prefer) if row is not None else ""
-        items.append({**item, spec.prediction_field: prediction})
+        if row is not None and row.id in completions:
+            scored += 1
+            prediction = prediction_text(row, completions[row.id], spec.predict_letter, prefer)
+            items.append({**item, spec.prediction_field: prediction})
+            continue
+        bad += row is None
+        not_asked += row is not None
+        if keep_unscored and isinstance(item, dict):
+            items.append({**item, spec.prediction_field: ""})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if bench.kind == "csv":
@@ -597,4 +685,4 @@ def write_predictions(bench: Benchmark, completions: dict[str, str], out: str | 
     else:
         payload: Any = {bench.wrapper: items} if bench.wrapper else items
         out.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return out
+    return PredictionExport(out, len(bench.items), scored, bad, not_asked, keep_unscored, spec.prediction_field)

@@ -119,7 +119,7 @@ def test_mmau_predictions_score_under_the_official_rule(mmau, tmp_path):
     bare = sum(mmau_credits(i, "ABCDEFGH"[i["choices"].index(i["answer"])]) for i in items)
     assert bare <= 10  # the premise: a bare letter, what the prompt asks for, scores (almost) nothing there
     right = {r.id: f"<answer>({chr(65 + Choices(r.choices).answer_index(r.answer))})</answer>" for r in bench.rows}
-    out = write_predictions(bench, right, tmp_path / "right.json")
+    out = write_predictions(bench, right, tmp_path / "right.json").path
     exported = json.loads(out.read_text())
     assert [{k: v for k, v in e.items() if k != "model_output"} for e in exported] == items  # items unchanged
     assert sum(mmau_credits(e, e["model_output"]) for e in exported) == 1000
@@ -130,7 +130,7 @@ def test_mmau_predictions_score_under_the_official_rule(mmau, tmp_path):
         j = next(j for j in range(len(r.choices)) if Choices(r.choices).canonical[j] != answer)
         wrong[r.id] = f"<think>listening</think><answer>({chr(65 + j)})</answer>"
         indistinct += _words(r.choices[j]) == _words(r.choices[answer])
-    exported = json.loads(write_predictions(bench, wrong, tmp_path / "wrong.json").read_text())
+    exported = json.loads(write_predictions(bench, wrong, tmp_path / "wrong.json").path.read_text())
     assert sum(mmau_credits(e, e["model_output"]) for e in exported) == indistinct <= 9
 
 
@@ -182,7 +182,7 @@ def test_mmar_jsonl(mmar, capsys, tmp_path):
     assert "mmar layout, 4 rows: 4 ok, 0 bad, 0 truncated, 3 empty trailing choices dropped" in capsys.readouterr().out
 
     exported = write_predictions(bench, {r.id: "<answer>(A)</answer>" for r in bench.rows}, tmp_path / "p.jsonl")
-    lines = [json.loads(x) for x in exported.read_text().splitlines()]
+    lines = [json.loads(x) for x in exported.path.read_text().splitlines()]
     assert [{k: v for k, v in e.items() if k != "answer_prediction"} for e in lines] == MMAR_ITEMS
     assert [e["answer_prediction"] for e in lines] == ["2", "the man", "a dog", "A minor"]
     assert [mmau_credits(e, e["answer_prediction"]) for e in lines] == [False, False, False, True]
@@ -268,7 +268,7 @@ def test_muchomusic_prepared_prompts_and_their_scorer(muchomusic, tmp_path, caps
 
     # a run answering each right choice by its text exports letters, which MuChoMusic's scorer reads first
     right = {r.id: f"<answer>{r.choices[r.answer]}</answer>" for r in bench.rows}
-    exported = json.loads(write_predictions(bench, right, tmp_path / "right.json").read_text())
+    exported = json.loads(write_predictions(bench, right, tmp_path / "right.json").path.read_text())
     assert [{k: v for k, v in e.items() if k != "model_output"} for e in exported] == [
         {k: v for k, v in i.items() if k != "model_output"} for i in source
     ]
@@ -276,7 +276,7 @@ def test_muchomusic_prepared_prompts_and_their_scorer(muchomusic, tmp_path, caps
     assert picked == [e["answer_orders"].index(0) for e in exported]
     # the choice's text itself would not do: "drums" is the text, but "Drums"/"Calm" carry a capital letter
     wrong = {r.id: f"<answer>{r.choices[(r.answer + 1) % 4]}</answer>" for r in bench.rows}
-    exported = json.loads(write_predictions(bench, wrong, tmp_path / "wrong.json").read_text())
+    exported = json.loads(write_predictions(bench, wrong, tmp_path / "wrong.json").path.read_text())
     assert all(muchomusic_response(e["model_output"], e["answers"]) != e["answer_orders"].index(0) for e in exported)
 
     assert main(["check-data", str(path)]) == 0
@@ -309,8 +309,8 @@ def test_audio_root_and_unknown_layouts(muchomusic, tmp_path):
 
 
 def test_eval_command_end_to_end_with_predictions(mmar, tiny_checkpoint, tmp_path, capsys):
-    """``grpo-audio eval`` on an MMAR JSONL with a bad row skipped: report by the benchmark's axes, and the source
-    items written back with ``answer_prediction`` (empty for the skipped row)."""
+    """``grpo-audio eval`` on an MMAR JSONL with a bad row skipped: report by the benchmark's axes, and the scored
+    source items written back with ``answer_prediction``, the skipped one left out and said so."""
     items = [json.loads(x) for x in mmar.read_text().splitlines()]
     items[2]["audio_path"] = "./audio/missing.wav"
     mmar.write_text("".join(json.dumps(i) + "\n" for i in items))
@@ -325,9 +325,62 @@ def test_eval_command_end_to_end_with_predictions(mmar, tiny_checkpoint, tmp_pat
     assert set(report["per_group"]) == {"modality", "category", "sub-category"}
     assert sum(g["n"] for g in report["per_group"]["modality"].values()) == 3
     lines = [json.loads(x) for x in predictions.read_text().splitlines()]
-    assert [{k: v for k, v in e.items() if k != "answer_prediction"} for e in lines] == items
-    assert lines[2]["answer_prediction"] == ""
+    assert [{k: v for k, v in e.items() if k != "answer_prediction"} for e in lines] == items[:2] + items[3:]
     assert all(isinstance(e["answer_prediction"], str) for e in lines)
+    right = sum(bool(r["correct"]) for r in report["results"])
+    head = f"predictions (answer_prediction) written to {predictions}: the 3 scored items of 4 (the others left out)"
+    assert head + "\nwarning: 1 of 4 items were not scored (skipped as bad rows: 1; beyond max_rows: 0)" in printed
+    assert f"on all 4 items it would report {right / 4:.3f} ({right} right)" in printed
+
+
+def test_eval_export_leaves_out_what_it_did_not_score_and_says_what_the_official_scorer_would_report(
+    mmar, tmp_path, capsys, monkeypatch
+):
+    """``bad_rows=skip`` and ``max_rows``: of MMAR's 4 items, one is a bad row (its clip is gone) and one lies beyond
+    ``max_rows=2``; of the 2 scored, grpo-audio counts 1 right (0.500). The export holds the 2 scored items, so that
+    MMAU/MMAR's rule scores that file 1 of 2 (0.500), as grpo-audio does; the message says the official scorer,
+    given every item with the unscored ones empty, would report 1 of 4 (0.250), and a file kept whole scores just
+    that under the rule."""
+    import grpo_audio.cli
+    from grpo_audio.evaluate import score
+
+    items = [json.loads(x) for x in mmar.read_text().splitlines()]
+    items[1]["audio_path"] = "./audio/missing.wav"  # mmar-2: a bad row, skipped
+    mmar.write_text("".join(json.dumps(i) + "\n" for i in items))
+    said = {"mmar-1": "<answer>(B)</answer>", "mmar-3": "<answer>(A)</answer>"}  # "3": right; "a dog": wrong
+    monkeypatch.setattr(
+        grpo_audio.cli, "evaluate_model", lambda model, rows, **_: score(rows, [said[r.id] for r in rows])
+    )
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["MusicFlamingoForConditionalGeneration"]}))
+    predictions = tmp_path / "pred.jsonl"
+    args = ["eval", f"model={model}", f"data={mmar}", "bad_rows=skip", "max_rows=2", f"predictions_out={predictions}"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "mcq_accuracy   0.500" in printed  # grpo-audio's number: 1 of the 2 scored
+    exported = [json.loads(x) for x in predictions.read_text().splitlines()]
+    assert [e["id"] for e in exported] == ["mmar-1", "mmar-3"]
+    assert [e["answer_prediction"] for e in exported] == ["3", "a dog"]
+    assert [mmau_credits(e, e["answer_prediction"]) for e in exported] == [True, False]  # the official rule: 1 / 2
+    assert (
+        f"predictions (answer_prediction) written to {predictions}: the 2 scored items of 4 (the others left out)\n"
+        "warning: 2 of 4 items were not scored (skipped as bad rows: 1; beyond max_rows: 1). The official scorer "
+        "counts an unscored item as wrong: on all 4 items it would report 0.250 (1 right), where grpo-audio reports "
+        "0.500 (1 of the 2 scored items). Left out of this file, the unscored items do not lower the official "
+        "scorer's number on it, which is then over the 2 scored items only, not the benchmark's full set.\n"
+    ) in printed
+
+    # Every item kept (the library's keep_unscored): the unscored ones empty, and the rule gives 1 of 4.
+    bench = load_benchmark(mmar, bad_rows="skip")
+    kept = write_predictions(
+        bench, {r: said[r] for r in ("mmar-1", "mmar-3")}, tmp_path / "all.jsonl", keep_unscored=True
+    )
+    whole = [json.loads(x) for x in kept.path.read_text().splitlines()]
+    assert [e["answer_prediction"] for e in whole] == ["3", "", "a dog", ""]
+    assert sum(mmau_credits(e, e["answer_prediction"]) for e in whole) / len(whole) == 0.25
+    assert "This file holds them with an empty prediction" in kept.message(right=1)
+    assert "on all 4 items it would report 0.250 (1 right)" in kept.message(right=1)
 
 
 # ---------------------------------------------------------------- files as users have them
@@ -355,8 +408,11 @@ def test_manifest_kinds_and_predictions_on_the_right_items(tmp_path):
     jsonl.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n{oops\n" + json.dumps(rows[2]) + "\n")
     bench = load_benchmark(jsonl, bad_rows="skip")
     assert [r.id for r in bench.rows] == ["m1", "m3"]
-    out = write_predictions(bench, {"m1": "(B)", "m3": "(B)"}, tmp_path / "p.jsonl")
-    lines = out.read_text().splitlines()
+    export = write_predictions(bench, {"m1": "(B)", "m3": "(B)"}, tmp_path / "p.jsonl")
+    assert [json.loads(x)["id"] for x in export.path.read_text().splitlines()] == ["m1", "m3"]  # the scored ones
+    assert (export.items, export.scored, export.bad, export.not_asked) == (4, 2, 2, 0)  # m2 and the line not JSON
+    kept = write_predictions(bench, {"m1": "(B)", "m3": "(B)"}, tmp_path / "p.jsonl", keep_unscored=True)
+    lines = kept.path.read_text().splitlines()
     assert [json.loads(x)["prediction"] for x in (lines[0], lines[1], lines[2])] == ["y", "", "y"]
     assert len(lines) == 3  # the line that is not JSON has no item to write back
 
@@ -389,7 +445,9 @@ def test_ids_extra_cells_empty_cells_and_values(tmp_path, capsys):
     fields = "question=q,choices=opts,answer=gold,audio=wav"
     bench = load_benchmark(csv_path, fields=fields, bad_rows="skip")
     assert [b.id for b in bench.bad] == ["row 1"] and "1 more cells than the header" in bench.bad[0].reason
-    out = write_predictions(bench, {r.id: "(B)" for r in bench.rows}, tmp_path / "p.csv")
+    out = write_predictions(bench, {r.id: "(B)" for r in bench.rows}, tmp_path / "p.csv").path
+    assert [(r["q"], r["prediction"]) for r in csv.DictReader(out.open())] == [("Q2?", "y")]
+    out = write_predictions(bench, {r.id: "(B)" for r in bench.rows}, tmp_path / "p.csv", keep_unscored=True).path
     assert [r["prediction"] for r in csv.DictReader(out.open())] == ["", "y"]
 
     stub = list(csv.DictReader((BENCHMARKS / "muchomusic" / "layout_stub_muchomusic.csv").open()))
@@ -426,7 +484,7 @@ def test_letter_export_keeps_the_letter_of_a_repeated_text(tmp_path):
     path = tmp_path / "p.json"
     path.write_text(json.dumps([item]))
     bench = read_benchmark(path)
-    exported = json.loads(write_predictions(bench, {"1": "<answer>C</answer>"}, tmp_path / "o.json").read_text())
+    exported = json.loads(write_predictions(bench, {"1": "<answer>C</answer>"}, tmp_path / "o.json").path.read_text())
     assert exported[0]["model_output"] == "C"
     assert muchomusic_response("C", item["answers"]) == item["answer_orders"].index(0)
 
