@@ -6,15 +6,26 @@ bad clip in a 100k-row dataset can be found. Long audio follows the model family
 before the processor sees the audio, so the processor never truncates on its own and the number of audio
 placeholders in the prompt always matches the features.
 
+A file that holds less audio than its container declares (an interrupted copy) is rejected, never used as a
+shorter clip: the row is bad, and ``data.bad_rows`` raises or skips it like any other. What a container declares:
+WAV, the size of its ``data`` chunk (libsndfile quietly shortens it to the bytes present, so the header is read
+here); FLAC, the sample count of its STREAMINFO block; MP3, the frame count of its Xing/Info header (as libsndfile
+reads them); Ogg (Vorbis, Opus) declares no length, so a stream whose last page is cut or lacks the end-of-stream
+flag is the truncated one. The FLAC and MP3 check decodes to the declared end: a file read only up to the length
+limit is also checked by seeking to its declared last frame, so whether a row is bad never depends on the limit.
+An MP3 without a Xing/Info header declares nothing either (libsndfile estimates its length from its size) and a
+cut one is not caught; neither is a WAV whose header a streaming writer left at 0 or 0xFFFFFFFF bytes.
+
 Run as a library: ``clip = load_audio("song.flac", sample_id="row-7", target_sr=16000, max_seconds=600)``.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -74,6 +85,104 @@ def _open(source: Any, sample_id: str, field: str) -> tuple[Any, str]:
     return str(path), str(path)
 
 
+def _raw(handle: Any) -> BinaryIO:
+    """The file's bytes, for reading its container's structure."""
+    if isinstance(handle, io.BytesIO):
+        handle.seek(0)
+        return handle
+    return open(handle, "rb")  # the caller closes it
+
+
+def _wav_declared_frames(raw: BinaryIO, size: int) -> int | None:
+    """Frames a RIFF/WAVE header's ``data`` chunk declares when that chunk runs past the end of the file, else None
+    (not a RIFF file, a complete chunk, or a streaming writer's unfinished size: 0 or 0xFFFFFFFF)."""
+    raw.seek(0)
+    head = raw.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+        return None
+    pos, block_align = 12, 0
+    while pos + 8 <= size:
+        raw.seek(pos)
+        chunk_id, chunk_size = struct.unpack("<4sI", raw.read(8))
+        if chunk_id == b"fmt ":
+            block_align = struct.unpack("<H", raw.read(16)[12:14])[0]
+        elif chunk_id == b"data":
+            if chunk_size in (0, 0xFFFFFFFF) or pos + 8 + chunk_size <= size or not block_align:
+                return None
+            return chunk_size // block_align
+        pos += 8 + chunk_size + (chunk_size & 1)
+    return None
+
+
+# The largest Ogg page: a 27-byte header, 255 lacing values, 255 segments of 255 bytes.
+_OGG_MAX_PAGE = 27 + 255 + 255 * 255
+
+
+def _ogg_ends_cleanly(raw: BinaryIO, size: int) -> bool:
+    """Whether the file ends exactly at the end of an Ogg page flagged end-of-stream (RFC 3533)."""
+    start = max(0, size - _OGG_MAX_PAGE - 4)
+    raw.seek(start)
+    tail = raw.read()
+    pos = tail.rfind(b"OggS")
+    while pos >= 0:
+        if pos + 27 <= len(tail) and pos + 27 + tail[pos + 26] <= len(tail):
+            segments = tail[pos + 27 : pos + 27 + tail[pos + 26]]
+            if pos + 27 + len(segments) + sum(segments) == len(tail):
+                return bool(tail[pos + 5] & 0x04)
+        pos = tail.rfind(b"OggS", 0, pos)
+    return False  # the file ends inside a page
+
+
+def _truncated(declared: int, held: int, sr: int, detail: str = "") -> str:
+    return f"truncated: declares {declared / sr:.2f} s, holds {held / sr:.2f} s" + (f"; {detail}" if detail else "")
+
+
+def _cut_container(handle: Any, info: Any, sr: int) -> str | None:
+    """Why a WAV or Ogg file holds less than its container says, from its structure alone; None if it does not."""
+    if info.format not in ("WAV", "WAVEX", "OGG"):
+        return None
+    raw = _raw(handle)
+    try:
+        size = raw.seek(0, io.SEEK_END)
+        if info.format == "OGG":
+            if _ogg_ends_cleanly(raw, size):
+                return None
+            return f"truncated: the Ogg stream has no end-of-stream page, holds {info.frames / sr:.2f} s"
+        declared = _wav_declared_frames(raw, size)
+        return None if declared is None or declared <= info.frames else _truncated(declared, info.frames, sr)
+    finally:
+        if raw is not handle:
+            raw.close()
+        else:
+            raw.seek(0)
+
+
+def _decodable_frames(handle: Any) -> int:
+    """Frames decoded from the start before the end of the file or the first decode error (to 1024 frames)."""
+    if isinstance(handle, io.BytesIO):
+        handle.seek(0)
+    held = 0
+    try:
+        with sf.SoundFile(handle) as f:
+            while len(block := f.read(1024, dtype="float32", always_2d=True)):  # a failed read returns nothing
+                held += len(block)
+    except (sf.LibsndfileError, RuntimeError):
+        pass
+    return held
+
+
+def _reaches(handle: Any, frames: int) -> bool:
+    """Whether the decoder finds frame ``frames - 1`` (a cut FLAC fails to seek there; a cut MP3 reads nothing)."""
+    if isinstance(handle, io.BytesIO):
+        handle.seek(0)
+    try:
+        with sf.SoundFile(handle) as f:
+            f.seek(frames - 1)
+            return len(f.read(1, dtype="float32")) == 1
+    except (sf.LibsndfileError, RuntimeError):
+        return False
+
+
 def _check_rate(sr: Any, sample_id: str, field: str) -> int:
     if not isinstance(sr, (int, np.integer)) or not MIN_SAMPLE_RATE <= int(sr) <= MAX_SAMPLE_RATE:
         raise AudioError(
@@ -112,8 +221,9 @@ def load_audio(
     Args:
         source: a path (wav, flac, ogg, mp3: what libsndfile reads), encoded bytes, or a sample array
             ([T] or [T, channels]; needs ``sampling_rate``): float samples in [-1, 1], or integer PCM (int8-int64,
-            8-bit unsigned), scaled to [-1, 1) as soundfile scales decoded files. A file cut short is either
-            rejected or decoded to the samples actually present, whatever its container.
+            8-bit unsigned), scaled to [-1, 1) as soundfile scales decoded files. A WAV, FLAC, Ogg or MP3 file cut
+            short is rejected (see the module doc); another container cut short is rejected or decoded to the
+            samples actually present.
         sample_id: the row id, for messages.
         field: the field the audio came from, for messages.
         sampling_rate: rate of an array ``source``; ignored for files and bytes (the header says).
@@ -125,8 +235,9 @@ def load_audio(
         The clip at ``target_sr``.
 
     Raises:
-        AudioError: missing/empty/unreadable file, not audio, empty audio, NaN/Inf samples, implausible rate,
-            or too long under ``reject``.
+        AudioError: missing/empty/unreadable file, not audio, a file holding less audio than its container
+            declares ("truncated: declares X s, holds Y s"; see the module doc), empty audio, NaN/Inf samples,
+            implausible rate, or too long under ``reject``.
     """
     if long_audio not in LONG_AUDIO:
         raise ValueError(f"long_audio must be one of {LONG_AUDIO}, got {long_audio!r}")
@@ -154,6 +265,8 @@ def load_audio(
             if hasattr(handle, "seek"):
                 handle.seek(0)
             sr = _check_rate(info.samplerate, sample_id, field)
+            if cut := _cut_container(handle, info, sr):
+                raise AudioError(sample_id, field, cut)
             original = info.frames / sr
             frames = -1
             if max_seconds is not None and original > max_seconds:
@@ -162,12 +275,21 @@ def load_audio(
                         sample_id, field, f"audio is {original:.1f} s, longer than the limit of {max_seconds:g} s"
                     )
                 frames = int(max_seconds * sr)  # decode only what is kept
-            data, _ = sf.read(handle, frames=frames, dtype="float32", always_2d=True)
-            expected = info.frames if frames < 0 else frames
-            if 0 < data.shape[0] < expected:
+            try:
+                data, _ = sf.read(handle, frames=frames, dtype="float32", always_2d=True)
+            except sf.LibsndfileError as e:
+                held = _decodable_frames(handle) if info.frames > 0 else 0
+                if not held:
+                    raise
+                # FLAC's decoder loses sync where the bytes end (or where they are corrupt: it cannot tell)
                 raise AudioError(
-                    sample_id, field, f"truncated or corrupt: header says {expected} frames, decoded {data.shape[0]}"
-                )
+                    sample_id, field, _truncated(info.frames, held, sr, f"not a readable audio file past that: {e}")
+                ) from None
+            expected = info.frames if frames < 0 else frames
+            if data.shape[0] < expected:
+                raise AudioError(sample_id, field, _truncated(info.frames, data.shape[0], sr))
+            if 0 <= frames < info.frames and not _reaches(handle, info.frames):
+                raise AudioError(sample_id, field, _truncated(info.frames, _decodable_frames(handle), sr))
         except AudioError:
             raise
         except (sf.LibsndfileError, RuntimeError, EOFError) as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from grpo_audio.audio import AudioError, load_audio
+from grpo_audio.data.schema import BAD_ROWS, DataError, Row, apply_policy, validate_rows
 
 SR = 16000
 
@@ -100,7 +102,9 @@ def test_truncated_or_corrupt_flac(tmp_path, damage):
             np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
         )
     (tmp_path / "b.flac").write_bytes(bytes(data))
-    with pytest.raises(AudioError, match="row 'f': field 'audio': (not a readable audio file|truncated or corrupt)"):
+    with pytest.raises(
+        AudioError, match="row 'f': field 'audio': (not a readable audio file|truncated: declares 3.00 s)"
+    ):
         load_audio(tmp_path / "b.flac", sample_id="f")
 
 
@@ -158,3 +162,62 @@ def test_a_file_cut_short_is_rejected_or_decoded_to_what_is_present(tmp_path, fm
         assert e.sample_id == "r" and e.field == "audio"
         return
     assert clip.original_seconds <= written / 2 + 0.02 and np.isfinite(clip.wave).all()
+
+
+# The four containers rows come in, as soundfile writes them here (MP3 through libsndfile's LAME encoder, which
+# writes a Xing/Info header with the frame count).
+CONTAINERS = [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")]
+
+
+def _ten_seconds(tmp_path: Path, fmt: str, subtype: str) -> tuple[Path, Path]:
+    """A 10 s file of ``fmt`` and a copy of its first 40% of bytes (an interrupted copy). A tone with some noise, so
+    that a compressed file's bytes grow with its audio rather than being mostly headers."""
+    x = tone(440.0, 10.0) + 0.05 * np.random.default_rng(0).standard_normal(10 * SR).astype(np.float32)
+    whole = tmp_path / f"whole.{fmt.lower()}"
+    sf.write(whole, x, SR, format=fmt, subtype=subtype)
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut.{fmt.lower()}"
+    cut.write_bytes(data[: int(len(data) * 0.4)])
+    return whole, cut
+
+
+def test_mp3_is_written_here():
+    """The premise of the MP3 cases: this libsndfile writes MP3 itself (no encoder binary, no committed file)."""
+    assert "MP3" in sf.available_formats() and "MPEG_LAYER_III" in sf.available_subtypes("MP3")
+
+
+@pytest.mark.parametrize("fmt,subtype", CONTAINERS)
+@pytest.mark.parametrize("max_seconds", [None, 2.0], ids=["whole", "limit-2s"])
+def test_a_container_cut_short_is_truncated_not_a_shorter_clip(tmp_path, fmt, subtype, max_seconds):
+    """The intact file loads as 10 s; its first 40% is rejected as truncated, naming the row and the field, from a
+    path and from bytes, whether decoded whole or only up to a 2 s limit. WAV, FLAC and MP3 declare 10 s; the cut
+    holds about 4 s (WAV exactly: 40% of the bytes less the 44-byte header, 2 bytes a frame); Ogg declares no
+    length, and its cut stream lacks the end-of-stream page."""
+    whole, cut = _ten_seconds(tmp_path, fmt, subtype)
+    clip = load_audio(whole, sample_id="row-3", max_seconds=max_seconds)
+    assert abs(clip.original_seconds - 10.0) < 0.06 and abs(clip.seconds - (max_seconds or 10.0)) < 0.06
+    for source in (cut, cut.read_bytes()):
+        with pytest.raises(AudioError) as e:
+            load_audio(source, sample_id="row-3", field="audio", max_seconds=max_seconds)
+        assert e.value.sample_id == "row-3" and e.value.field == "audio"
+        assert str(e.value).startswith("row 'row-3': field 'audio': truncated: "), str(e.value)
+        if fmt == "OGG":
+            held = float(re.search(r"no end-of-stream page, holds (\d+\.\d\d) s", str(e.value))[1])
+        else:
+            declared, held = map(float, re.search(r"declares (\S+) s, holds (\S+) s", str(e.value)).groups())
+            assert declared == 10.0
+        expected = (int(cut.stat().st_size) - 44) // 2 / SR if fmt == "WAV" else 4.0
+        assert abs(held - expected) < (0.005 if fmt == "WAV" else 1.5), str(e.value)
+
+
+def test_a_truncated_file_is_a_bad_row(tmp_path, caplog):
+    """Through the loaders' bad-row handling: ``raise`` lists the row and its reason, ``skip`` drops only it."""
+    assert BAD_ROWS == ("raise", "skip")
+    whole, cut = _ten_seconds(tmp_path, "FLAC", "PCM_16")
+    rows = [Row(id="ok", audio=str(whole), prompt="Describe."), Row(id="cut", audio=str(cut), prompt="Describe.")]
+    report = validate_rows(rows)
+    assert [r.id for r in report.good] == ["ok"] and [(b.id, b.field) for b in report.bad] == [("cut", "audio")]
+    assert report.bad[0].reason.startswith("truncated: declares 10.00 s, holds ")
+    with pytest.raises(DataError, match="truncated: declares 10.00 s"):
+        apply_policy(report, "rows.jsonl", "raise", 2, None)
+    assert [r.id for r in apply_policy(report, "rows.jsonl", "skip", 2, None)] == ["ok"]
