@@ -7,7 +7,9 @@ A checkpoint is a folder ``checkpoints/step-000010/`` holding
 - ``state/``: the policy's exact state (LoRA adapters included) and the optimiser's, for resuming, written by every
   process with ``torch.distributed.checkpoint`` (DCP): each process its own shards, loadable on any number of
   processes and any strategy (:func:`load_training_state`);
-- ``scheduler.pt``, ``rng.pt`` (python, numpy, torch generator states of the main process);
+- ``scheduler.pt``;
+- ``rng/rank-00000.pt``, one per process: that process's python, numpy and torch (and CUDA) generator states, so
+  that after a resume every process draws its own stream on (dropout, sampling), not the main process's;
 - ``trainer_state.json``: step, data position, seed;
 - ``lineage.json``: the run it belongs to (:class:`Lineage`: run id, the base model's fingerprint, config hash);
 - ``COMPLETE``: written last.
@@ -124,8 +126,14 @@ def model_fingerprint(model_dir: str | Path, sample_bytes: int = 1 << 20) -> str
     return digest.hexdigest()[:16]
 
 
-def config_hash(config: Any) -> str:
-    """A digest of a config dataclass's settings, ``BOOKKEEPING_KEYS`` left out."""
+def config_hash(config: Any, rewards: Any = None) -> str:
+    """A digest of a config dataclass's settings, ``BOOKKEEPING_KEYS`` left out.
+
+    Args:
+        config: the run's config.
+        rewards: a ``RewardSet`` built in Python rather than from ``config.rewards`` (whose entries then say nothing
+            of the run): described by :func:`reward_identity` in place of the config's list.
+    """
     flat: dict[str, Any] = {}
 
     def walk(value: Any, prefix: str) -> None:
@@ -135,9 +143,34 @@ def config_hash(config: Any) -> str:
         else:
             flat[prefix[:-1]] = value
 
-    walk(asdict(config), "")
+    settings = asdict(config)
+    if rewards is not None:
+        settings["rewards"] = reward_identity(rewards)
+    walk(settings, "")
     kept = {k: v for k, v in sorted(flat.items()) if k not in BOOKKEEPING_KEYS}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reward_identity(rewards: Any) -> list[dict[str, Any]]:
+    """What a ``RewardSet`` computes, for a run's identity: each reward's name, weight, callable (module and
+    qualified name), the tasks it is restricted to and its settings (a reward object's attributes). The code itself
+    is left out, as it is for rewards named in a config: a run may resume after a reward's bug is fixed."""
+
+    def describe(fn: Any) -> dict[str, Any]:
+        inner = getattr(fn, "fn", None) if hasattr(fn, "tasks") else None  # ForTasks: the reward it restricts
+        if inner is not None:
+            return {**describe(inner), "tasks": list(fn.tasks)}
+        kind = fn if callable(fn) and hasattr(fn, "__qualname__") else type(fn)
+        out: dict[str, Any] = {"callable": f"{kind.__module__}:{kind.__qualname__}"}
+        if kind is type(fn):
+            values = sorted(vars(fn).items()) if hasattr(fn, "__dict__") else []
+            out["settings"] = {k: re.sub(r" at 0x[0-9a-f]+", "", repr(v)) for k, v in values}  # no addresses
+        return out
+
+    return [
+        {"name": name, "weight": weight, **describe(fn)}
+        for (fn, weight), name in zip(rewards.rewards, rewards.names, strict=True)
+    ]
 
 
 def checkpoint_dirs(root: str | Path, run_id: str | None = None) -> list[Path]:
@@ -246,13 +279,24 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's random generators: python's, numpy's global, torch's CPU one and, on a GPU, its CUDA one."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def rng_file(rank: int) -> str:
+    """Where a checkpoint keeps process ``rank``'s random state."""
+    return f"rng/rank-{rank:05d}.pt"
 
 
 def training_state(model: Any, optimizer: Any) -> dict[str, Any]:
@@ -318,12 +362,14 @@ def save_checkpoint(
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
         barrier()
+        rank = parallel.process.rank if parallel is not None else 0
+        (tmp / "rng").mkdir(exist_ok=True)
+        torch.save(rng_state(), tmp / rng_file(rank))  # every process its own
         write_model(tmp / "model", main)
         with _one_process_is_intended():
             dcp.save(state, checkpoint_id=str(tmp / "state"), no_dist=not dist.is_initialized())
         if main:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(rng_state(), tmp / "rng.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
             if lineage is not None:
                 (tmp / LINEAGE).write_text(json.dumps(asdict(lineage), indent=2) + "\n")
@@ -364,15 +410,23 @@ def _pause_for_tests(step: int, tmp: Path) -> None:
         time.sleep(3600)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, rank: int = 0) -> dict[str, Any]:
     """Read back what :func:`save_checkpoint` wrote besides the model and optimiser state (those load in place
-    with :func:`load_training_state`; the model's weights stay on disk in ``model/``)."""
+    with :func:`load_training_state`; the model's weights stay on disk in ``model/``).
+
+    Returns:
+        ``scheduler`` (its state dict), ``trainer_state`` (dict) and ``rng``: process ``rank``'s random state, or
+        None when the checkpoint was saved on fewer processes (no state of that rank's to continue from).
+    """
     path = Path(path)
     if not (path / MARKER).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
+    own = path / rng_file(rank)
+    legacy = path / "rng.pt"  # checkpoints written before each process saved its own: the main process's state
+    rng = own if own.is_file() else legacy if legacy.is_file() else None
     return {
         "scheduler": torch.load(path / "scheduler.pt", weights_only=False),
-        "rng": torch.load(path / "rng.pt", weights_only=False),
+        "rng": torch.load(rng, weights_only=False) if rng is not None else None,
         "trainer_state": json.loads((path / "trainer_state.json").read_text()),
     }
 

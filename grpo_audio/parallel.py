@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -44,6 +45,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "ddp", "fsdp2")
+T = TypeVar("T")
 
 
 @dataclass
@@ -161,6 +163,29 @@ class Parallel:
     def barrier(self) -> None:
         if self.process.distributed:
             dist.barrier()
+
+    def decide(self, decision: Callable[[], T]) -> T:
+        """``decision()`` run by the main process alone, its result given to every process; an exception it raises
+        is raised on every process. For what must be the same everywhere and is drawn or read once: the run's
+        identity (a random id), what the output folder holds, the checkpoint to resume from. Every process calls
+        it, in the same order (a collective).
+
+        Raises:
+            whatever ``decision`` raised on the main process (a copy of it on the others).
+        """
+        if not self.process.distributed:
+            return decision()
+        payload: list = [None]
+        if self.process.is_main:
+            try:
+                payload[0] = (True, decision())
+            except Exception as e:  # every process must leave the collective, then all raise it
+                payload[0] = (False, e)
+        dist.broadcast_object_list(payload, src=0)
+        ok, value = payload[0]
+        if not ok:
+            raise value
+        return value
 
     def sync_gradients(self, module: torch.nn.Module, sync: bool) -> None:
         """Whether the next backward of ``module`` reduces gradients over the processes: only the last micro-batch's

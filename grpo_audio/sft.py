@@ -32,6 +32,7 @@ from .logs import redirected, terminal
 from .models import ModelFamily
 from .models.weights import save_model_dir
 from .parallel import shard_units
+from .precision import Precision, compute_in
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +188,13 @@ def run_sft(
     callbacks: list[Any] | None = None,
     audio_cache: AudioCache | None = None,
     parallel: ParallelConfig | None = None,
+    precision: Precision | None = None,
 ) -> tuple[Path, list[dict[str, float]]]:
     """Train ``model`` on ``rows`` with TRL's SFTTrainer and save it to ``out/model``.
+
+    ``precision``: with float32 master weights for a bf16 / fp16 model (``precision.py``), ``model`` holds the
+    masters (``load_policy(..., dtype=precision.master)``), its forward runs under autocast to the compute dtype and
+    the saved model is in the compute dtype; None: the model trains in its own dtype.
 
     ``callbacks`` are transformers ``TrainerCallback`` objects handed to the trainer. With ``cache_audio``, each
     clip's log-mel features (and, with the encoder frozen, its encoder outputs) go through ``audio_cache``: a
@@ -229,8 +235,8 @@ def run_sft(
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         use_cpu=not torch.cuda.is_available(),
-        # No autocast: the weights are in model.dtype already (load_policy). accelerate keeps one state per process,
-        # so a mixed-precision setting here would stop the recipe's GRPO stage from starting in the same process.
+        # Autocast, when wanted, is ours (precision.compute_in): accelerate keeps one state per process, so a
+        # mixed-precision setting here would stop the recipe's GRPO stage from starting in the same process.
         bf16=False,
         gradient_checkpointing=settings.gradient_checkpointing,
         dataloader_num_workers=0,
@@ -263,15 +269,27 @@ def run_sft(
             trainer.accelerator.distributed_type.value,
         )
     reuse_encoder = settings.freeze_audio_encoder and audio_cache is not None and settings.target != "text"
-    with (
-        audio_cache.encoder(trainer.model, family) if reuse_encoder else nullcontext() as encoder,
-        labels_only_lm_head() if settings.score_labels_only else nullcontext(),
-    ):
-        trainer.train()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    undo_autocast = compute_in(model, precision, device) if precision is not None else (lambda: None)
+    try:
+        with (
+            audio_cache.encoder(trainer.model, family) if reuse_encoder else nullcontext() as encoder,
+            labels_only_lm_head() if settings.score_labels_only else nullcontext(),
+        ):
+            trainer.train()
+    finally:
+        undo_autocast()
     if encoder is not None:
         logger.info("audio encoder outputs: %d windows computed, %d reused", encoder.misses, encoder.hits)
     # Every process gathers (FSDP2) what the main one writes.
-    model_dir = save_model_dir(trainer.model, family, processor, out / "model", write=trainer.is_world_process_zero())
+    model_dir = save_model_dir(
+        trainer.model,
+        family,
+        processor,
+        out / "model",
+        write=trainer.is_world_process_zero(),
+        dtype=precision.compute if precision is not None else None,
+    )
     trainer.accelerator.wait_for_everyone()
     return model_dir, [h for h in trainer.state.log_history if "loss" in h]
 

@@ -58,7 +58,7 @@ from .checkpoint import (
 from .config import RunConfig, check_parallel
 from .data.collate import collate_prompts
 from .data.loaders import load_manifest
-from .data.schema import Row
+from .data.schema import ContextLimit, Row
 from .logprobs import LogprobModule, choose_path, enable_checkpointing, micro_batches
 from .logs import terminal
 from .loss import LossConfig, policy_loss
@@ -66,10 +66,12 @@ from .metrics import MetricsLogger, MetricsSummary, keep_until, plot_curves, rea
 from .models import ModelFamily, get_family, load_policy
 from .models.weights import save_model_dir
 from .parallel import Parallel
+from .precision import precision_of, warn_if_updates_round_off
 from .replay import ReplayBatch, check_replay_rows, replay_batch, replay_indices
 from .rewards import RewardOutput, RewardSet
 from .rollout import RolloutBatch, SamplingConfig, build_engine, sampling_config
 from .rollout.base import banned_token_ids, prompt_seed
+from .run_lock import RunLock
 from .step import StepBatch, UpdateResult
 from .step_metrics import step_metrics
 
@@ -129,17 +131,27 @@ class GRPOTrainer:
         self.out = Path(config.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
-        # No autocast: the weights are in model.dtype already (load_policy) and inputs follow them (logprobs.to_model);
-        # FSDP2's mixed precision (parallel.compute_dtype) gathers them in another dtype if asked.
-        self.parallel = Parallel(config.parallel.strategy, config.parallel.compute_dtype, config.parallel.cpu_offload)
+        # Weights in model.master_dtype, forward passes in model.dtype (precision.py): under autocast, and under FSDP2
+        # also gathered in it (parallel.compute_dtype, or model.dtype when the two differ).
+        self.precision = precision_of(config.model)
+        warn_if_updates_round_off(self.precision, config.train.lr)
+        gather_in = config.parallel.compute_dtype
+        if not gather_in and self.precision.mixed and config.parallel.strategy == "fsdp2":
+            gather_in = config.model.dtype
+        self.parallel = Parallel(config.parallel.strategy, gather_in, config.parallel.cpu_offload)
         self.process = self.parallel.process
+        held: list[RunLock] = []  # the main process holds the folder for every process
+        self.parallel.decide(lambda: held.append(RunLock(self.out, "grpo")))
+        self.run_lock = held[0] if held else None
         self.processor = AutoProcessor.from_pretrained(config.model.path)
         self.audio_cache = audio_cache if audio_cache is not None else AudioCache()
         self.features = self.audio_cache.features(self.processor)  # the processor batches are built with
         self.tokenizer = self.processor.tokenizer
         self.banned_ids = banned_token_ids(self.family, self.tokenizer)
         if model is None:
-            model = load_policy(config.model)
+            model = load_policy(config.model, dtype=self.precision.master)
+        elif any(p.is_floating_point() and p.dtype != self.precision.master for p in model.parameters()):
+            model = model.to(self.precision.master)  # a model passed in another dtype: its weights become masters
         self.logprob_path = choose_path(config.grpo.shared_prefix)
         policy = self._prepare_model(model).to(self.process.device)
         ref = self._reference_model(policy)
@@ -172,9 +184,15 @@ class GRPOTrainer:
             "long_audio": data.long_audio,
             "max_audio_seconds": data.max_audio_seconds or None,
         }
-        self.train_rows = train_rows if train_rows is not None else load_manifest(data.train, **limits)
+        # Rows the engine samples from must fit its context with their audio and the completion (checked at load,
+        # not when drawn hours in); replayed rows are scored on their targets only.
+        sampled = {
+            **limits,
+            "context": ContextLimit(self.processor, config.rollout.max_model_len, config.rollout.max_new_tokens),
+        }
+        self.train_rows = train_rows if train_rows is not None else load_manifest(data.train, **sampled)
         self.eval_rows = (
-            eval_rows if eval_rows is not None else (load_manifest(data.eval, **limits) if data.eval else [])
+            eval_rows if eval_rows is not None else (load_manifest(data.eval, **sampled) if data.eval else [])
         )
         if data.train_tasks:
             present = sorted({r.task for r in self.train_rows})
@@ -205,11 +223,18 @@ class GRPOTrainer:
         self.epoch, self.cursor = 0, 0
         self.order = self._permutation(0)
         self.base_fingerprint = model_fingerprint(config.model.path)
-        check_resume(config.train.resume, self.base_fingerprint, config.model.path)
-        self.lineage, continuing = start_run(
-            self.out, self.base_fingerprint, config_hash(config), config.train.resume, config.train.overwrite
-        )
-        resumed = self._maybe_resume(continuing)
+        identity = config_hash(config, self.rewards if reward_funcs is not None else None)
+
+        def open_run():  # on the main process; its outcome (or error) is every process's
+            check_resume(config.train.resume, self.base_fingerprint, config.model.path)
+            lineage, continuing = start_run(
+                self.out, self.base_fingerprint, identity, config.train.resume, config.train.overwrite
+            )
+            return lineage, resume_from(config.train.resume, self.out, lineage.run_id, continuing)
+
+        self.lineage, resume_path = self.parallel.decide(open_run)
+        rng = self._resume(resume_path) if resume_path is not None else None
+        resumed = resume_path is not None
         self.engine = (
             engine
             if engine is not None
@@ -237,6 +262,8 @@ class GRPOTrainer:
         )
         if self.process.is_main:
             keep_until(self.out / "samples.jsonl", self.step if resumed else None)
+        if rng is not None:  # last, so that nothing built above draws from the restored streams
+            set_rng_state(rng)
 
     # ---- setup ----------------------------------------------------------------------------------------------
     @property
@@ -292,22 +319,26 @@ class GRPOTrainer:
     def _permutation(self, epoch: int) -> list[int]:
         return np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_rows)).tolist()
 
-    def _maybe_resume(self, continuing: bool) -> bool:
-        """Load this run's newest checkpoint (``resume: auto`` when the run recorded in the output directory is
-        this one) or the named checkpoint, which must have been made from the same base model."""
-        path = resume_from(self.cfg.train.resume, self.out, self.lineage.run_id, continuing)
-        if path is None:
-            return False
-        state = load_checkpoint(path)
+    def _resume(self, path: Path) -> dict[str, Any] | None:
+        """Load the checkpoint ``path`` (this run's newest with ``resume: auto``, or the one named, made from the same
+        base model): weights and optimiser state resharded for these processes, scheduler, data position. Returns
+        this process's random state in it, to be restored once everything else is built (None: the checkpoint was
+        saved on fewer processes; this one keeps its seeded state, with a warning)."""
+        state = load_checkpoint(path, self.process.rank)
         load_training_state(path, self.policy, self.optimizer)  # on any number of processes
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
         ts = state["trainer_state"]
         self.step, self.epoch, self.cursor = ts["step"], ts["epoch"], ts["cursor"]
         self.applied_step = self.saved_step = self.step
         self.order = self._permutation(self.epoch)
+        if state["rng"] is None:
+            logger.warning(
+                "%s holds no random state of process %d (saved on fewer processes): it goes on from its seed",
+                path,
+                self.process.rank,
+            )
         logger.warning("resumed from %s at step %d", path, self.step)
-        return True
+        return state["rng"]
 
     # ---- data -----------------------------------------------------------------------------------------------
     def next_rows(self, k: int) -> list[Row]:
@@ -471,20 +502,21 @@ class GRPOTrainer:
         self, model: Any, batch: StepBatch, idx: list[int], entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         rollout = self.cfg.rollout
-        return model(
-            batch.rollouts.prompts,
-            batch.rollouts.row_index,
-            batch.group_size,
-            idx,
-            batch.completion_ids,
-            batch.completion_mask,
-            self.tokenizer.pad_token_id,
-            temperature=rollout.temperature or 1.0,
-            with_entropy=entropy,
-            banned_ids=self.banned_ids,
-            top_k=rollout.top_k,
-            top_p=rollout.top_p,
-        )
+        with self.precision.autocast(self.process.device):
+            return model(
+                batch.rollouts.prompts,
+                batch.rollouts.row_index,
+                batch.group_size,
+                idx,
+                batch.completion_ids,
+                batch.completion_mask,
+                self.tokenizer.pad_token_id,
+                temperature=rollout.temperature or 1.0,
+                with_entropy=entropy,
+                banned_ids=self.banned_ids,
+                top_k=rollout.top_k,
+                top_p=rollout.top_p,
+            )
 
     def update(self, batch: StepBatch) -> UpdateResult:
         """``grpo.num_iterations`` optimiser steps over the batch, micro-batch by micro-batch. A non-finite batch
@@ -549,16 +581,17 @@ class GRPOTrainer:
         rows = list(range(len(replay)))
         for idx in micro_batches(len(replay), 1, self.cfg.train.micro_batch_size, self.logprob_path):
             self.parallel.sync_gradients(self.model, False)
-            lps, _ = self.model(
-                replay.prompts,
-                rows,
-                1,
-                idx,
-                replay.target_ids,
-                replay.target_mask,
-                self.tokenizer.pad_token_id,
-                banned_ids=self.banned_ids,
-            )
+            with self.precision.autocast(self.process.device):
+                lps, _ = self.model(
+                    replay.prompts,
+                    rows,
+                    1,
+                    idx,
+                    replay.target_ids,
+                    replay.target_mask,
+                    self.tokenizer.pad_token_id,
+                    banned_ids=self.banned_ids,
+                )
             nll = -(lps * replay.target_mask[idx].to(lps.device)).sum() / num_tokens.to(lps.device)
             (self.cfg.grpo.replay_coef * nll).backward()
             nll_sum += float(nll.detach())
@@ -646,7 +679,9 @@ class GRPOTrainer:
         return save_checkpoint(
             self.out / "checkpoints",
             self.step,
-            lambda folder, write: save_model_dir(self.policy, self.family, self.processor, folder, write=write),
+            lambda folder, write: save_model_dir(
+                self.policy, self.family, self.processor, folder, write=write, dtype=self.precision.compute
+            ),
             training_state(self.policy, self.optimizer),
             self.scheduler,
             {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "seed": self.cfg.seed},
@@ -699,10 +734,12 @@ class GRPOTrainer:
         return TrainSummary(step=self.step, last=last, checkpoint=checkpoint, metrics=summary, output_dir=self.out)
 
     def close(self) -> None:
-        """Shut the rollout engine down and give the model its own encoder forward back."""
+        """Shut the rollout engine down, give the model its own encoder forward back and the output folder free."""
         self._lifetime.close()
         if hasattr(self.engine, "close"):
             self.engine.close()
+        if self.run_lock is not None:
+            self.run_lock.release()
 
 
 def _non_finite(loss: float, grad_norm: float) -> str:

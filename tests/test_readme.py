@@ -1,6 +1,7 @@
 """Every Python block of the README runs: extracted from README.md and executed in a folder holding the files it
 names (a test-size checkpoint at ``runs/mf-demo``, a small synthetic corpus), its rewards also called the way the
-trainer calls them. One substitution, stated here: the quick start's 20 GRPO steps become 2."""
+trainer calls them. One substitution, stated here: the Python example's 20 GRPO steps become 2 with the transformers
+engine (8 new tokens), as does the quick start's run before it."""
 
 from __future__ import annotations
 
@@ -71,13 +72,32 @@ def test_rewards_block_scores_completions_as_the_trainer_passes_them(project):
     assert through_trainer.total == namespace["out"].total
 
 
-def test_quick_start_block_trains(project, monkeypatch):
+SMALL = '"train.max_steps=2", "rollout.engine=hf", "rollout.max_new_tokens=8"'
+
+
+def test_the_python_example_after_the_quick_start_trains_a_run_of_its_own(project, monkeypatch):
+    from grpo_audio.checkpoint import CheckpointError
+    from grpo_audio.config import load_config
+    from grpo_audio.trainer import GRPOTrainer
+
     monkeypatch.chdir(project)
+    quick_start = GRPOTrainer(load_config("examples/music_flamingo/grpo_synthetic.yaml", eval(f"[{SMALL}]")))
+    quick_start.train()  # what the quick start's `grpo-audio train` runs, from the config's rewards
+    quick_start.close()
+    quick = project / "runs" / "grpo-synthetic"
+    assert (quick / "checkpoints" / "step-000002" / "COMPLETE").exists()
     code = _block("trainer = GRPOTrainer(")
-    assert '"train.max_steps=20"' in code
-    exec(code.replace('"train.max_steps=20"', '"train.max_steps=2"'), {"__name__": "readme"})
-    run = project / "runs" / "grpo-synthetic"
+    assert '"train.max_steps=20"' in code and '"output_dir=runs/grpo-piano"' in code
+    exec(code.replace('"train.max_steps=20"', SMALL), {"__name__": "readme"})
+    run = project / "runs" / "grpo-piano"
     assert (run / "checkpoints" / "step-000002" / "COMPLETE").exists() and (run / "curves.png").exists()
+    ids = [json.loads((d / "run.json").read_text())["run_id"] for d in (quick, run)]
+    assert ids[0] != ids[1]
+    # The same example aimed at the quick start's folder is another run (its rewards come from Python): refused,
+    # not resumed at the quick start's last step with 0 steps to train.
+    into_quick = code.replace('"train.max_steps=20"', SMALL).replace("runs/grpo-piano", "runs/grpo-synthetic")
+    with pytest.raises(CheckpointError, match="its config differs"):
+        exec(into_quick, {"__name__": "readme"})
 
 
 SHELL_BLOCKS = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.DOTALL)

@@ -51,10 +51,11 @@ class ModelSpec:
     trust_remote_code: bool = False
 
 
-def load_policy(model: Any, path: str | Path | None = None) -> Any:
+def load_policy(model: Any, path: str | Path | None = None, dtype: torch.dtype | None = None) -> Any:
     """The one way a model is loaded to train or evaluate: ``model.family``'s transformers class from ``path``
-    (default ``model.path``), its parameters in ``model.dtype``, with ``model.attn_implementation`` ('' = the
-    class's default) and ``model.trust_remote_code``.
+    (default ``model.path``), its parameters in ``dtype`` (default ``model.dtype``; trainers pass the master dtype,
+    ``precision.precision_of``), with ``model.attn_implementation`` ('' = the class's default) and
+    ``model.trust_remote_code``.
 
     Args:
         model: a ``config.ModelConfig`` (any object with those fields).
@@ -62,7 +63,7 @@ def load_policy(model: Any, path: str | Path | None = None) -> Any:
     Raises:
         ValueError: unknown family.
     """
-    kwargs = {"dtype": getattr(torch, model.dtype), "trust_remote_code": model.trust_remote_code}
+    kwargs = {"dtype": dtype or getattr(torch, model.dtype), "trust_remote_code": model.trust_remote_code}
     if model.attn_implementation:
         kwargs["attn_implementation"] = model.attn_implementation
     return get_family(model.family).model_class().from_pretrained(path or model.path, **kwargs)

@@ -15,8 +15,11 @@ from .base import ModelFamily
 
 
 @torch.no_grad()
-def checkpoint_tensors(model: Any, family: type[ModelFamily]) -> Iterator[tuple[str, torch.Tensor]]:
-    """The model's weights under checkpoint names, one whole CPU tensor at a time, LoRA adapters folded in.
+def checkpoint_tensors(
+    model: Any, family: type[ModelFamily], dtype: torch.dtype | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The model's weights under checkpoint names, one whole CPU tensor at a time, LoRA adapters folded in; floating
+    tensors in ``dtype`` when given (float32 master weights written for a bf16 engine or checkpoint).
 
     Under FSDP2 each tensor is gathered from its shards when it is reached (``parallel.full_state``), so at most one
     tensor (a LoRA layer: its weight and adapters) is whole at a time; every process must iterate to the end, in
@@ -44,7 +47,10 @@ def checkpoint_tensors(model: Any, family: type[ModelFamily]) -> Iterator[tuple[
                 delta = (b.float() @ a.float()) * layer.scaling[adapter]
                 tensor = tensor + (delta.T if layer.fan_in_fan_out else delta).to(tensor.dtype)
         name = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
-        yield family.to_checkpoint_key(name), tensor.detach().to("cpu").contiguous().clone()
+        tensor = tensor.detach().to("cpu")
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        yield family.to_checkpoint_key(name), tensor.contiguous().clone()
 
 
 def full_state_items(module: Any) -> Iterator[tuple[str, Any]]:
@@ -105,9 +111,17 @@ def write_safetensors(
     return final
 
 
-def save_model_dir(model: Any, family: type[ModelFamily], processor: Any, out: str | Path, write: bool = True) -> Path:
+def save_model_dir(
+    model: Any,
+    family: type[ModelFamily],
+    processor: Any,
+    out: str | Path,
+    write: bool = True,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Write a directory that loads with transformers (``from_pretrained``) and with vLLM: config, generation
-    config, processor files and the weights in the checkpoint layout (LoRA folded in; several files past 2 GiB).
+    config, processor files and the weights in the checkpoint layout (LoRA folded in; several files past 2 GiB),
+    in ``dtype`` when given (the compute dtype of a run that keeps float32 master weights), else the weights' own.
 
     Under FSDP2 every process calls it (the weights are gathered tensor by tensor); only the one with ``write``
     (the main process) writes.
@@ -123,9 +137,11 @@ def save_model_dir(model: Any, family: type[ModelFamily], processor: Any, out: s
             processor.save_pretrained(out)
         for old in out.glob("model*.safetensors*"):
             old.unlink()
-    write_safetensors(checkpoint_tensors(model, family), out, write=write)
+    write_safetensors(checkpoint_tensors(model, family, dtype), out, write=write)
     if write:
         config = json.loads((out / "config.json").read_text())
         config["architectures"] = [family.model_class_name]
+        if dtype is not None:
+            config["dtype"] = str(dtype).removeprefix("torch.")
         (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out

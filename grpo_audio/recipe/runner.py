@@ -43,6 +43,7 @@ from ..fingerprint import data_fingerprint
 from ..models import get_family, load_policy
 from ..models.tiny import build_tiny_model
 from ..parallel import Parallel
+from ..precision import precision_of
 from ..rewards import RewardSet
 from ..rollout import load_engine, sampling_config
 from ..sampled_eval import paired_difference, sampled_eval
@@ -414,7 +415,8 @@ class Recipe:
 
     def sft(self, stage: StageConfig, model_dir: Path) -> tuple[Path, list[dict]]:
         rows, target = self.sft_rows(stage)
-        model = load_policy(self.cfg.model, model_dir)
+        precision = precision_of(self.cfg.model)
+        model = load_policy(self.cfg.model, model_dir, dtype=precision.master)
         stage_settings = {f.name: getattr(stage, f.name) for f in dataclasses.fields(SupervisedSettings)}
         settings = SFTConfig(target=target, seed=self.cfg.seed, logging_steps=1, **stage_settings)
         processor = AutoProcessor.from_pretrained(model_dir)
@@ -427,6 +429,7 @@ class Recipe:
             settings,
             audio_cache=self.audio_cache,
             parallel=self.cfg.parallel,
+            precision=precision,
         )
 
     def grpo_config(self, stage: StageConfig, model_dir: Path) -> RunConfig:

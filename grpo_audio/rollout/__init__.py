@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoProcessor
 
 from ..audio_cache import AudioCache
@@ -78,7 +79,14 @@ def build_engine(
     if rollout.engine == "hf":
         if model is None or processor is None:
             raise ValueError("the hf engine samples from the policy: pass model and processor")
-        return HFEngine(model, processor, family, max_model_len=rollout.max_model_len, own_weights=own_weights)
+        return HFEngine(
+            model,
+            processor,
+            family,
+            max_model_len=rollout.max_model_len,
+            own_weights=own_weights,
+            compute_dtype=getattr(torch, dtype),  # float32 master weights of a bf16 run sample in bf16
+        )
     raise ValueError(f"unknown rollout engine '{rollout.engine}'; choose one of: {', '.join(ENGINES)}")
 
 

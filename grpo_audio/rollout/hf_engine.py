@@ -26,6 +26,7 @@ from ..data.schema import Row
 from ..logprobs import to_model
 from ..models import ModelFamily
 from ..parallel import full_state
+from ..precision import Precision
 from .base import RolloutBatch, SamplingConfig, banned_token_ids, check_sampling, finish_reason, prepare_prompts
 
 # Prompts per generate call unless told otherwise (the recipe's eval.batch_size, `grpo-audio eval`'s batch_size;
@@ -46,6 +47,8 @@ class HFEngine:
             weights into it, gathered tensor by tensor from its shards.
         share_prefix: a prompt's ``n`` completions decode from one prefill of it (False: the prompt is run ``n``
             times; the same completions, slower).
+        compute_dtype: the dtype to sample in when ``model``'s weights are kept in another (float32 master weights
+            of a bf16 run, ``precision.py``): under ``torch.autocast``, as the trainer's forward passes run.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class HFEngine:
         batch_size: int = BATCH_SIZE,
         own_weights: bool = False,
         share_prefix: bool = True,
+        compute_dtype: torch.dtype | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size: {batch_size}: must be 1 or more")
@@ -65,6 +69,7 @@ class HFEngine:
         self.max_model_len, self.batch_size = max_model_len, batch_size
         self.tokenizer = processor.tokenizer
         self.banned = banned_token_ids(family, self.tokenizer)
+        self.compute_dtype = compute_dtype
 
     @torch.no_grad()
     def sync_weights(self, model: Any) -> None:
@@ -87,14 +92,17 @@ class HFEngine:
         self.model.eval()
         order = generation_order(rows, prepared.batch.attention_mask.sum(1).tolist())
         by_row: dict[int, tuple[list[list[int]], list[list[float]]]] = {}
+        weights = next(self.model.parameters())
+        compute = Precision(self.compute_dtype or weights.dtype, weights.dtype)
         try:
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                inputs = self._chunk_inputs(prepared.batch, chunk, 1 if self.share_prefix else n)
-                seeds = [sampling.request_seed(i) for i in chunk]
-                ids, lps = self._generate(inputs, sampling, stop_ids, seeds, n)
-                for j, i in enumerate(chunk):
-                    by_row[i] = ids[j * n : (j + 1) * n], lps[j * n : (j + 1) * n]
+            with compute.autocast(weights.device):
+                for start in range(0, len(order), self.batch_size):
+                    chunk = order[start : start + self.batch_size]
+                    inputs = self._chunk_inputs(prepared.batch, chunk, 1 if self.share_prefix else n)
+                    seeds = [sampling.request_seed(i) for i in chunk]
+                    ids, lps = self._generate(inputs, sampling, stop_ids, seeds, n)
+                    for j, i in enumerate(chunk):
+                        by_row[i] = ids[j * n : (j + 1) * n], lps[j * n : (j + 1) * n]
         finally:
             self.model.train(was_training)
         for i in range(len(rows)):

@@ -9,28 +9,32 @@ follows starts a second engine beside them.
 :class:`Reaper` is a small process started beside the engine, in a session of its own (a terminal's Ctrl-C does
 not reach it). It blocks reading a pipe whose only writer is the trainer: when the trainer exits, by any means,
 the kernel closes the pipe, and the reaper kills the engine's processes that are still there. Each is matched by
-its PID and its start time, so a PID the system has since given to another process is never hit. Python's
+its PID and its start time, so a PID the system has since given to another process is never hit. Then it removes
+the folders it was given to remove (the trainer's scratch folders, ``scratch.py``: a weight sync's copy of the
+model in ``/dev/shm`` would otherwise hold its size in RAM until the next reboot). Python's
 ``multiprocessing`` resource tracker is left alone: once the processes holding it are gone it removes their
 shared-memory segments itself.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import psutil
 
-# Runs in the reaper process: argv = the pipe's read end, then PID:START_TIME of each process to kill.
+# Runs in the reaper process: argv = the pipe's read end, the globs of folders to remove (JSON), then PID:START_TIME
+# of each process to kill.
 _REAPER_MAIN = """
-import os, sys
+import glob, json, os, shutil, sys
 import psutil
 fd = int(sys.argv[1])
 while os.read(fd, 1 << 12):  # empty only once every writer is gone: the trainer exited or closed it
     pass
 procs = []
-for item in sys.argv[2:]:
+for item in sys.argv[3:]:
     pid, started = item.split(":")
     try:
         proc = psutil.Process(int(pid))
@@ -44,6 +48,9 @@ for proc in procs:
     except psutil.Error:
         pass
 psutil.wait_procs(procs, timeout=30)
+for pattern in json.loads(sys.argv[2]):
+    for path in glob.glob(pattern):
+        shutil.rmtree(path, ignore_errors=True)
 """
 
 _RESOURCE_TRACKER = "multiprocessing.resource_tracker"
@@ -62,13 +69,14 @@ def child_processes() -> dict[int, float]:
 
 class Reaper:
     """Kills ``processes`` (PID -> start time, from :func:`child_processes`) when this process exits or
-    :meth:`close` is called, whichever comes first; the ones already gone are skipped.
+    :meth:`close` is called, whichever comes first; the ones already gone are skipped. Then removes the folders
+    matching ``remove`` (absolute globs).
 
     Raises:
         OSError: the reaper process could not start.
     """
 
-    def __init__(self, processes: dict[int, float]):
+    def __init__(self, processes: dict[int, float], remove: list[str] | tuple[str, ...] = ()):
         targets = {}
         for pid, started in processes.items():
             try:
@@ -81,7 +89,14 @@ class Reaper:
         read_end, self._write_end = os.pipe()  # both close-on-exec: no other child inherits the write end
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _REAPER_MAIN, str(read_end), *(f"{p}:{targets[p]!r}" for p in self.pids)],
+                [
+                    sys.executable,
+                    "-c",
+                    _REAPER_MAIN,
+                    str(read_end),
+                    json.dumps(list(remove)),
+                    *(f"{p}:{targets[p]!r}" for p in self.pids),
+                ],
                 pass_fds=(read_end,),
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,

