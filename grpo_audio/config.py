@@ -52,6 +52,7 @@ T = TypeVar("T")
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+MASTER_DTYPES = ("float32", "model")
 
 
 class ConfigError(UserError, ValueError):
@@ -128,8 +129,17 @@ class ModelConfig:
     family: str = setting(help="Model family adapter; required.", choices=tuple(FAMILIES))
     dtype: str = setting(
         "float32",
-        help="The weights' dtype everywhere: training, supervised stages, evaluation and the rollout engine.",
+        help="The dtype the model computes in everywhere: training, supervised stages, evaluation and the rollout "
+        "engine (precision.py).",
         choices=DTYPES,
+    )
+    master_dtype: str = setting(
+        "float32",
+        help="The dtype trained weights and AdamW's state are kept in. float32: a bfloat16 / float16 model is loaded "
+        "in float32 and computes in model.dtype (torch.autocast; FSDP2 gathers in it), so that small updates land. "
+        "model: kept in model.dtype (pure bf16, less memory; warned at start, since at lr 1e-6 an update rounds to "
+        "nothing for almost every weight).",
+        choices=MASTER_DTYPES,
     )
     attn_implementation: str = setting(
         "sdpa", help="transformers attention kernel.", choices=("sdpa", "eager", "flash_attention_2")
