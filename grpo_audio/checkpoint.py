@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from .errors import UserError
 from .parallel import Parallel
 
 STEP_RE = re.compile(r"^step-(\d{6,})$")
@@ -73,7 +74,7 @@ BOOKKEEPING_KEYS = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint could not be written, or an output directory belongs to another run."""
 
 

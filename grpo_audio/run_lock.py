@@ -23,11 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import UserError
+
 LOCK_FILE = ".lock"
 _HELD: dict[Path, RunLock] = {}  # this process's locks, by folder
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError, RuntimeError):
     """The output folder is in use by another running run."""
 
 
