@@ -14,7 +14,8 @@ grpo-audio config-help [COMMAND]                  every config key of a command,
 Commands with a typed config take a YAML file mirroring the command's dataclass (optional for sft, eval and synth)
 and ``key=value`` overrides, checked as ``train``'s are. The terminal shows the command's own output and errors;
 ``--verbose`` adds every library's (see ``logs.py``); commands that write a folder keep all of it in
-``FOLDER/grpo-audio.log``.
+``FOLDER/grpo-audio.log``. An error the user caused (``USER_ERRORS``) is one line naming the cause, with exit status
+2, its traceback in that log; any other error is a bug and shows its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from typing import Any
 from omegaconf import OmegaConf
 from transformers import AutoProcessor
 
-from .audio import LONG_AUDIO
+from .audio import LONG_AUDIO, AudioError
+from .checkpoint import CheckpointError
 from .config import (
     DTYPES,
     ConfigError,
@@ -51,6 +53,7 @@ from .data.check import check_data
 from .data.loaders import load_manifest
 from .data.schema import BAD_ROWS, DataError
 from .data.synthetic import write_corpus
+from .errors import UserError
 from .evaluate import evaluate_model
 from .logs import CommandLog
 from .models import FAMILIES, ModelSpec, family_of_checkpoint, load_policy
@@ -58,7 +61,7 @@ from .models.tiny import SIZES, build_tiny_model
 from .plan import plan_memory, plan_table
 from .recipe import Recipe
 from .recipe.calibrate import standardize_checkpoint
-from .rollout import ENGINES, SamplingConfig, generate_manifest
+from .rollout import ENGINES, PromptTooLongError, SamplingConfig, generate_manifest
 from .sft import SFTConfig, run_sft
 from .trainer import GRPOTrainer
 
@@ -445,6 +448,8 @@ CONFIG_HELP = Command(
 )
 
 VERBOSE = ("-v", "--verbose")
+# The errors a user's input causes: each names its cause. The types that do not derive from UserError predate it.
+USER_ERRORS = (UserError, DataError, LayoutError, AudioError, PromptTooLongError, CheckpointError, FileNotFoundError)
 COMMANDS = (RECIPE, TRAIN, PLAN, SFT, EVAL, SYNTH, GENERATE, CHECK_DATA, TINY_MODEL, CONFIG_HELP)
 
 
@@ -492,8 +497,8 @@ def load_command_config(command: Command, settings: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command. Errors leave as exceptions (``ConfigError``, ``DataError``, ...); :func:`entry`, the
-    ``grpo-audio`` executable, prints those as one line."""
+    """Run a command. Errors leave as exceptions; one the user caused (``USER_ERRORS``: ``ConfigError``,
+    ``RewardError``, ``DataError``, ...) is shown as one line naming the cause, its traceback in the log file."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in VERBOSE for a in argv)
     parser = build_parser()
@@ -509,20 +514,19 @@ def main(argv: list[str] | None = None) -> int:
             hint = f"; this command takes key=value settings: {key}=... (`grpo-audio config-help {args.command}`)"
         parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     command: Command = args.command_spec
-    with CommandLog(verbose=verbose) as log:
+    with CommandLog(verbose=verbose, user_errors=USER_ERRORS) as log:
         if command.schema is None:
             return command.run(args, log)
         return command.run(load_command_config(command, args.settings), log)
 
 
 def entry() -> None:
-    """The ``grpo-audio`` executable: :func:`main`, with a bad config, bad data or a missing file reported in one
-    line (exit status 2) rather than a traceback, and Ctrl-C in one line too (exit status 130, as a shell's)."""
+    """The ``grpo-audio`` executable: :func:`main`, with an error the user caused (a bad config, data or reward, a
+    refused output folder, a missing file) in one line (exit status 2; :func:`main` says it) rather than a
+    traceback, and Ctrl-C in one line too (exit status 130, as a shell's)."""
     try:
         status = main()
-    except (ConfigError, DataError, LayoutError, FileNotFoundError) as e:
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process meets it: the main one says it
-            print(f"grpo-audio: {e}", file=sys.stderr)
+    except USER_ERRORS:
         status = 2
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; what was written before it stays
         if int(os.environ.get("RANK", "0")) == 0:

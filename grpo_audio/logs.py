@@ -14,7 +14,10 @@ processes (the main one, the engine core, the worker), warnings from its CPU pla
 - under torchrun, processes other than the main one (``RANK`` > 0) show only errors, so the terminal reads as one
   process's; their logs go to ``grpo-audio.rankR.log``;
 - the log file, ``<output folder>/grpo-audio.log`` (:meth:`CommandLog.log_to`), receives all of it, the command's
-  own output included; what was written before the folder was known is kept and written first.
+  own output included; what was written before the folder was known is kept and written first;
+- an error the user caused (one of ``user_errors``: a bad config, a reward that raises, a refused output folder)
+  shows as one line naming the cause and the log file, which keeps its traceback; under torchrun only the main
+  process says it.
 
 Outside a command (grpo-audio used from Python), nothing is redirected and :func:`terminal` is ``sys.stderr``.
 """
@@ -41,9 +44,14 @@ _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "
 _active: CommandLog | None = None
 
 
+def _rank() -> int:
+    """This process's rank in a torchrun job (0 outside one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def log_file_name() -> str:
     """``grpo-audio.log``, or ``grpo-audio.rankR.log`` for process R > 0 of a torchrun job."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank = _rank()
     return LOG_FILE if rank == 0 else LOG_FILE.replace(".log", f".rank{rank}.log")
 
 
@@ -124,6 +132,32 @@ class _Tee(io.TextIOBase):
         return self.screen.isatty()
 
 
+class _LineEnd(io.TextIOBase):
+    """The terminal's stderr, knowing whether its last line is unfinished (a progress bar's), so that an error line
+    starts on a line of its own."""
+
+    def __init__(self, screen: TextIO):
+        self.screen, self.mid_line = screen, False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.mid_line = not text.endswith("\n")
+        return self.screen.write(text)
+
+    def flush(self) -> None:
+        self.screen.flush()
+
+    def isatty(self) -> bool:
+        return self.screen.isatty()
+
+    def fileno(self) -> int:
+        return self.screen.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.screen, "encoding", None) or "utf-8"
+
+
 class _OwnOrError(logging.Filter):
     """The records the terminal shows by default: grpo-audio's own, and errors from anywhere."""
 
@@ -149,11 +183,14 @@ class CommandLog:
 
     Args:
         verbose: show everything on the terminal, not only the command's own output and errors.
+        user_errors: the exception types the user causes, each shown as one line (its message and where the log
+            is) rather than a traceback; the exception still leaves the ``with`` block.
     """
 
-    def __init__(self, verbose: bool = False):
+    def __init__(self, verbose: bool = False, user_errors: tuple[type[BaseException], ...] = ()):
         self.verbose = verbose
-        self.secondary = int(os.environ.get("RANK", "0")) > 0 and not verbose  # errors only on the terminal
+        self.user_errors = user_errors
+        self.secondary = _rank() > 0 and not verbose  # errors only on the terminal
         self.path: Path | None = None
         self._sink = _Sink()
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -165,7 +202,8 @@ class CommandLog:
         sys.stdout.flush()
         sys.stderr.flush()
         self.terminal_out, self._own_out = _screen(sys.stdout, 1)
-        self.terminal_err, self._own_err = _screen(sys.stderr, 2)
+        self._raw_err, self._own_err = _screen(sys.stderr, 2)
+        self.terminal_err = _LineEnd(self._raw_err)
         self._saved_fds = (os.dup(1), os.dup(2))
         read_end, write_end = os.pipe()
         os.dup2(write_end, 1)
@@ -187,7 +225,10 @@ class CommandLog:
         global _active
         if exc is not None:  # the log file gets the traceback; the terminal gets it as the exception leaves main
             self._sink.write("".join(traceback.format_exception(exc_type, exc, tb)))
-            self._failed = True
+            if isinstance(exc, self.user_errors):
+                self._user_error(exc)
+            else:
+                self._failed = True
         _active = None
         logging.captureWarnings(False)
         root = logging.getLogger()
@@ -216,7 +257,7 @@ class CommandLog:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        for stream, own in ((self.terminal_out, self._own_out), (self.terminal_err, self._own_err)):
+        for stream, own in ((self.terminal_out, self._own_out), (self._raw_err, self._own_err)):
             stream.flush()
             if own:
                 stream.close()
@@ -235,6 +276,14 @@ class CommandLog:
         self._sink.write(message + "\n")
 
     # ---- plumbing -------------------------------------------------------------------------------------------
+    def _user_error(self, exc: BaseException) -> None:
+        """The one line of an error the user caused: its cause, and where its traceback is (the main process only:
+        under torchrun every process may meet the same error)."""
+        if _rank() > 0:
+            return
+        where = f" (traceback in {self.path})" if self.path else ""
+        self.terminal_err.write(("\n" if self.terminal_err.mid_line else "") + f"grpo-audio: {exc}{where}\n")
+
     def _install_logging(self) -> None:
         root = logging.getLogger()
         self._saved_level = root.level

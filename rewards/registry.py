@@ -281,7 +281,8 @@ class RewardSet:
             )
 
     def _fail(self, name, what, ids, bad, values, errors, exc=None) -> list[float | None]:
-        where = ", ".join(ids[i] for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        rows = list(dict.fromkeys(ids[i] for i in bad))  # a prompt's G completions share its id
+        where = ", ".join(rows[:5]) + (" ..." if len(rows) > 5 else "")
         msg = f"reward '{name}' {what} (sample id: {where})"
         if self.on_error == "raise":
             raise RewardError(msg) from exc
