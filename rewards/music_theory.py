@@ -6,8 +6,23 @@ Comparisons use mir_eval, the MIR community's reference metrics: keys with the M
 matches within a relative tolerance (4% by default), optionally with partial credit for half or double tempo.
 Meter matches exactly.
 
-The prose parsers read the usual spellings: "F# minor", "f#m", "Gb major", "B♭ major", "C maj7", "120 BPM",
-"3/4 time". A lone lower-case "a" before "minor"/"major" is read as the article, not the note A.
+The prose parsers (``parse_keys``, ``parse_chords``) read the usual spellings in any letter case and through markup
+(``text.strip_markup``): "F# minor", "f#m", "Gb major", "B♭ major", "E-flat major", "C maj7", "The Key Is A Minor",
+"IN A MINOR", "**C major**", "120 BPM", "3/4 time". Modes and qualities in words ("minor", "Minor", "MAJ7") are
+read in any case; symbols as written ("M7" is major seventh, "m7" minor seventh). A note letter that could be a
+word is read by this rule:
+
+- "a" before a mode or quality word may be the article. Upper-case "A" is the note ("A minor", "in A Minor", "The
+  Key Is A Minor", "A MINOR"; so "A minor change in tempo." is read as a key, the case being the writer's choice).
+  Lower-case "a" is the note only where a key or chord is said to be named ("the key of a minor", "key is a
+  minor", "Key: a minor", "the chord is a minor") or where "major" / "minor" ends the clause ("it is in a minor.",
+  "(a minor)"); otherwise it is the article: "a minor change", "a minor third above", "a major role", "it is in a
+  minor key" (some minor key). A clause ending after "a minor" reads as the key, so "a minor, subtle change" is a
+  false positive this rule accepts.
+- A lower-case letter before a symbol is a word ("am", "em", "cm", "fm"); "Am" after "I" is the verb; "M" alone
+  ("AM", "FM", "DM") is an abbreviation, not a major triad; "a chord", and "A chord" opening a sentence, are the
+  article. Other lower-case letters before a word ("c major", "e diminished") and any letter with an accidental
+  ("ab major", "f#m") are notes.
 
 Labels (a metadata field, or a completion's whole answer) are read by meaning whatever their case and usual
 spelling: ``key_label`` ("a minor", "Am", "F#:min", "B♭ MAJOR"), ``chord_label`` ("a:min", "am7", "C major
@@ -23,10 +38,13 @@ from typing import Any
 
 import mir_eval
 
-from .text import completion_text, extract_answer, fold_accidentals
+from .text import completion_text, extract_answer, strip_markup
 
-_ROOT = r"(?P<root>[A-G](?:#|b|\s?sharp|\s?flat)?|[a-g](?:#|b|\s?sharp|\s?flat)(?=\s?m)|[b-g](?=\s))"
-_KEY_RE = re.compile(rf"(?<![A-Za-z#]){_ROOT}\s*(?P<mode>major|minor|maj|min|m)(?![a-z0-9])")
+# A note name in either case, with an accidental ("F#", "Bb", "f sharp", "E-flat"); which readings of it count is
+# decided by ``_prose_note`` (the article "a", "am", "I Am").
+_ROOT = r"(?P<root>[A-Ga-g])(?P<acc>#|b|[\s-]?(?i:sharp|flat))?"
+# A key: a mode word in any case ("minor", "Minor", "MINOR", "maj"), or "m" attached and lower-case ("Am", "f#m").
+_KEY_RE = re.compile(rf"(?<![\w#]){_ROOT}(?:[\s-]*(?P<word>(?i:major|minor|maj|min))|(?P<m>m))(?![A-Za-z0-9])")
 # Chord qualities, longest spellings first; values are mir_eval shorthands.
 _QUALITIES = (
     ("major seventh", "maj7"),
@@ -61,8 +79,23 @@ _QUALITIES = (
     ("maj", "maj"),
     ("M", "maj"),
 )
-_QUALITY_ALT = "|".join(re.escape(q) for q, _ in _QUALITIES)
-_CHORD_RE = re.compile(rf"(?<![A-Za-z#]){_ROOT}\s?(?P<quality>{_QUALITY_ALT})?(?:\s+chord|\s+triad)?(?![A-Za-z0-9])")
+_QUALITY = {q.lower() if q.islower() else q: v for q, v in _QUALITIES}
+# Qualities spelled in words ("major seventh", "Dim", "MAJ7") are read in any case; symbols ("M7" against "m7",
+# "m", "M", "+") only as written.
+_WORDS = [q for q, _ in _QUALITIES if re.fullmatch(r"[a-z][a-z0-9 -]{2,}", q)]
+_SYMBOLS = [q for q, _ in _QUALITIES if q not in _WORDS]
+_CHORD_RE = re.compile(
+    rf"(?<![\w#]){_ROOT}(?:[\s-]?(?P<word>(?i:{'|'.join(map(re.escape, _WORDS))}))"
+    rf"|\s?(?P<symbol>{'|'.join(map(re.escape, _SYMBOLS))}))?(?P<called>\s+(?i:chord|triad))?(?![A-Za-z0-9])"
+)
+# Words before a key or chord that say one is named next: "key of", "key is", "Key:", "the chord is".
+_NAMING_CUE = re.compile(
+    r"\b(?:key|tonality|tonal\s+cent(?:er|re)|tonic|chord)\b(?:\s+(?:signature|of|is|was|being|in|seems|to|be|"
+    r"likely|probably|sounds|like))*\s*[:=\-–—]?\s*$",
+    re.IGNORECASE,
+)
+_CLAUSE_END = re.compile(r"\s*(?:$|[.,;:!?)\]/\n])")
+_SENTENCE_OPENING = re.compile(r"(?:^|[.!?:\n])[\s\"'(\[•-]*$")
 _TEMPO_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:bpm|beats per minute|beats/min)", re.IGNORECASE)
 _METER_RE = re.compile(r"(?<![\d/])(\d{1,2})\s*/\s*(\d{1,2})(?![\d/])")
 _METER_WORDS = {"common time": "4/4", "cut time": "2/2", "alla breve": "2/2"}
@@ -73,7 +106,7 @@ _KEY_ENHARMONICS = {"B#": "C", "E#": "F", "Cb": "B", "Fb": "E"}
 
 
 def _root_name(root: str) -> str:
-    root = root.replace(" ", "").lower().replace("sharp", "#").replace("flat", "b")
+    root = root.replace(" ", "").replace("-", "").lower().replace("sharp", "#").replace("flat", "b")
     return root[0].upper() + root[1:]
 
 
@@ -90,7 +123,7 @@ def key_label(value: Any) -> str:
     >>> [key_label(v) for v in ("a minor", "Am", "F#:min", "B♭ MAJOR", "ebm", "the key of C major", "B# major")]
     ['A minor', 'A minor', 'F# minor', 'Bb major', 'Eb minor', 'C major', 'C major']
     """
-    m = _KEY_LABEL.match(fold_accidentals(str(value)).strip().rstrip("."))
+    m = _KEY_LABEL.match(strip_markup(str(value)).strip().rstrip("."))
     if not m:
         raise ValueError(f"cannot read {value!r} as a key (e.g. 'A minor', 'F# major', 'Bbm')")
     root = _root_name(m["root"] + (m["acc"] or "").replace("-", ""))
@@ -106,7 +139,7 @@ def chord_label(value: Any, bare_note: bool = True) -> str:
     >>> [chord_label(v) for v in ("a:min", "am7", "C major seventh", "C", "Db", "f# dim", "Bb:maj7")]
     ['A:min', 'A:min7', 'C:maj7', 'C:maj', 'Db:maj', 'F#:dim', 'Bb:maj7']
     """
-    text = fold_accidentals(str(value)).strip().rstrip(".")
+    text = strip_markup(str(value)).strip().rstrip(".")
     if not text or text[0].upper() not in "ABCDEFG":
         raise ValueError(f"cannot read {value!r} as a chord (e.g. 'A:min', 'C major', 'F#m7')")
     text = text[0].upper() + text[1:]
@@ -117,10 +150,15 @@ def chord_label(value: Any, bare_note: bool = True) -> str:
         except mir_eval.chord.InvalidChordException as e:
             raise ValueError(f"cannot read {value!r} as a chord: {e}") from None
     m = _CHORD_RE.fullmatch(text)
-    if not m or (m["quality"] is None and not bare_note):
+    if not m or (not (m["word"] or m["symbol"]) and not bare_note):
         raise ValueError(f"cannot read {value!r} as a chord (e.g. 'A:min', 'C major', 'F#m7')")
-    quality = dict(_QUALITIES).get(m["quality"] or "maj", dict(_QUALITIES).get((m["quality"] or "").lower(), "maj"))
-    return f"{_root_name(m['root'])}:{quality}"
+    return _chord(m)
+
+
+def _chord(m: re.Match) -> str:
+    """The mir_eval label of a ``_CHORD_RE`` match (no quality: the major triad)."""
+    quality = _QUALITY[m["word"].lower()] if m["word"] else _QUALITY.get(m["symbol"] or "", "maj")
+    return f"{_root_name(m['root'] + (m['acc'] or ''))}:{quality}"
 
 
 def tempo_label(value: Any) -> float:
@@ -179,44 +217,67 @@ def metadata_problems(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+def _prose_note(text: str, m: re.Match, word: str, symbol: str) -> bool:
+    """Whether the root of a ``_KEY_RE`` or ``_CHORD_RE`` match ``m`` in ``text`` is a note name rather than a word
+    (the rule is the module doc's). ``word`` is the mode or quality in words, lower-cased, ``symbol`` the one in
+    symbols ("m", "7"); either may be empty."""
+    root, before = m["root"], text[: m.start()]
+    if m["acc"]:
+        return True
+    if symbol:  # "am", "em", "cm" are words; "I Am" is a verb
+        return root.isupper() and not (root == "A" and symbol == "m" and re.search(r"\bI\s*$", before))
+    if root not in "Aa":
+        return root.isupper() or bool(word)
+    if not word:  # "C chord" and "an A chord", not "a chord" nor "A chord opens the piece"
+        return root == "A" and not _SENTENCE_OPENING.search(before)
+    if root == "A":
+        return True  # "A minor", "in A Minor", "The Key Is A Minor", "A MINOR"
+    clause_ends = word in ("major", "minor") and _CLAUSE_END.match(text, m.end("word"))
+    return bool(_NAMING_CUE.search(before[-60:]) or clause_ends)
+
+
 def parse_keys(text: str) -> list[str]:
-    """Keys named in ``text`` as mir_eval key strings.
+    """Keys named in ``text`` (read through markup, any letter case) as mir_eval key strings.
 
     >>> parse_keys("It is in F♯ minor, or maybe gb major; f#m.")
     ['F# minor', 'Gb major', 'F# minor']
-    >>> parse_keys("a minor third above")
-    []
+    >>> parse_keys("The Key Is A Minor"), parse_keys("IN E-FLAT MAJOR"), parse_keys("**the key of a minor**")
+    (['A minor'], ['Eb major'], ['A minor'])
+    >>> parse_keys("a minor third above"), parse_keys("a major role, in a minor key"), parse_keys("I am in C")
+    ([], [], [])
     >>> parse_keys("B# major")  # mir_eval knows it as C major
     ['C major']
     """
+    text = strip_markup(text)
     out = []
-    for m in _KEY_RE.finditer(fold_accidentals(text)):
-        mode = m["mode"].lower()
-        if m["mode"] == "M":
-            mode = "major"
-        root = _root_name(m["root"])
-        out.append(f"{_KEY_ENHARMONICS.get(root, root)} {'minor' if mode in ('minor', 'min', 'm') else 'major'}")
+    for m in _KEY_RE.finditer(text):
+        word = (m["word"] or "").lower()
+        if not _prose_note(text, m, word, m["m"] or ""):
+            continue
+        root = _root_name(m["root"] + (m["acc"] or ""))
+        out.append(f"{_KEY_ENHARMONICS.get(root, root)} {'minor' if m['m'] or word.startswith('min') else 'major'}")
     return out
 
 
 def parse_chords(text: str) -> list[str]:
-    """Chords named in ``text`` as mir_eval chord labels.
+    """Chords named in ``text`` (read through markup, qualities in words in any case) as mir_eval chord labels.
+    A bare note name is a chord only when called one ("C chord"); "M" alone ("AM", "FM") is read as an
+    abbreviation, not a major triad.
 
     >>> parse_chords("a C major seventh, then Dbm7 and G7; F# dim")
     ['C:maj7', 'Db:min7', 'G:7', 'F#:dim']
+    >>> parse_chords("An A Minor Seventh Chord, then D MAJOR and e diminished")
+    ['A:min7', 'D:maj', 'E:dim']
+    >>> parse_chords("at 10 AM, a minor seventh up. A chord opens it")
+    []
     """
+    text = strip_markup(text)
     out = []
-    qualities = dict(_QUALITIES)
-    for m in _CHORD_RE.finditer(fold_accidentals(text)):
-        q = m["quality"]
-        if q is None:
-            # A bare note name is a major chord only when called a chord ("C chord"); otherwise skip it.
-            if not re.search(r"\s+(chord|triad)$", m.group(0)):
-                continue
-            q = "maj"
-        else:
-            q = qualities.get(q, qualities.get(q.lower(), "maj"))
-        out.append(f"{_root_name(m['root'])}:{q}")
+    for m in _CHORD_RE.finditer(text):
+        if not (m["word"] or m["symbol"] or m["called"]) or m["symbol"] == "M":
+            continue
+        if _prose_note(text, m, (m["word"] or "").lower(), m["symbol"] or ""):
+            out.append(_chord(m))
     return out
 
 

@@ -93,9 +93,9 @@ _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+\*?\s*\{([^{}]*)\}")
 _LATEX_MATH = re.compile(r"\$\$?([^$]*?)\$\$?")
 _LATEX_REST = re.compile(r"\\[()\[\]]|\\(?:left|right)\b|\\[,;:! ]|\\(?:quad|qquad|displaystyle)\b")
 _HTML_EMPHASIS = re.compile(r"</?(?:b|strong|i|em|u|code|mark|tt|span)(?:\s[^<>]*)?>", re.IGNORECASE)
-# Markdown: bold / italics ("**B**", "*B*", "__B__"; underscores inside words, "light_switch", stay), code spans,
-# and a heading's or a quote's marker at the start of a line.
-_MD_EMPHASIS = re.compile(r"\*+|(?<!\w)_{1,2}|_{1,2}(?!\w)|`+")
+# Markdown: bold / italics ("**B**", "*B*", "__B__"; underscores inside words, "light_switch", and a mir_eval
+# omission, "G#:min7(4,*5)", stay), code spans, and a heading's or a quote's marker at the start of a line.
+_MD_EMPHASIS = re.compile(r"\*{2,}|(?<![(,])\*|(?<!\w)_{1,2}|_{1,2}(?!\w)|`+")
 _MD_LINE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]+|>[ \t]*)", re.MULTILINE)
 _QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "«": '"', "»": '"', "‘": "'", "’": "'", "‚": "'"})
 # Quotes around a span; an apostrophe inside a word ("Berman's") is no quote.
