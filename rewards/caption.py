@@ -4,8 +4,9 @@ For each metadata category present (genre, tempo, key, meter, instrument(s), cho
 scores 1 if it states the ground truth, with category-aware matching that reuses the music-theory comparators
 (any key it names with MIREX score 1, any tempo within tolerance, the exact meter, the chord by notes;
 instruments, genre and mood as phrases). Keys and chords are read in any letter case and through markup ("The Key
-Is A Minor", "A MINOR", "**a minor**"), with ``music_theory``'s rule for when "a" is the article. The total is normalised by the number of categories present. For a
-list-valued category (``instruments``, ``chords``) the category scores the fraction of items stated.
+Is A Minor", "A MINOR", "**a minor**"), with ``music_theory``'s rule for when "a" is the article. The total is
+normalised by the number of categories present. For a list-valued category (``instruments``, ``chords``) the
+category scores the fraction of items stated.
 """
 
 from __future__ import annotations
