@@ -34,7 +34,6 @@ from omegaconf import OmegaConf
 from transformers import AutoProcessor
 
 from .audio import LONG_AUDIO, AudioError
-from .checkpoint import CheckpointError
 from .config import (
     DTYPES,
     ConfigError,
@@ -449,7 +448,7 @@ CONFIG_HELP = Command(
 
 VERBOSE = ("-v", "--verbose")
 # The errors a user's input causes: each names its cause. The types that do not derive from UserError predate it.
-USER_ERRORS = (UserError, DataError, LayoutError, AudioError, PromptTooLongError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (UserError, DataError, LayoutError, AudioError, PromptTooLongError, FileNotFoundError)
 COMMANDS = (RECIPE, TRAIN, PLAN, SFT, EVAL, SYNTH, GENERATE, CHECK_DATA, TINY_MODEL, CONFIG_HELP)
 
 
