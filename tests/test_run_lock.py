@@ -51,3 +51,25 @@ def test_a_closed_or_rebuilt_run_in_one_process_lets_the_folder_go(tmp_path):
     b.release()
     done = subprocess.run([sys.executable, "-c", HOLDER.replace("time.sleep(600)", ""), str(tmp_path)], timeout=60)
     assert done.returncode == 0  # another process takes the released folder
+
+
+def test_a_second_recipe_into_a_held_folder_is_refused_before_any_stage(tmp_path):
+    from grpo_audio.config import RecipeConfig, load_config
+    from grpo_audio.recipe import Recipe
+    from tests.test_trainer import REPO
+
+    out = tmp_path / "out"
+    cfg = load_config(
+        REPO / "examples/music_flamingo/tiny.yaml",
+        [f"output_dir={out}", "tiny_model=test", "synthetic.n=4", "synthetic.n_eval=2", "synthetic.n_rl=2"],
+        schema=RecipeConfig,
+    )
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=f"PID {first.pid}"):
+            Recipe(cfg).run()
+        assert not (out / "data").exists() and not (out / "base").exists()  # nothing prepared, no stage run
+    finally:
+        first.kill()
+        first.wait()

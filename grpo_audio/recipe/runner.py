@@ -14,6 +14,7 @@ import json
 import random
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from ..config import (
 )
 from ..data.benchmarks import LayoutError, load_benchmark, read_benchmark
 from ..data.loaders import load_manifest, read_manifest
-from ..data.schema import DataError, Row
+from ..data.schema import ContextLimit, DataError, Row
 from ..data.synthetic import CORPUS_FILES, write_corpus
 from ..evaluate import cached_encoder, evaluate_model
 from ..fingerprint import data_fingerprint
@@ -46,6 +47,7 @@ from ..parallel import Parallel
 from ..precision import precision_of
 from ..rewards import RewardSet
 from ..rollout import load_engine, sampling_config
+from ..run_lock import RunLock
 from ..sampled_eval import paired_difference, sampled_eval
 from ..sft import SFTConfig, run_sft, target_text
 from ..trainer import GRPOTrainer
@@ -126,12 +128,15 @@ class Recipe:
         not when the stage that reads it starts, and an evaluation is never skipped for want of its file."""
         fields = [("eval.data", self.cfg.eval.data)]
         skips: dict[str, str] = {}
+        sampled: dict[str, Any] = {}
         for i, stage in enumerate(self.cfg.stages):
             if not stage.data.strip() and stage.kind != "eval":  # an eval stage's data defaults to eval.data
                 raise ConfigError(f"stages[{i}] ({stage.name!r}).data: empty, but a {stage.kind} stage trains on it")
             fields += [(f"stages[{i}] ({stage.name!r}).{name}", getattr(stage, name)) for name in ("data", "replay")]
             if stage.kind == "grpo":  # GRPO reads its rows under data.bad_rows (its overrides included)
-                skips[fields[-2][0]] = skips[fields[-1][0]] = self.grpo_config(stage, self.out).data.bad_rows
+                grpo = self.grpo_config(stage, self.out)
+                skips[fields[-2][0]] = skips[fields[-1][0]] = grpo.data.bad_rows
+                sampled[fields[-2][0]] = grpo.rollout  # its prompts must fit the engine's context
         fields += [(f"eval.final[{i}].data", final.data) for i, final in enumerate(self.cfg.eval.final)]
         known = set(CORPUS_FILES.values())
         held_out = {CORPUS_FILES["eval"], CORPUS_FILES["eval_mmau"]}
@@ -152,20 +157,29 @@ class Recipe:
                         files.setdefault(path, field)
                     continue
                 raise ConfigError(f"{field}: {spec!r}: {why}")
+        # A model given by path (not built by the recipe, tiny_model) gives the context GRPO's prompts must fit.
+        base = None if self.cfg.tiny_model else Path(self.cfg.model.path)
         for path, field in files.items():  # every row and clip, before the first stage spends any compute
-            self.check_rows(path, field, skips.get(field, "raise"))
+            rollout = sampled.get(field)
+            context = (
+                ContextLimit.from_checkpoint(base, rollout.max_new_tokens, rollout.max_model_len)
+                if rollout is not None and base is not None and (base / "config.json").is_file()
+                else None
+            )
+            self.check_rows(path, field, skips.get(field, "raise"), context)
 
-    def check_rows(self, path: Path, field: str, bad_rows: str = "raise") -> None:
+    def check_rows(self, path: Path, field: str, bad_rows: str = "raise", context: ContextLimit | None = None) -> None:
         """Every row of the user's data file ``path`` (named by ``field``) with its audio decoded, as the stage or
         evaluation that reads it will load it: an ``eval.final`` file as a benchmark, the others as manifests, bad
-        rows raised or skipped per ``bad_rows`` (a GRPO stage's ``data.bad_rows``; the other stages raise).
+        rows raised or skipped per ``bad_rows`` (a GRPO stage's ``data.bad_rows``; the other stages raise), a GRPO
+        stage's prompts checked against the engine's ``context`` with their audio and the completion's room.
         Raises ``ConfigError`` naming the field, then every bad row with its field (``DataError``'s list), or
         naming the field of a file with no good row."""
         try:
             if field.startswith("eval.final"):
                 rows = load_benchmark(path, self.family).rows
             else:
-                rows = load_manifest(path, family=self.family, bad_rows=bad_rows)
+                rows = load_manifest(path, family=self.family, bad_rows=bad_rows, context=context)
         except (DataError, LayoutError) as e:
             raise ConfigError(f"{field}: {e}") from None
         if not rows:
@@ -218,6 +232,17 @@ class Recipe:
         )
 
     def run(self) -> dict[str, Any]:
+        """Run every stage not already completed (records, report: ``report.md``); one recipe at a time in its
+        folder (``run_lock.py``, held by the main process). Returns the report."""
+        held: list[RunLock] = []
+        self.parallel.decide(lambda: held.append(RunLock(self.out, "recipe")))
+        try:
+            return self._run()
+        finally:
+            for lock in held:
+                lock.release()
+
+    def _run(self) -> dict[str, Any]:
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         current = self.prepare()
@@ -228,7 +253,7 @@ class Recipe:
             key, eval_key = self.stage_key(stage, current, upstream), self.eval_key(i)
             if stage.kind != "eval":
                 upstream = _digest(key)
-            done = self.completed(stage, key)
+            done = self.parallel.decide(partial(self.completed, stage, key))  # one answer for every process
             if done is not None:
                 current = Path(done["entry"]["model_dir"])
                 if done.get("eval_key") == eval_key:
@@ -464,10 +489,14 @@ class Recipe:
         run_cfg = self.grpo_config(stage, model_dir)
         if key is not None:
             started = self.out / stage.name / STARTED_MARKER
-            try:
-                same = json.loads(started.read_text()).get("key") == key
-            except (OSError, ValueError):
-                same = False
+
+            def same_run() -> bool:
+                try:
+                    return json.loads(started.read_text()).get("key") == key
+                except (OSError, ValueError):
+                    return False
+
+            same = self.parallel.decide(same_run)  # one answer for every process
             if not same and run_cfg.train.resume == "auto":
                 run_cfg.train.resume = "never"  # with train.overwrite, the old run's checkpoints are removed
             self.parallel.barrier()  # every process has read the record before it is replaced

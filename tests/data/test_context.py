@@ -161,3 +161,29 @@ def test_every_loader_takes_the_context(af3):
     assert [r.id for r in from_records(records, af3.family, context=fits)] == ["a"]
     with pytest.raises(DataError, match=f"row 'a': field 'prompt': prompt is {prompt} tokens"):
         from_records(records, af3.family, context=ContextLimit(af3.processor, prompt + K - 1, K))
+
+
+def test_the_trainer_refuses_or_skips_a_row_that_cannot_fit_before_any_step(tmp_path, tiny_checkpoint):
+    """The trainer loads its rows against its engine's context (rollout.max_model_len less max_new_tokens): a
+    10-minute clip is refused naming the row and its count, or skipped under data.bad_rows=skip."""
+    from grpo_audio.trainer import GRPOTrainer
+    from tests.test_trainer import config
+
+    sf.write(tmp_path / "long.wav", sine(600.0), SR)
+    sf.write(tmp_path / "short.wav", sine(2.0), SR)
+    manifest = tmp_path / "train.jsonl"
+    rows = [
+        {"id": "ten-minutes", "audio": "long.wav", "prompt": PROMPT},
+        {"id": "ok", "audio": "short.wav", "prompt": PROMPT},
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = {"data.train": manifest, "rollout.max_model_len": 4096, "rollout.max_new_tokens": 8}
+    with pytest.raises(DataError, match=r"row 'ten-minutes'.*15000 audio tokens for 600.0 s.* > context 4096"):
+        GRPOTrainer(config(tmp_path, tiny_checkpoint("audio_flamingo3"), **settings))
+    trainer = GRPOTrainer(
+        config(tmp_path, tiny_checkpoint("audio_flamingo3"), **settings, **{"data.bad_rows": "skip"})
+    )
+    try:
+        assert [r.id for r in trainer.train_rows] == ["ok"] and trainer.step == 0
+    finally:
+        trainer.close()
