@@ -8,7 +8,7 @@ import unicodedata
 from functools import lru_cache
 from typing import Any
 
-ACCIDENTALS = {"♯": "#", "♭": "b", "＃": "#"}
+ACCIDENTALS = {"♯": "#", "♭": "b", "＃": "#", "♮": ""}
 
 
 def completion_text(completion: Any) -> str:
@@ -72,7 +72,7 @@ def extract_answer(
 
 
 def fold_accidentals(text: str) -> str:
-    """Unicode sharps and flats to ``#`` and ``b``; NFKC-normalise.
+    """Unicode sharps and flats to ``#`` and ``b`` (a natural sign dropped); NFKC-normalise.
 
     >>> fold_accidentals("F♯ minor, B♭ major")
     'F# minor, Bb major'

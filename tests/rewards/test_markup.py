@@ -164,6 +164,7 @@ def test_markup_readings_in_letter_and_text_mode_on_note_names():
         ("> B", "B"),
         ("F♯ minor", "F# minor"),
         ("B♭ major", "Bb major"),
+        ("C♮ major", "C major"),
         ("$F^\\sharp$ minor", "F# minor"),
         ("$B^{\\flat}$ major", "Bb major"),
         ("C\\# major", "C# major"),
