@@ -31,6 +31,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .errors import UserError
+
 # Sample rates outside this range are not audio a model can use (or a corrupt header).
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 384_000
@@ -40,7 +42,7 @@ MIN_SECONDS = 0.01
 LONG_AUDIO = ("truncate", "reject")
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """An audio input could not be used. ``sample_id``, ``field`` and ``reason`` are kept as attributes."""
 
     def __init__(self, sample_id: str, field: str, reason: str):

@@ -33,7 +33,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from transformers import AutoProcessor
 
-from .audio import LONG_AUDIO, AudioError
+from .audio import LONG_AUDIO
 from .config import (
     DTYPES,
     ConfigError,
@@ -58,9 +58,10 @@ from .logs import CommandLog
 from .models import FAMILIES, ModelSpec, family_of_checkpoint, load_policy
 from .models.tiny import SIZES, build_tiny_model
 from .plan import plan_memory, plan_table
+from .precision import precision_of
 from .recipe import Recipe
 from .recipe.calibrate import standardize_checkpoint
-from .rollout import ENGINES, PromptTooLongError, SamplingConfig, generate_manifest
+from .rollout import ENGINES, SamplingConfig, generate_manifest
 from .sft import SFTConfig, run_sft
 from .trainer import GRPOTrainer
 
@@ -141,8 +142,11 @@ def run_sft_command(cfg: SFTCommandConfig, log: CommandLog) -> int:
     log.log_to(cfg.output_dir, header(cfg))
     family = family_of_checkpoint(cfg.model)
     rows = load_manifest(cfg.data, family=family, decode=cfg.target != "text")
-    model = load_policy(ModelSpec(cfg.model, family.name, cfg.dtype))
-    model_dir, history = run_sft(model, family, AutoProcessor.from_pretrained(cfg.model), rows, cfg.output_dir, cfg)
+    spec = ModelSpec(cfg.model, family.name, cfg.dtype)
+    precision = precision_of(spec)  # float32 master weights for a bf16 model (precision.py)
+    model = load_policy(spec, dtype=precision.master)
+    processor = AutoProcessor.from_pretrained(cfg.model)
+    model_dir, history = run_sft(model, family, processor, rows, cfg.output_dir, cfg, precision=precision)
     if history:
         print(f"loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
     print(f"wrote {model_dir}")
@@ -325,6 +329,21 @@ def check_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bad-rows", choices=BAD_ROWS, default="raise", help=help_of(EvalCommandConfig, "bad_rows"))
     p.add_argument("--fields", default=None, metavar="MAP", help=help_of(EvalCommandConfig, "fields"))
     p.add_argument("--audio-root", default=None, help=help_of(EvalCommandConfig, "audio_root"))
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="a checkpoint: its family, and each prompt with its audio tokens checked against its context",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=0,
+        help="the engine's context (rollout.max_model_len; default 0: the model's own)",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=256, help="the completion's room (rollout.max_new_tokens; default 256)"
+    )
 
 
 def run_check_data(args: argparse.Namespace, log: CommandLog) -> int:
@@ -337,8 +356,11 @@ def run_check_data(args: argparse.Namespace, log: CommandLog) -> int:
             bad_rows=args.bad_rows,
             fields=args.fields,
             audio_root=args.audio_root,
+            model=args.model,
+            max_model_len=args.max_model_len,
+            max_new_tokens=args.max_new_tokens,
         )
-    except (LayoutError, FileNotFoundError) as e:
+    except (LayoutError, FileNotFoundError, ValueError) as e:
         log.error(f"grpo-audio check-data: {e}")
         return 1
 
@@ -448,7 +470,7 @@ CONFIG_HELP = Command(
 
 VERBOSE = ("-v", "--verbose")
 # The errors a user's input causes: each names its cause. The types that do not derive from UserError predate it.
-USER_ERRORS = (UserError, DataError, LayoutError, AudioError, PromptTooLongError, FileNotFoundError)
+USER_ERRORS = (UserError, FileNotFoundError)  # a missing file is the user's too
 COMMANDS = (RECIPE, TRAIN, PLAN, SFT, EVAL, SYNTH, GENERATE, CHECK_DATA, TINY_MODEL, CONFIG_HELP)
 
 

@@ -2,8 +2,9 @@
 
 A :class:`UserError` (a config, a reward, data or an output folder that cannot be used) names its cause in its
 message; the ``grpo-audio`` executable reports it in one line with exit status 2 and keeps its traceback in the
-command's log file (``cli.USER_ERRORS`` lists it with the older error types that name their cause too). Any other
-exception is a bug and shows its traceback.
+command's log file (``cli.USER_ERRORS``: these and a missing file). Any other exception is a bug and shows its
+traceback. Subclasses: ``ConfigError``, ``DataError``, ``LayoutError``, ``AudioError``, ``PromptTooLongError``,
+``RewardError``, ``CheckpointError``, ``RunLockedError``.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ from .checkpoint import (
     start_run,
     training_state,
 )
-from .config import RunConfig, check_parallel
+from .config import ConfigError, RunConfig, check_parallel
 from .data.collate import collate_prompts
 from .data.loaders import load_manifest
 from .data.schema import ContextLimit, Row
@@ -125,7 +125,7 @@ class GRPOTrainer:
     ):
         check_parallel(config)  # before anything loads
         if config.train.eval_generations < 1:
-            raise ValueError(f"train.eval_generations must be at least 1, got {config.train.eval_generations}")
+            raise ConfigError(f"train.eval_generations must be at least 1, got {config.train.eval_generations}")
         self.cfg = config
         self.family: type[ModelFamily] = get_family(config.model.family)
         self.out = Path(config.output_dir)
@@ -169,7 +169,7 @@ class GRPOTrainer:
         )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not trainable:
-            raise ValueError("no trainable parameters: check model.freeze_* and lora settings")
+            raise ConfigError("no trainable parameters: check model.freeze_* and lora settings")
         self.optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
         self.scheduler = self._scheduler()
         self.rewards = (
@@ -198,16 +198,16 @@ class GRPOTrainer:
             present = sorted({r.task for r in self.train_rows})
             self.train_rows = [r for r in self.train_rows if r.task in data.train_tasks]
             if not self.train_rows:
-                raise ValueError(
+                raise ConfigError(
                     f"data.train_tasks {list(data.train_tasks)}: no training row has one (tasks: {present})"
                 )
         if not self.train_rows:
-            raise ValueError("no training rows")
+            raise ConfigError(f"data.train {data.train!r}: no training rows")
         replay_specs = [spec.strip() for spec in data.replay.split(",") if spec.strip()]
         self.replay_rows = [row for spec in replay_specs for row in load_manifest(spec, **limits)]
         self.replay_rows = check_replay_rows(self.replay_rows, self.tokenizer, self.banned_ids, data.bad_rows)
         if replay_specs and not self.replay_rows:
-            raise ValueError(f"data.replay {data.replay!r}: no rows")
+            raise ConfigError(f"data.replay {data.replay!r}: no rows")
         self.loss_cfg = LossConfig(
             loss_type=config.grpo.loss_type,
             epsilon=config.grpo.epsilon,

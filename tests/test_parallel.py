@@ -154,11 +154,14 @@ def nodes() -> list[list[str]]:
 
 
 def assert_bitwise(a: dict, b: dict) -> None:
-    """Two runs' views of one step are the same to the bit: parameters, first moments and logged metrics."""
+    """Two runs' views of one step are the same to the bit: parameters, first moments and logged metrics (but
+    the timings)."""
     assert a["params"].keys() == b["params"].keys() and a["moments"].keys() == b["moments"].keys()
     assert all(torch.equal(p, b["params"][n]) for n, p in a["params"].items())
     assert all(torch.equal(m, b["moments"][n]) for n, m in a["moments"].items())
-    assert a["metrics"] == b["metrics"]
+    timing = ("time/", "tokens_per_s/")
+    timeless = [{k: v for k, v in d["metrics"].items() if not k.startswith(timing)} for d in (a, b)]
+    assert timeless[0] == timeless[1] and "loss" in timeless[0]
 
 
 def test_two_nodes_through_the_rendezvous_train_as_one_process_and_resume(project, single):
@@ -199,7 +202,7 @@ def test_fsdp2_keeps_float32_master_weights_of_a_bf16_model(project):
     """bf16 model, FSDP2 with its default mixed precision, lr 1e-6: the weights stay float32 and move by what
     AdamW computes in float64 from the same gradient (bf16 weights would round such a step to nothing)."""
     dumps = run(project, "bf16", [[TORCHRUN, "--nproc_per_node", "2"]], "fsdp2", steps=1,
-                extra=["model.dtype=bfloat16", "train.lr=1e-6"])  # fmt: skip
+                extra=["model.dtype=bfloat16", "train.lr=1e-6", "grpo.num_iterations=1"])  # fmt: skip
     assert setup(dumps)["sharded"] and setup(dumps)["param_dtypes"] == ["torch.float32"]
     start = torch.load(dumps / "rank0" / "start.pt", weights_only=False)["params"]
     assert_update_is_adamw_in_float64(start, load(dumps, 0, 1), lr=1e-6)

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from ..models import ModelFamily
 from ..rewards.matching import ANSWER_FORMATS, Choices
 from ..rewards.text import extract_answer
@@ -135,7 +136,7 @@ class Benchmark:
         return LAYOUT_SPECS[self.layout]
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """The file matches no known layout, or a field map names fields the items lack."""
 
 

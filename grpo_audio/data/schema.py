@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..audio import AudioClip, AudioError, load_audio
+from ..errors import UserError
 from ..models import FAMILIES, ModelFamily
 from ..models.base import context_length
 from ..rewards.matching import Choices
@@ -110,7 +111,7 @@ class BadRow:
         return f"row '{self.id}': field '{self.field}': {self.reason}"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """One or more rows failed validation; ``bad`` lists all of them."""
 
     def __init__(self, source: str, bad: list[BadRow], total: int):

@@ -17,6 +17,7 @@ import torch
 
 from ..data.collate import PromptBatch, collate_prompts
 from ..data.schema import Row
+from ..errors import UserError
 from ..models import ModelFamily
 
 
@@ -105,7 +106,7 @@ class RolloutBatch:
         return ids, mask, lps
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(UserError, ValueError):
     """A prompt (audio tokens included) does not fit the engine's context; names the row."""
 
 

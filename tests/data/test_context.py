@@ -116,6 +116,15 @@ def test_check_data_reports_the_row_that_does_not_fit(manifest, af3, capsys):
         check_data(manifest, family="music_flamingo", model=af3.path)
 
 
+def test_the_check_data_command_takes_the_model_and_its_context(manifest, af3, capsys):
+    from grpo_audio.cli import main
+
+    argv = ["check-data", str(manifest), "--model", str(af3.path), "--max-new-tokens", str(K)]
+    assert main([*argv, "--max-model-len", "4096"]) == 1
+    assert f"BAD  long: prompt: {long_reason(af3, 4096)}" in capsys.readouterr().out
+    assert main([*argv, "--bad-rows", "skip"]) == 0
+
+
 def test_load_refuses_or_skips_the_row_that_does_not_fit(manifest, af3, caplog):
     context = ContextLimit(af3.processor, 8192, K)
     with pytest.raises(DataError) as e:
