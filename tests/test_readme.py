@@ -169,3 +169,4 @@ def test_data_shell_block(project):
     out = _run_lines(_shell("grpo-audio check-data data/train.jsonl"), project, {"n=400": "n=8 n_eval=2"})
     # rl.jsonl: a multiple-choice, an open and a caption prompt for each of the 8 clips
     assert "24 rows: 24 ok, 0 bad" in out[0].stdout and (project / "data/synth/eval.jsonl").exists()
+    assert "24 rows: 24 ok, 0 bad" in out[1].stdout and "context 2048 tokens with max_new_tokens 96" in out[1].stdout
