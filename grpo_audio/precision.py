@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -108,8 +107,3 @@ def compute_in(model: torch.nn.Module, prec: Precision, device: torch.device) ->
         del model.forward  # the class's forward again
 
     return undo
-
-
-def moved_fraction(before: torch.Tensor, after: torch.Tensor) -> float:
-    """The fraction of elements that changed (a test's and a user's check that updates land)."""
-    return float((before != after).float().mean()) if before.numel() else math.nan
