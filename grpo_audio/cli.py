@@ -62,6 +62,7 @@ from .precision import precision_of
 from .recipe import Recipe
 from .recipe.calibrate import standardize_checkpoint
 from .rollout import ENGINES, SamplingConfig, generate_manifest
+from .run_lock import RunLock
 from .sft import SFTConfig, run_sft
 from .trainer import GRPOTrainer
 
@@ -82,6 +83,7 @@ class Command:
 # ---- recipe -------------------------------------------------------------------------------------------------
 def run_recipe(cfg: RecipeConfig, log: CommandLog) -> int:
     recipe = Recipe(cfg)  # its checks first: a refused recipe leaves no output folder behind
+    RunLock.check_free(cfg.output_dir)  # a refused recipe leaves the running one's log alone
     log.log_to(cfg.output_dir, header(cfg))
     recipe.run()
     return 0
@@ -100,6 +102,7 @@ RECIPE = Command(
 
 # ---- train --------------------------------------------------------------------------------------------------
 def run_train(cfg: RunConfig, log: CommandLog) -> int:
+    RunLock.check_free(cfg.output_dir)  # a refused run leaves the running one's log alone
     log.log_to(cfg.output_dir, header(cfg))
     trainer = GRPOTrainer(cfg)
     try:

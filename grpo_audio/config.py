@@ -384,6 +384,14 @@ class RunConfig:
     rewards: list[RewardSpec] = setting(help="Reward functions and weights.", factory=list)
 
 
+def check_model_path(path: str, key: str = "model.path") -> None:
+    """``path`` is a model folder (``save_pretrained`` layout, with its ``config.json``); nothing is fetched from a
+    hub at run time. Raises ``ConfigError`` naming ``key`` otherwise."""
+    if not (Path(path) / "config.json").is_file():
+        why = "no such folder" if not Path(path).exists() else "no config.json in it"
+        raise ConfigError(f"{key}={path!r}: not a model folder ({why}); give a local checkpoint directory")
+
+
 def check_parallel(cfg: RunConfig, world_size: int | None = None) -> None:
     """What a run's ``parallel`` and batch settings need from the processes it is launched on (``world_size``,
     torchrun's by default), checked before anything loads.

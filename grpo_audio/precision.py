@@ -71,23 +71,22 @@ def largest_moved_weight(lr: float, dtype: torch.dtype) -> float:
 
 
 def warn_if_updates_round_off(prec: Precision, lr: float, what: str = "train.lr") -> None:
-    """Warn when weights are kept in a dtype in which an update of about ``lr`` (AdamW's step) leaves most weights
-    of a trained model (magnitudes around 1e-2) unchanged."""
+    """Warn when weights are kept in a 16-bit dtype (pure bf16 / fp16, an opt-in), saying which weights an update
+    of about ``lr`` (AdamW's step) still moves: at small learning rates, almost none of a trained model's (whose
+    weights are 1e-2 to 1 in magnitude)."""
     if prec.master.is_floating_point and torch.finfo(prec.master).bits <= 16:
-        bound = largest_moved_weight(lr, prec.master)
-        if bound < 1e-2:
-            name = str(prec.master).removeprefix("torch.")
-            logger.warning(
-                "weights and optimiser state kept in %s (model.master_dtype=model): the smallest update %s can make "
-                "to a weight w is |w| * %.3g; at %s %g only weights below %.2g in magnitude move (typical weights "
-                "are 1e-2 to 1). Set model.master_dtype=float32 to keep float32 master weights.",
-                name,
-                name,
-                torch.finfo(prec.master).eps / 2,
-                what,
-                lr,
-                bound,
-            )
+        name = str(prec.master).removeprefix("torch.")
+        logger.warning(
+            "weights and optimiser state kept in %s (model.master_dtype=model): the smallest update %s can make "
+            "to a weight w is |w| * %.3g; at %s %g only weights below %.2g in magnitude move (typical weights "
+            "are 1e-2 to 1). Set model.master_dtype=float32 to keep float32 master weights.",
+            name,
+            name,
+            torch.finfo(prec.master).eps / 2,
+            what,
+            lr,
+            largest_moved_weight(lr, prec.master),
+        )
 
 
 def compute_in(model: torch.nn.Module, prec: Precision, device: torch.device) -> Callable[[], None]:

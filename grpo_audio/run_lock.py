@@ -73,6 +73,29 @@ class RunLock:
         self._fd: int | None = fd
         _HELD[self.folder] = self
 
+    @staticmethod
+    def check_free(out: str | Path) -> None:
+        """Refuse now if another process holds ``out`` (a probe that takes nothing: a command checks before it
+        opens its log there, so that a refused run leaves the running one's log alone). The main process only:
+        under torchrun the others would find each other's probes.
+
+        Raises:
+            RunLockedError: another live process holds the folder.
+        """
+        path = Path(out) / LOCK_FILE
+        if int(os.environ.get("RANK", "0")) != 0 or not path.is_file() or path.parent.resolve() in _HELD:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(
+                f"{path.parent} is in use by another run ({_describe(path)}); wait for it to finish, stop it, or "
+                "choose another output_dir"
+            ) from None
+        finally:
+            os.close(fd)  # closing releases the shared lock taken
+
     def release(self) -> None:
         """Let the folder go (idempotent); the record stays for the next holder to overwrite."""
         if self._fd is not None:

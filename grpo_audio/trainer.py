@@ -55,7 +55,7 @@ from .checkpoint import (
     start_run,
     training_state,
 )
-from .config import ConfigError, RunConfig, check_parallel
+from .config import ConfigError, RunConfig, check_model_path, check_parallel
 from .data.collate import collate_prompts
 from .data.loaders import load_manifest
 from .data.schema import ContextLimit, Row
@@ -124,6 +124,7 @@ class GRPOTrainer:
         audio_cache: AudioCache | None = None,
     ):
         check_parallel(config)  # before anything loads
+        check_model_path(config.model.path)
         if config.train.eval_generations < 1:
             raise ConfigError(f"train.eval_generations must be at least 1, got {config.train.eval_generations}")
         self.cfg = config

@@ -87,6 +87,7 @@ def test_the_executable_reports_bad_input_in_one_line(tmp_path):
             2,
             "grpo-audio: config key 'rollout.gpu_memory_utilization' = 1.5 is above its range, (0, 1].",
         ),
+        (["train", str(good)], 2, "grpo-audio: model.path='p': not a model folder (no such folder)"),
         (["synth", "output_dir=x", "n=[1,"], 2, "grpo-audio: command line: config key 'n': '[1,' is not valid YAML"),
         (["eval", "model=nowhere", "data=nothing.json"], 1, "grpo-audio eval: not a checkpoint directory"),
     ):

@@ -88,7 +88,7 @@ def test_the_python_example_after_the_quick_start_trains_a_run_of_its_own(projec
     assert (quick / "checkpoints" / "step-000002" / "COMPLETE").exists()
     code = _block("trainer = GRPOTrainer(")
     assert '"train.max_steps=20"' in code and '"output_dir=runs/grpo-piano"' in code
-    exec(code.replace('"train.max_steps=20"', SMALL), {"__name__": "readme"})
+    exec(code.replace('"train.max_steps=20"', SMALL), {"__name__": "__main__"})
     run = project / "runs" / "grpo-piano"
     assert (run / "checkpoints" / "step-000002" / "COMPLETE").exists() and (run / "curves.png").exists()
     ids = [json.loads((d / "run.json").read_text())["run_id"] for d in (quick, run)]
@@ -97,7 +97,7 @@ def test_the_python_example_after_the_quick_start_trains_a_run_of_its_own(projec
     # not resumed at the quick start's last step with 0 steps to train.
     into_quick = code.replace('"train.max_steps=20"', SMALL).replace("runs/grpo-piano", "runs/grpo-synthetic")
     with pytest.raises(CheckpointError, match="its config differs"):
-        exec(into_quick, {"__name__": "readme"})
+        exec(into_quick, {"__name__": "__main__"})
 
 
 SHELL_BLOCKS = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.DOTALL)

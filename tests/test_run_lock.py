@@ -73,3 +73,24 @@ def test_a_second_recipe_into_a_held_folder_is_refused_before_any_stage(tmp_path
     finally:
         first.kill()
         first.wait()
+
+
+def test_a_refused_train_command_leaves_the_running_run_s_log_alone(tmp_path, tiny_checkpoint):
+    from grpo_audio.cli import main
+
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"output_dir: {out}\nmodel: {{path: {tiny_checkpoint('audio_flamingo3')}, family: audio_flamingo3}}\n"
+    )
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        log = out / "grpo-audio.log"
+        log.write_text("the running run's log\n")
+        with pytest.raises(RunLockedError, match=f"PID {first.pid}"):
+            main(["train", str(config)])
+        assert log.read_text() == "the running run's log\n"
+    finally:
+        first.kill()
+        first.wait()

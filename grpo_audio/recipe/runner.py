@@ -29,6 +29,7 @@ from ..config import (
     RunConfig,
     StageConfig,
     SupervisedSettings,
+    check_model_path,
     check_parallel,
     check_values,
     checked_answer_formats,
@@ -101,6 +102,8 @@ class Recipe:
             if stage.kind == "grpo":
                 check_parallel(self.grpo_config(stage, self.out / "base"))
         check_parallel(cfg)
+        if not cfg.tiny_model:
+            check_model_path(cfg.model.path)
         self.check_data()  # and a data file that is not there
         self.parallel = Parallel(cfg.parallel.strategy, cfg.parallel.compute_dtype, cfg.parallel.cpu_offload)
         self.main = self.parallel.process.is_main
