@@ -61,6 +61,8 @@ _LONE_LETTER = re.compile(r"^([A-Za-z])\.?$")
 _LETTERED_START = re.compile(r"^(?:\(\s*([A-Za-z])\s*\)|([A-Za-z])[.)])\s+(\S.*)$", re.DOTALL)
 # Letters inside free text: "(B)" anywhere; after "answer (is)" / "option" / "choice": an upper-case letter, or
 # a lower-case one that ends the clause ("the answer is b." but not "the answer is a piano"); "B." / "B)" first.
+# More letters listed after an answer's letter ("Answer: B, C", "answer: B or C"): a hedge names each of them.
+_LISTED_LETTER = re.compile(r"\s*(?:,|/|&|\bor\b|\band\b)\s*([A-Z])(?![\w#])")
 _LETTER_MENTIONS = (
     re.compile(r"\(\s*([A-Za-z])\s*\)"),
     re.compile(r"(?i:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*([A-Z])(?![\w#])"),
@@ -201,8 +203,15 @@ class Choices:
         found = {i for s, e, i in spans if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for s2, e2, _ in spans)}
         for pattern in _LETTER_MENTIONS:
             for m in pattern.finditer(text):
-                if not any(s <= m.start(1) < e for s, e, _ in spans):
-                    found |= self._by_letter(m.group(1))
+                if any(s <= m.start(1) < e for s, e, _ in spans):
+                    continue
+                found |= self._by_letter(m.group(1))
+                end = m.end(1)
+                while listed := _LISTED_LETTER.match(text, end):  # "Answer: B, C": C is named too
+                    if any(s <= listed.start(1) < e for s, e, _ in spans):
+                        break  # "Answer: B, A minor": the A of a choice's text
+                    found |= self._by_letter(listed.group(1))
+                    end = listed.end(1)
         return found
 
     def named(self, answer: str | None, canonical: bool = True) -> set[int]:

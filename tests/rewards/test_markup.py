@@ -193,3 +193,13 @@ def test_boxed_answers_and_open_answers():
     # open answers: normalize reads through markup too
     assert normalize("\\boxed{120}") == "120" and normalize("**The A Minor**") == "a minor"
     assert normalize("$\\text{F}^\\sharp$ Major") == "f# major"
+
+
+def test_an_answer_listing_several_letters_names_each_of_them():
+    """A hedge ("Answer: B, C", "answer: B or C", in any markup) names every letter it lists, and so scores 0; a
+    choice's own text after the letter ("B, A minor") is not a second letter."""
+    choices = Choices(["C major", "A minor", "G major", "E minor"])
+    for hedge in ("ANSWER: B, C", "Answer: B or C", "ANSWER: $B$ or $C$", "The answer is B/C", "answer: B and C"):
+        assert choices.named(hedge) == {1, 2}, hedge
+    for one in ("Answer: B", "The answer is B, A minor", "Answer: B, as the third is minor"):
+        assert choices.named(one) == {1}, one
