@@ -86,7 +86,10 @@ class Parallel:
         device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
         if torch.cuda.is_available():
             torch.cuda.set_device(device)
-        if world > 1 and not dist.is_initialized():
+        # The process group is this object's to end (close) if it starts it; a trainer inside a recipe shares the
+        # recipe's.
+        self.owns_group = world > 1 and not dist.is_initialized()
+        if self.owns_group:
             # torchrun sets MASTER_ADDR/PORT (or its c10d rendezvous does), RANK and WORLD_SIZE: env:// reads them.
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         self.process = ProcessInfo(int(os.environ.get("RANK", "0")), world, local, device)
@@ -163,6 +166,15 @@ class Parallel:
     def barrier(self) -> None:
         if self.process.distributed:
             dist.barrier()
+
+    def close(self) -> None:
+        """End the process group this object started (idempotent). Left to the interpreter's exit, its threads are
+        torn down mid-flight: a process can abort (SIGABRT, "terminate called without an active exception") after a
+        finished run, and torchrun then reports the run failed. No barrier first: a process closing after an error
+        must not wait for the others (they fail on the closed connections, and torchrun ends the job)."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self.owns_group = False
 
     def decide(self, decision: Callable[[], T]) -> T:
         """``decision()`` run by the main process alone, its result given to every process; an exception it raises

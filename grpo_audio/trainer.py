@@ -735,12 +735,14 @@ class GRPOTrainer:
         return TrainSummary(step=self.step, last=last, checkpoint=checkpoint, metrics=summary, output_dir=self.out)
 
     def close(self) -> None:
-        """Shut the rollout engine down, give the model its own encoder forward back and the output folder free."""
+        """Shut the rollout engine down, give the model its own encoder forward back and the output folder free, and
+        end the process group if this trainer started it."""
         self._lifetime.close()
         if hasattr(self.engine, "close"):
             self.engine.close()
         if self.run_lock is not None:
             self.run_lock.release()
+        self.parallel.close()
 
 
 def _non_finite(loss: float, grad_norm: float) -> str:

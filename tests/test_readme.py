@@ -163,6 +163,16 @@ def test_quick_start_shell_block(tmp_path):
     for process in ("MainProcess", "EngineCore", "Worker"):
         assert f"({process} pid=" in log and " INFO " in log, process
     assert "NUMA binding" in log and "done: step 2" in log
+    # The README's Python example saved as a script and run after the quick start (vLLM rollouts, 2 steps): a run
+    # of its own beside the quick start's (vLLM runs the script again in its engine's processes).
+    script = tmp_path / "example.py"
+    script.write_text(_block("trainer = GRPOTrainer(").replace('"train.max_steps=20"', '"train.max_steps=2"'))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    piano = tmp_path / "runs/grpo-piano"
+    assert (piano / "checkpoints/step-000002/COMPLETE").exists()
+    ids = {json.loads((d / "run.json").read_text())["run_id"] for d in (run, piano)}
+    assert len(ids) == 2
 
 
 def test_data_shell_block(project):

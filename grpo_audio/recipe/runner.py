@@ -244,6 +244,7 @@ class Recipe:
         finally:
             for lock in held:
                 lock.release()
+            self.parallel.close()
 
     def _run(self) -> dict[str, Any]:
         start = time.perf_counter()
