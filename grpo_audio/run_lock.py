@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 
@@ -55,12 +56,8 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _describe(self.path)
             os.close(fd)
-            raise RunLockedError(
-                f"{self.path.parent} is in use by another run ({holder}); wait for it to finish, stop it, or choose "
-                "another output_dir"
-            ) from None
+            raise _in_use(self.path) from None
         record = {
             "what": what,
             "host": socket.gethostname(),
@@ -89,12 +86,17 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLockedError(
-                f"{path.parent} is in use by another run ({_describe(path)}); wait for it to finish, stop it, or "
-                "choose another output_dir"
-            ) from None
+            raise _in_use(path) from None
         finally:
             os.close(fd)  # closing releases the shared lock taken
+
+    @classmethod
+    def on_main(cls, parallel: Any, out: str | Path, what: str = "run") -> RunLock | None:
+        """The lock taken by the main process of ``parallel`` for every process (None on the others); its refusal is
+        raised on every process (``Parallel.decide``)."""
+        held: list[RunLock] = []
+        parallel.decide(lambda: held.append(cls(out, what)))
+        return held[0] if held else None
 
     def release(self) -> None:
         """Let the folder go (idempotent); the record stays for the next holder to overwrite."""
@@ -110,6 +112,13 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _in_use(path: Path) -> RunLockedError:
+    return RunLockedError(
+        f"{path.parent} is in use by another run ({_describe(path)}); wait for it to finish, stop it, or choose "
+        "another output_dir"
+    )
 
 
 def _describe(path: Path) -> str:

@@ -141,9 +141,7 @@ class GRPOTrainer:
             gather_in = config.model.dtype
         self.parallel = Parallel(config.parallel.strategy, gather_in, config.parallel.cpu_offload)
         self.process = self.parallel.process
-        held: list[RunLock] = []  # the main process holds the folder for every process
-        self.parallel.decide(lambda: held.append(RunLock(self.out, "grpo")))
-        self.run_lock = held[0] if held else None
+        self.run_lock = RunLock.on_main(self.parallel, self.out, "grpo")
         self.processor = AutoProcessor.from_pretrained(config.model.path)
         self.audio_cache = audio_cache if audio_cache is not None else AudioCache()
         self.features = self.audio_cache.features(self.processor)  # the processor batches are built with

@@ -237,12 +237,11 @@ class Recipe:
     def run(self) -> dict[str, Any]:
         """Run every stage not already completed (records, report: ``report.md``); one recipe at a time in its
         folder (``run_lock.py``, held by the main process). Returns the report."""
-        held: list[RunLock] = []
-        self.parallel.decide(lambda: held.append(RunLock(self.out, "recipe")))
+        lock = RunLock.on_main(self.parallel, self.out, "recipe")
         try:
             return self._run()
         finally:
-            for lock in held:
+            if lock is not None:
                 lock.release()
             self.parallel.close()
 
