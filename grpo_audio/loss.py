@@ -149,33 +149,53 @@ def policy_loss(
         per_token = per_token + cfg.beta * kl
     per_token = per_token.expand_as(mask) if per_token.shape != mask.shape else per_token
 
-    if cfg.loss_type in ("grpo", "gspo"):
-        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / n_seq
-    elif cfg.loss_type == "dr_grpo":
-        loss = (per_token * mask).sum() / (n_seq * cfg.max_completion_length)
-    else:  # dapo, bnpo
-        loss = (per_token * mask).sum() / n_tok
-
-    with torch.no_grad():
-
-        def masked_mean(x: torch.Tensor) -> float:
-            x = x.expand_as(mask) if x.shape != mask.shape else x
-            return ((x * mask).sum() / mask.sum().clamp(min=1.0)).item()
-
-        low = ((ratio < 1 - cfg.epsilon) & (adv < 0)).float()
-        high = ((ratio > 1 + cfg.epsilon_high) & (adv > 0)).float()
-        active = mask.bool()
-        raw_vals = raw_is.expand_as(mask)[active] if raw_is is not None else None
-        stats = LossStats(
-            policy_loss=loss.item(),
-            kl=masked_mean(kl) if kl is not None else 0.0,
-            clip_ratio_low=masked_mean(low),
-            clip_ratio_high=masked_mean(high),
-            clip_ratio_region=masked_mean(torch.maximum(low, high)),
-            is_ratio_mean=raw_vals.mean().item() if raw_vals is not None and raw_vals.numel() else 1.0,
-            is_ratio_min=raw_vals.min().item() if raw_vals is not None and raw_vals.numel() else 1.0,
-            is_ratio_max=raw_vals.max().item() if raw_vals is not None and raw_vals.numel() else 1.0,
-            is_masked_frac=masked_mean((is_ratio == 0).float()) if is_ratio is not None else 0.0,
-            entropy=masked_mean(entropies) if entropies is not None else float("nan"),
-        )
+    loss = aggregate(per_token, mask, cfg, n_seq, n_tok)
+    stats = _stats(loss, ratio, adv, mask, cfg, kl, is_ratio, raw_is, entropies)
     return loss, stats
+
+
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, cfg: LossConfig, num_sequences: int, num_tokens: float | torch.Tensor
+) -> torch.Tensor:
+    """The scalar loss from per-token losses [N, T] under ``cfg.loss_type``'s normalisation (module docstring)."""
+    if cfg.loss_type in ("grpo", "gspo"):
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / num_sequences
+    if cfg.loss_type == "dr_grpo":
+        return (per_token * mask).sum() / (num_sequences * cfg.max_completion_length)
+    return (per_token * mask).sum() / num_tokens  # dapo, bnpo
+
+
+@torch.no_grad()
+def _stats(
+    loss: torch.Tensor,
+    ratio: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: LossConfig,
+    kl: torch.Tensor | None,
+    is_ratio: torch.Tensor | None,
+    raw_is: torch.Tensor | None,
+    entropies: torch.Tensor | None,
+) -> LossStats:
+    """Masked means over completion tokens of the loss's terms; ratio is [N, T] or [N, 1], adv [N, 1]."""
+
+    def masked_mean(x: torch.Tensor) -> float:
+        x = x.expand_as(mask) if x.shape != mask.shape else x
+        return ((x * mask).sum() / mask.sum().clamp(min=1.0)).item()
+
+    low = ((ratio < 1 - cfg.epsilon) & (adv < 0)).float()
+    high = ((ratio > 1 + cfg.epsilon_high) & (adv > 0)).float()
+    raw_vals = raw_is.expand_as(mask)[mask.bool()] if raw_is is not None else None
+    some_raw = raw_vals is not None and raw_vals.numel() > 0
+    return LossStats(
+        policy_loss=loss.item(),
+        kl=masked_mean(kl) if kl is not None else 0.0,
+        clip_ratio_low=masked_mean(low),
+        clip_ratio_high=masked_mean(high),
+        clip_ratio_region=masked_mean(torch.maximum(low, high)),
+        is_ratio_mean=raw_vals.mean().item() if some_raw else 1.0,
+        is_ratio_min=raw_vals.min().item() if some_raw else 1.0,
+        is_ratio_max=raw_vals.max().item() if some_raw else 1.0,
+        is_masked_frac=masked_mean((is_ratio == 0).float()) if is_ratio is not None else 0.0,
+        entropy=masked_mean(entropies) if entropies is not None else float("nan"),
+    )
