@@ -244,58 +244,9 @@ def load_audio(
     if long_audio not in LONG_AUDIO:
         raise ValueError(f"long_audio must be one of {LONG_AUDIO}, got {long_audio!r}")
     if isinstance(source, np.ndarray):
-        if sampling_rate is None:
-            raise AudioError(sample_id, field, "an audio array needs its sampling_rate")
-        sr = _check_rate(sampling_rate, sample_id, field)
-        if source.ndim not in (1, 2) or not np.issubdtype(source.dtype, np.number):
-            raise AudioError(
-                sample_id, field, f"expected a numeric array of shape [T] or [T, C], got {source.dtype} {source.shape}"
-            )
-        data = _as_float(source, sample_id, field)
-        data = data[:, None] if data.ndim == 1 else data
-        original = data.shape[0] / sr
-        if max_seconds is not None and original > max_seconds:
-            if long_audio == "reject":
-                raise AudioError(
-                    sample_id, field, f"audio is {original:.1f} s, longer than the limit of {max_seconds:g} s"
-                )
-            data = data[: int(max_seconds * sr)]
+        data, sr, original = _read_array(source, sampling_rate, sample_id, field, max_seconds, long_audio)
     else:
-        handle, desc = _open(source, sample_id, field)
-        try:
-            info = sf.info(handle)
-            if hasattr(handle, "seek"):
-                handle.seek(0)
-            sr = _check_rate(info.samplerate, sample_id, field)
-            if cut := _cut_container(handle, info, sr):
-                raise AudioError(sample_id, field, cut)
-            original = info.frames / sr
-            frames = -1
-            if max_seconds is not None and original > max_seconds:
-                if long_audio == "reject":
-                    raise AudioError(
-                        sample_id, field, f"audio is {original:.1f} s, longer than the limit of {max_seconds:g} s"
-                    )
-                frames = int(max_seconds * sr)  # decode only what is kept
-            try:
-                data, _ = sf.read(handle, frames=frames, dtype="float32", always_2d=True)
-            except sf.LibsndfileError as e:
-                held = _decodable_frames(handle) if info.frames > 0 else 0
-                if not held:
-                    raise
-                # FLAC's decoder loses sync where the bytes end (or where they are corrupt: it cannot tell)
-                raise AudioError(
-                    sample_id, field, _truncated(info.frames, held, sr, f"not a readable audio file past that: {e}")
-                ) from None
-            expected = info.frames if frames < 0 else frames
-            if data.shape[0] < expected:
-                raise AudioError(sample_id, field, _truncated(info.frames, data.shape[0], sr))
-            if 0 <= frames < info.frames and not _reaches(handle, info.frames):
-                raise AudioError(sample_id, field, _truncated(info.frames, _decodable_frames(handle), sr))
-        except AudioError:
-            raise
-        except (sf.LibsndfileError, RuntimeError, EOFError) as e:
-            raise AudioError(sample_id, field, f"not a readable audio file ({desc}): {e}") from None
+        data, sr, original = _read_file(source, sample_id, field, max_seconds, long_audio)
     if data.shape[0] == 0 or data.shape[0] < MIN_SECONDS * sr:
         raise AudioError(sample_id, field, f"audio is empty ({data.shape[0]} samples)")
     if not np.isfinite(data).all():
@@ -307,3 +258,80 @@ def load_audio(
     wave = np.ascontiguousarray(wave, dtype=np.float32)
     truncated = max_seconds is not None and original > max_seconds
     return AudioClip(wave=wave, sampling_rate=target_sr, original_seconds=original, truncated=truncated)
+
+
+def _kept_frames(
+    frames: int, sr: int, sample_id: str, field: str, max_seconds: float | None, long_audio: str
+) -> int | None:
+    """How many of a clip's ``frames`` are kept under the length limit (None: all of them).
+
+    Raises:
+        AudioError: the clip is longer than ``max_seconds`` under ``long_audio="reject"``.
+    """
+    seconds = frames / sr
+    if max_seconds is None or seconds <= max_seconds:
+        return None
+    if long_audio == "reject":
+        raise AudioError(sample_id, field, f"audio is {seconds:.1f} s, longer than the limit of {max_seconds:g} s")
+    return int(max_seconds * sr)
+
+
+def _read_array(
+    source: np.ndarray,
+    sampling_rate: int | None,
+    sample_id: str,
+    field: str,
+    max_seconds: float | None,
+    long_audio: str,
+) -> tuple[np.ndarray, int, float]:
+    """An array clip as float32 [T, C], its rate and its length in seconds before the cut."""
+    if sampling_rate is None:
+        raise AudioError(sample_id, field, "an audio array needs its sampling_rate")
+    sr = _check_rate(sampling_rate, sample_id, field)
+    if source.ndim not in (1, 2) or not np.issubdtype(source.dtype, np.number):
+        raise AudioError(
+            sample_id, field, f"expected a numeric array of shape [T] or [T, C], got {source.dtype} {source.shape}"
+        )
+    data = _as_float(source, sample_id, field)
+    data = data[:, None] if data.ndim == 1 else data
+    kept = _kept_frames(data.shape[0], sr, sample_id, field, max_seconds, long_audio)
+    return (data if kept is None else data[:kept]), sr, data.shape[0] / sr
+
+
+def _read_file(
+    source: str | Path | bytes, sample_id: str, field: str, max_seconds: float | None, long_audio: str
+) -> tuple[np.ndarray, int, float]:
+    """A file's (or encoded bytes') clip as float32 [T, C], its rate and its declared length in seconds.
+
+    Only the kept frames are decoded; a container holding less audio than it declares is rejected.
+    """
+    handle, desc = _open(source, sample_id, field)
+    try:
+        info = sf.info(handle)
+        if hasattr(handle, "seek"):
+            handle.seek(0)
+        sr = _check_rate(info.samplerate, sample_id, field)
+        if cut := _cut_container(handle, info, sr):
+            raise AudioError(sample_id, field, cut)
+        kept = _kept_frames(info.frames, sr, sample_id, field, max_seconds, long_audio)
+        frames = -1 if kept is None else kept
+        try:
+            data, _ = sf.read(handle, frames=frames, dtype="float32", always_2d=True)
+        except sf.LibsndfileError as e:
+            held = _decodable_frames(handle) if info.frames > 0 else 0
+            if not held:
+                raise
+            # FLAC's decoder loses sync where the bytes end (or where they are corrupt: it cannot tell)
+            raise AudioError(
+                sample_id, field, _truncated(info.frames, held, sr, f"not a readable audio file past that: {e}")
+            ) from None
+        expected = info.frames if frames < 0 else frames
+        if data.shape[0] < expected:
+            raise AudioError(sample_id, field, _truncated(info.frames, data.shape[0], sr))
+        if 0 <= frames < info.frames and not _reaches(handle, info.frames):
+            raise AudioError(sample_id, field, _truncated(info.frames, _decodable_frames(handle), sr))
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, EOFError) as e:
+        raise AudioError(sample_id, field, f"not a readable audio file ({desc}): {e}") from None
+    return data, sr, info.frames / sr
