@@ -207,7 +207,7 @@ def run_sft(
     Returns the saved model directory and TRL's log history (loss per logging step).
     """
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     out = Path(out)
     if not settings.cache_audio:
@@ -218,46 +218,12 @@ def run_sft(
         for name, p in model.named_parameters():
             if name.startswith(family.audio_encoder_prefixes):
                 p.requires_grad_(False)
-    args = SFTConfig(
-        output_dir=str(out / "trl"),
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        learning_rate=settings.lr,
-        per_device_train_batch_size=settings.batch_size,
-        warmup_steps=settings.warmup_ratio,  # a float below 1 is a fraction of the steps
-        lr_scheduler_type=settings.lr_scheduler,
-        weight_decay=settings.weight_decay,
-        max_grad_norm=settings.max_grad_norm,
-        seed=settings.seed,
-        logging_steps=settings.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
-        use_cpu=not torch.cuda.is_available(),
-        # Autocast, when wanted, is ours (precision.compute_in): accelerate keeps one state per process, so a
-        # mixed-precision setting here would stop the recipe's GRPO stage from starting in the same process.
-        bf16=False,
-        gradient_checkpointing=settings.gradient_checkpointing,
-        dataloader_num_workers=0,
-        **_fsdp_arguments(model, parallel),
-    )
+    args = _trl_arguments(settings, out, model, parallel)
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_dict({"index": list(range(len(rows)))}),
-        data_collator=(
-            TextCollator(family, processor, rows)
-            if settings.target == "text"
-            else AudioSFTCollator(
-                family,
-                processor,
-                rows,
-                settings.target,
-                audio_cache=audio_cache,
-                feature_dtype=next(model.parameters()).dtype,
-            )
-        ),
+        data_collator=_collator(family, processor, rows, settings, audio_cache, model),
         processing_class=processor.tokenizer,
         # Under a command transformers' bar goes to the log file: the terminal gets one of its own.
         callbacks=[*([TerminalProgress()] if redirected() else []), *(callbacks or [])],
@@ -292,6 +258,51 @@ def run_sft(
     )
     trainer.accelerator.wait_for_everyone()
     return model_dir, [h for h in trainer.state.log_history if "loss" in h]
+
+
+def _trl_arguments(settings: SFTConfig, out: Path, model: Any, parallel: ParallelConfig | None) -> Any:
+    """TRL's ``SFTConfig`` for a supervised stage; TRL's own checkpoints and reports are off (the stage saves)."""
+    from trl import SFTConfig as TRLArguments
+
+    return TRLArguments(
+        output_dir=str(out / "trl"),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        learning_rate=settings.lr,
+        per_device_train_batch_size=settings.batch_size,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a fraction of the steps
+        lr_scheduler_type=settings.lr_scheduler,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        seed=settings.seed,
+        logging_steps=settings.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        use_cpu=not torch.cuda.is_available(),
+        # Autocast, when wanted, is ours (precision.compute_in): accelerate keeps one state per process, so a
+        # mixed-precision setting here would stop the recipe's GRPO stage from starting in the same process.
+        bf16=False,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        dataloader_num_workers=0,
+        **_fsdp_arguments(model, parallel),
+    )
+
+
+def _collator(
+    family: type[ModelFamily],
+    processor: Any,
+    rows: list[Row],
+    settings: SFTConfig,
+    audio_cache: AudioCache | None,
+    model: Any,
+) -> TextCollator | AudioSFTCollator:
+    """The stage's collator: text-only for ``target: text``, else audio rows with their answer or reasoning."""
+    if settings.target == "text":
+        return TextCollator(family, processor, rows)
+    dtype = next(model.parameters()).dtype
+    return AudioSFTCollator(family, processor, rows, settings.target, audio_cache=audio_cache, feature_dtype=dtype)
 
 
 @contextmanager
