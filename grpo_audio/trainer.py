@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import time
@@ -59,6 +58,7 @@ from .config import ConfigError, RunConfig, check_model_path, check_parallel
 from .data.collate import collate_prompts
 from .data.loaders import load_manifest
 from .data.schema import ContextLimit, Row
+from .eval import EvalSession
 from .logprobs import LogprobModule, choose_path, enable_checkpointing, micro_batches
 from .logs import terminal
 from .loss import LossConfig, policy_loss
@@ -642,34 +642,20 @@ class GRPOTrainer:
 
     # ---- evaluation, checkpoints, loop ----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """Reward functions as metrics on the eval rows; a few completions go to ``samples.jsonl``."""
+        """Reward functions as metrics on the eval rows; a few completions go to ``samples.jsonl``
+        (``eval.EvalSession.rewarded`` over the trainer's engine)."""
         rows = self.eval_rows[: self.cfg.train.eval_rows or None]
         if not rows:
             return {}
-        temperature = self.cfg.train.eval_temperature
+        train = self.cfg.train
         sampling = SamplingConfig(
-            max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=temperature, seed=self.cfg.seed
+            max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=train.eval_temperature, seed=self.cfg.seed
         )
-        batch = self.engine.generate(rows, n=self.cfg.train.eval_generations, sampling=sampling)
-        rewards = self.rewards.score_rows(rows, batch.completion_text, batch.row_index)
-        out = {f"eval/{k}": v for k, v in rewards.metrics().items() if k.endswith("/mean")}
-        with (self.out / "samples.jsonl").open("a") as f:
-            for i in range(min(len(batch.completion_text), self.cfg.train.samples_per_eval)):
-                row = rows[batch.row_index[i]]
-                f.write(
-                    json.dumps(
-                        {
-                            "step": self.step,
-                            "id": row.id,
-                            "task": row.task,
-                            "completion": batch.completion_text[i],
-                            "answer": row.answer,
-                            "reward": rewards.total[i],
-                        }
-                    )
-                    + "\n"
-                )
-        return out
+        session = EvalSession(self.engine)
+        samples = self.out / "samples.jsonl"
+        return session.rewarded(
+            rows, self.rewards, train.eval_generations, sampling, samples, train.samples_per_eval, self.step
+        )
 
     def save(self) -> Path:
         """Checkpoint the step (``checkpoint.save_checkpoint``): every process writes its shards of the policy and
