@@ -53,7 +53,7 @@ from .data.loaders import load_manifest
 from .data.schema import BAD_ROWS, DataError
 from .data.synthetic import write_corpus
 from .errors import UserError
-from .evaluate import evaluate_model
+from .eval import evaluate_model
 from .logs import CommandLog
 from .models import FAMILIES, ModelSpec, family_of_checkpoint, load_policy
 from .models.tiny import SIZES, build_tiny_model
@@ -219,7 +219,7 @@ def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
     rows = bench.rows[: cfg.max_rows] if cfg.max_rows else bench.rows
     shown = f"{len(rows)} rows" + (f" of {len(bench.rows)}" if len(rows) < len(bench.rows) else "")
     print(f"{bench.layout} layout: {shown}")
-    report = evaluate_model(
+    result = evaluate_model(
         cfg.model,
         rows,
         engine=cfg.engine,
@@ -228,22 +228,14 @@ def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
         dtype=cfg.dtype,
         batch_size=cfg.batch_size,
     )
-    for key in ("mcq_accuracy", "choice_rate", "open_accuracy", "format_rate"):
-        if report[key] is not None:
-            print(f"{key:14s} {report[key]:.3f}")
-    for task, acc in report["per_task"].items():
-        print(f"  {task:24s} {acc:.3f}  (n={report['counts'][task]})")
-    for axis, groups in report["per_group"].items():
-        print(f"by {axis}:")
-        for value, g in groups.items():
-            print(f"  {value:24s} {g['accuracy']:.3f}  (n={g['n']})")
+    print("\n".join(result.lines()))
     if cfg.out:
-        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+        Path(cfg.out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         print(f"report written to {cfg.out}")
     if cfg.predictions_out:
-        completions = {r["id"]: r["completion"] for r in report["results"]}
+        completions = {r.id: r.completion for r in result.results}
         export = write_predictions(bench, completions, cfg.predictions_out, prefer=cfg.answer_format)
-        print(export.message(right=sum(bool(r["correct"]) for r in report["results"])))
+        print(export.message(right=sum(bool(r.correct) for r in result.results)))
     return 0
 
 
