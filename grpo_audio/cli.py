@@ -35,17 +35,16 @@ from transformers import AutoProcessor
 
 from .audio import LONG_AUDIO
 from .config import (
-    DTYPES,
     ConfigError,
-    CorpusConfig,
-    EvalSettings,
+    EvalCommandConfig,
     RecipeConfig,
     RunConfig,
+    SFTCommandConfig,
+    SynthCommandConfig,
     checked_answer_formats,
     describe,
     help_of,
     load_config,
-    setting,
 )
 from .data.benchmarks import LayoutError, load_benchmark, write_predictions
 from .data.check import check_data
@@ -63,7 +62,7 @@ from .recipe import Recipe
 from .recipe.calibrate import standardize_checkpoint
 from .rollout import ENGINES, SamplingConfig, generate_manifest
 from .run_lock import RunLock
-from .sft import SFTConfig, run_sft
+from .sft import run_sft
 from .trainer import GRPOTrainer
 
 
@@ -129,16 +128,6 @@ TRAIN = Command(
 
 
 # ---- sft ----------------------------------------------------------------------------------------------------
-@dataclass
-class SFTCommandConfig(SFTConfig):
-    """``grpo-audio sft``: one supervised stage on a manifest."""
-
-    model: str = setting(help="Checkpoint directory to start from; required.")
-    dtype: str = setting("float32", help="The weights' dtype in training.", choices=DTYPES)
-    data: str = setting(help="JSONL manifest; required.")
-    output_dir: str = setting(help="Output folder (the model goes to OUTPUT_DIR/model); required.")
-
-
 def run_sft_command(cfg: SFTCommandConfig, log: CommandLog) -> int:
     if cfg.epochs <= 0 and cfg.max_steps <= 0:
         raise ConfigError(f"sft: epochs ({cfg.epochs}) or max_steps ({cfg.max_steps}) must be above 0")
@@ -170,35 +159,6 @@ SFT = Command(
 
 
 # ---- eval ---------------------------------------------------------------------------------------------------
-@dataclass
-class EvalCommandConfig(EvalSettings):
-    """``grpo-audio eval``: one model on one evaluation file."""
-
-    data: str = setting(
-        help="Evaluation file: a grpo-audio manifest, MMAU JSON, MMAR JSON(L), MuChoMusic CSV or prompt JSON, or a "
-        "JSON/JSONL/CSV file with fields=...; required."
-    )
-    engine: str = setting("vllm", help="Generation engine (greedy decoding).", choices=ENGINES)
-    model: str = setting(help="Checkpoint directory; required.")
-    dtype: str = setting("float32", help="The weights' dtype in the engine.", choices=DTYPES)
-    out: str = setting("", help="Write the full report (per-row results) as JSON to this file.")
-    predictions_out: str = setting(
-        "",
-        help="Write the source items with the benchmark's prediction field (MMAU model_output, MMAR "
-        "answer_prediction, MuChoMusic model_output, otherwise prediction) filled with what its scorer credits.",
-    )
-    think: bool = setting(False, help="Benchmark prompts ask for <think> then <answer>.")
-    bad_rows: str = setting(
-        "raise", help="Rows that fail validation: raise (list them all and stop) or skip them.", choices=BAD_ROWS
-    )
-    fields: str = setting(
-        "",
-        help="Field map for a file of another layout: question=...,choices=...,answer=...,audio=...[,group=a|b]"
-        "[,id=...].",
-    )
-    audio_root: str = setting("", help="Folder relative audio paths start from ('' = the file's).")
-
-
 def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
     try:
         bench = load_benchmark(
@@ -253,13 +213,6 @@ EVAL = Command(
 
 
 # ---- synth --------------------------------------------------------------------------------------------------
-@dataclass
-class SynthCommandConfig(CorpusConfig):
-    """``grpo-audio synth``: write the synthetic corpus to a folder."""
-
-    output_dir: str = setting(help="Output folder (clips under clips/, the JSONL manifests beside); required.")
-
-
 def run_synth(cfg: SynthCommandConfig, log: CommandLog) -> int:
     log.log_to(cfg.output_dir, header(cfg))
     space, formats = cfg.label_space(prefix=""), checked_answer_formats(cfg.answer_formats, prefix="")

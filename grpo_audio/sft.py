@@ -15,7 +15,6 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from transformers import TrainerCallback
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .audio_cache import AudioCache
-from .config import ParallelConfig, SupervisedSettings, setting
+from .config import TARGETS, ParallelConfig, SFTConfig
 from .data.collate import IGNORE_INDEX, collate_sequences
 from .data.schema import Row
 from .logs import redirected, terminal
@@ -35,8 +34,6 @@ from .parallel import shard_units
 from .precision import Precision, compute_in
 
 logger = logging.getLogger(__name__)
-
-TARGETS = ("answer", "think", "auto", "text")
 
 
 def target_text(row: Row, target: str) -> str:
@@ -135,29 +132,6 @@ def _text_only(messages: list[dict[str, Any]]) -> str:
         else:
             parts.extend(c.get("text", "") for c in content or [] if c.get("type") == "text")
     return "\n".join(p for p in parts if p)
-
-
-@dataclass
-class SFTConfig(SupervisedSettings):
-    """Settings of one supervised stage (TRL ``SFTConfig`` fields, named as grpo-audio names them)."""
-
-    target: str = setting("answer", help="What the loss is on (see target_text).", choices=TARGETS)
-    warmup_ratio: float = setting(0.03, help="Fraction of the steps the learning rate warms up over.")
-    lr_scheduler: str = setting("cosine", help="transformers scheduler name.")
-    weight_decay: float = setting(0.0, help="AdamW weight decay.")
-    max_grad_norm: float = setting(1.0, help="Gradient clipping norm.")
-    seed: int = setting(0, help="Seed of the data order and dropout.")
-    logging_steps: int = setting(10, help="Log the loss every N steps.")
-    cache_audio: bool = setting(
-        True,
-        help="Compute each clip's log-mel features (and, with the encoder frozen, its encoder output) once, not "
-        "every epoch (audio_cache.py; 1.5 MB of features per 30 s window, plus the encoder output).",
-    )
-    score_labels_only: bool = setting(
-        True,
-        help="TRL's fused LM head projects only the positions with a label, on every device (TRL does so only where "
-        "it runs Triton kernels); the same loss and gradients, less compute where most positions are audio.",
-    )
 
 
 class TerminalProgress(TrainerCallback):

@@ -185,7 +185,7 @@ def _get(cfg, key: str):
 
 def _ranged_fields(schema, prefix=""):
     """``{key: range}`` of every field with a range, the first item of each list standing for all its items."""
-    from grpo_audio.config import _resolve_field_type
+    from grpo_audio.config.load import _resolve_field_type
 
     out = {}
     hints = typing.get_type_hints(schema)

@@ -1,0 +1,81 @@
+"""The parts every config schema is made of: :func:`setting` (a field with its help string, and its choices or the
+:class:`Range` of a number), :class:`ConfigError`, and the value sets several schemas share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from ..errors import UserError
+
+DTYPES = ("float32", "bfloat16", "float16")
+MASTER_DTYPES = ("float32", "model")
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration could not be loaded: the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take: from ``low`` to ``high`` (None: unbounded), each end included unless open.
+
+    >>> FRACTION, 0.0 in FRACTION, 1.0 in FRACTION, str(COUNT)
+    (Range('(0, 1]'), False, True, '>= 1')
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        return self.side(value) is None
+
+    def side(self, value: float) -> str | None:
+        """'below' or 'above' for a value outside the range, None inside."""
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return "below"
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return "above"
+        return None
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def __repr__(self) -> str:
+        return f"Range({str(self)!r})"
+
+
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+COUNT = Range(1)
+FRACTION = Range(0, 1, low_open=True)  # a share that cannot be nothing: memory, nucleus mass
+SHARE = Range(0, 1)
+PROBABILITY_BELOW_1 = Range(0, 1, high_open=True)  # dropout: 1 would drop everything
+
+
+def setting(
+    default: Any = MISSING,
+    help: str = "",
+    choices: tuple[str, ...] | None = None,
+    factory: Any = None,
+    within: Range | None = None,
+) -> Any:
+    """A dataclass field of a config schema, with its help string (and optional fixed choices, or the range of a
+    number) in its metadata; ``MISSING`` (the default) makes it required. ``load_config`` checks both."""
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if within is not None:
+        meta["range"] = within
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
