@@ -432,6 +432,21 @@ def read_benchmark(
     bench.axes = (
         LAYOUT_SPECS[layout].axes if layout != "generic" else tuple(filter(None, fmap.get("group", "").split("|")))
     )
+    parsed = _parsed_items(bench, src, layout, root, fmap)
+    row_ids = _unique_ids([f.id for _, f in parsed])
+    for (index, f), row_id in zip(parsed, row_ids, strict=True):
+        bench.item_of[row_id], bench.source_id[row_id] = index, f.id
+        if row := _benchmark_row(bench, row_id, f, root, think):
+            bench.rows.append(row)
+    if bench.dropped_choices:
+        logger.info("%s: dropped %d empty trailing choices", path, bench.dropped_choices)
+    return bench
+
+
+def _parsed_items(
+    bench: Benchmark, src: Any, layout: str, root: Path, fmap: dict[str, str]
+) -> list[tuple[int, _Fields]]:
+    """Each object item's index and fields under ``layout``; an item that is not an object goes to ``bench.bad``."""
     parsed: list[tuple[int, _Fields]] = []
     for index, item in enumerate(src.items):
         if isinstance(item, BadRow):
@@ -442,52 +457,50 @@ def read_benchmark(
             bench.bad.append(BadRow(src.labels[index], "-", f"{len(item[None])} more cells than the header"))
         else:
             parsed.append((index, _fields(layout, item, index, root, fmap)))
-    row_ids = _unique_ids([f.id for _, f in parsed])
-    for (index, f), row_id in zip(parsed, row_ids, strict=True):
-        bench.item_of[row_id], bench.source_id[row_id] = index, f.id
-        problems, choices = [], f.choices
-        if not isinstance(f.question, str) or not f.question.strip():
-            problems.append(("question", "missing or empty"))
-        if isinstance(choices, list):
-            n = len(choices)
-            while choices and isinstance(choices[-1], str) and not choices[-1].strip():
-                choices = choices[:-1]
-            bench.dropped_choices += n - len(choices)
-            if not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in choices):
-                problems.append(("choices", "must be a list of strings"))
-            else:
-                choices = [str(c) for c in choices]
-        elif choices is not None:
-            problems.append(("choices", f"must be a list, got {type(choices).__name__}"))
-        if not choices:
-            problems.append(("choices", "missing or empty (a multiple-choice benchmark item)"))
-        if not f.audio:
-            problems.append(("audio", "missing"))
-        if problems:
-            bench.bad.extend(BadRow(row_id, k, reason) for k, reason in problems)
-            continue
-        answer = f.answer
-        if isinstance(answer, bool) or (
-            isinstance(answer, (int, float)) and not all(isinstance(c, str) for c in f.choices)
-        ):
-            answer = str(answer)  # choices that are numbers or booleans: the answer is a value, not an index
-        audio = str(f.audio)
-        if not Path(audio).is_absolute():
-            audio = str(root / audio)
-        bench.rows.append(
-            Row(
-                id=row_id,
-                audio=audio,
-                prompt=build_prompt(f.question.strip(), choices or None, answer_format, think),
-                choices=choices or None,
-                answer=answer,
-                task=next((values[0] for values in f.groups.values() if values), ""),  # the first axis it has
-                groups=f.groups,
-            )
-        )
-    if bench.dropped_choices:
-        logger.info("%s: dropped %d empty trailing choices", path, bench.dropped_choices)
-    return bench
+    return parsed
+
+
+def _benchmark_row(bench: Benchmark, row_id: str, f: _Fields, root: Path, think: bool) -> Row | None:
+    """One item's row, or None with its problems added to ``bench.bad`` (empty trailing choices are dropped and
+    counted in ``bench.dropped_choices``, as MMAR's files end their choices with an empty string)."""
+    problems, choices = [], f.choices
+    if not isinstance(f.question, str) or not f.question.strip():
+        problems.append(("question", "missing or empty"))
+    if isinstance(choices, list):
+        n = len(choices)
+        while choices and isinstance(choices[-1], str) and not choices[-1].strip():
+            choices = choices[:-1]
+        bench.dropped_choices += n - len(choices)
+        if not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in choices):
+            problems.append(("choices", "must be a list of strings"))
+        else:
+            choices = [str(c) for c in choices]
+    elif choices is not None:
+        problems.append(("choices", f"must be a list, got {type(choices).__name__}"))
+    if not choices:
+        problems.append(("choices", "missing or empty (a multiple-choice benchmark item)"))
+    if not f.audio:
+        problems.append(("audio", "missing"))
+    if problems:
+        bench.bad.extend(BadRow(row_id, k, reason) for k, reason in problems)
+        return None
+    answer = f.answer
+    if isinstance(answer, bool) or (
+        isinstance(answer, (int, float)) and not all(isinstance(c, str) for c in f.choices)
+    ):
+        answer = str(answer)  # choices that are numbers or booleans: the answer is a value, not an index
+    audio = str(f.audio)
+    if not Path(audio).is_absolute():
+        audio = str(root / audio)
+    return Row(
+        id=row_id,
+        audio=audio,
+        prompt=build_prompt(f.question.strip(), choices or None, bench.answer_format, think),
+        choices=choices or None,
+        answer=answer,
+        task=next((values[0] for values in f.groups.values() if values), ""),  # the first axis it has
+        groups=f.groups,
+    )
 
 
 def _unique_ids(ids: list[str]) -> list[str]:
