@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-SCALE_REWARDS = ("group", "batch", "none")
+from .config.fields import SCALE_REWARDS
 
 EPS = 1e-4
 

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "gspo")
-IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+from .config.fields import IS_MODES, LOSS_TYPES
 
 
 @dataclass

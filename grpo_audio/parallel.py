@@ -42,9 +42,10 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .config.fields import STRATEGIES
+
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("none", "ddp", "fsdp2")
 T = TypeVar("T")
 
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data.schema import BAD_ROWS
-from ..rollout import ENGINES
-from .fields import DTYPES, setting
+from .fields import DTYPES, ENGINES, setting
 from .recipe import CorpusConfig, EvalSettings, SFTConfig
 
 

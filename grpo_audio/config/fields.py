@@ -11,8 +11,16 @@ from omegaconf import MISSING
 
 from ..errors import UserError
 
+# The values a setting may take, where the schemas and the modules that act on them both need the list: kept here
+# so that the schemas (and ``grpo-audio --help``) load without the modules' heavy imports (torch, vLLM).
 DTYPES = ("float32", "bfloat16", "float16")
 MASTER_DTYPES = ("float32", "model")
+ENGINES = ("vllm", "hf")  # rollout engines: rollout.build_engine
+HF_BATCH_SIZE = 32  # the hf engine's prompts per generate call by default
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "gspo")  # loss.policy_loss
+IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")  # loss.policy_loss
+SCALE_REWARDS = ("group", "batch", "none")  # advantages.group_advantages
+STRATEGIES = ("none", "ddp", "fsdp2")  # parallel.Parallel
 
 
 class ConfigError(UserError, ValueError):

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.synthetic import LabelSpace
-from ..models.tiny import SIZES
+from ..models.base import SIZES
 from ..rewards.matching import ANSWER_FORMATS
-from ..rollout import ENGINES, HF_BATCH_SIZE
-from .fields import COUNT, NON_NEGATIVE, POSITIVE, ConfigError, Range, setting
+from .fields import COUNT, ENGINES, HF_BATCH_SIZE, NON_NEGATIVE, POSITIVE, ConfigError, Range, setting
 from .run import RunConfig
 
 STAGE_KINDS = ("text_pretrain", "sft", "cold_start", "grpo", "eval")

@@ -8,23 +8,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..advantages import SCALE_REWARDS
 from ..audio import LONG_AUDIO
 from ..data.schema import BAD_ROWS
-from ..loss import IS_MODES, LOSS_TYPES
 from ..models import FAMILIES
-from ..parallel import STRATEGIES, check_settings, launched_processes
 from ..rewards.registry import ON_ERROR
-from ..rollout import ENGINES
 from .fields import (
     COUNT,
     DTYPES,
+    ENGINES,
     FRACTION,
+    IS_MODES,
+    LOSS_TYPES,
     MASTER_DTYPES,
     NON_NEGATIVE,
     POSITIVE,
     PROBABILITY_BELOW_1,
+    SCALE_REWARDS,
     SHARE,
+    STRATEGIES,
     ConfigError,
     Range,
     setting,
@@ -310,6 +311,8 @@ def check_parallel(cfg: RunConfig, world_size: int | None = None) -> None:
         ConfigError: see ``parallel.check_settings``; a batch that does not split over the processes; dynamic
             sampling on several processes; a replay weight without replay data, or replay data without a weight.
     """
+    from ..parallel import check_settings, launched_processes  # imported when checked: it imports torch
+
     world = launched_processes() if world_size is None else world_size
     try:
         check_settings(cfg.parallel.strategy, cfg.parallel.compute_dtype, cfg.parallel.cpu_offload)

@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .audio_flamingo3 import AudioFlamingo3
 from .base import ModelFamily, TinySize
 from .music_flamingo import MusicFlamingo
 from .qwen2_audio import Qwen2Audio
+
+if TYPE_CHECKING:
+    import torch
 
 FAMILIES: dict[str, type[ModelFamily]] = {
     MusicFlamingo.name: MusicFlamingo,
@@ -63,7 +64,8 @@ def load_policy(model: Any, path: str | Path | None = None, dtype: torch.dtype |
     Raises:
         ValueError: unknown family.
     """
-    kwargs = {"dtype": dtype or getattr(torch, model.dtype), "trust_remote_code": model.trust_remote_code}
+    # transformers reads a dtype by its name too: the registry imports no torch (config, ``grpo-audio --help``).
+    kwargs = {"dtype": dtype or model.dtype, "trust_remote_code": model.trust_remote_code}
     if model.attn_implementation:
         kwargs["attn_implementation"] = model.attn_implementation
     return get_family(model.family).model_class().from_pretrained(path or model.path, **kwargs)

@@ -50,6 +50,66 @@ class TinySize:
     max_position_embeddings: int = 8192
 
 
+# The tiny checkpoints ``models.tiny.build_tiny_model`` builds, by name.
+SIZES: dict[str, TinySize] = {
+    "test": TinySize(
+        vocab_size=0,
+        text_hidden=128,
+        text_layers=2,
+        text_heads=2,
+        text_kv_heads=1,
+        text_intermediate=256,
+        audio_hidden=64,
+        audio_layers=1,
+        audio_heads=2,
+        audio_intermediate=128,
+    ),
+    # The model of the SFT-step, IS-ratio and feature-probe benchmarks and of the README's quick start. The
+    # embedded recipe (`make demo`) trains the smaller `test` size: at a third of this size's compute per token it
+    # gets about twice the optimiser steps in the same minutes, and learned more.
+    "demo": TinySize(
+        vocab_size=0,
+        text_hidden=192,
+        text_layers=3,
+        text_heads=3,
+        text_kv_heads=1,
+        text_intermediate=512,
+        audio_hidden=128,
+        audio_layers=1,
+        audio_heads=2,
+        audio_intermediate=256,
+    ),
+    # The model benchmarks/ measured rollouts and logprob passes on (benchmarks/results.md).
+    "bench": TinySize(
+        vocab_size=0,
+        text_hidden=256,
+        text_layers=4,
+        text_heads=4,
+        text_kv_heads=2,
+        text_intermediate=768,
+        audio_hidden=256,
+        audio_layers=2,
+        audio_heads=4,
+        audio_intermediate=512,
+    ),
+    # The model the FSDP2 memory comparison measures (benchmarks/logprob_pass.py --distributed): 16 decoder layers
+    # and 8 encoder blocks, 56 M parameters, so that, as in a real checkpoint, the parameters, gradients and AdamW
+    # state are most of a training step's memory and one FSDP2 unit is a small part of the model.
+    "scale": TinySize(
+        vocab_size=0,
+        text_hidden=512,
+        text_layers=16,
+        text_heads=8,
+        text_kv_heads=2,
+        text_intermediate=1536,
+        audio_hidden=256,
+        audio_layers=8,
+        audio_heads=4,
+        audio_intermediate=1024,
+    ),
+}
+
+
 class ModelFamily:
     """Base class of the per-family adapters. Subclasses set the class attributes and ``tiny_config``."""
 

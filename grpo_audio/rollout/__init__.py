@@ -18,10 +18,10 @@ import torch
 from transformers import AutoProcessor
 
 from ..audio_cache import AudioCache
+from ..config.fields import ENGINES, HF_BATCH_SIZE
 from ..data.loaders import load_manifest
 from ..models import ModelFamily, ModelSpec, family_of_checkpoint, load_policy
 from .base import PromptTooLongError, RolloutBatch, RolloutEngine, SamplingConfig
-from .hf_engine import BATCH_SIZE as HF_BATCH_SIZE
 from .hf_engine import HFEngine
 
 __all__ = [
@@ -44,9 +44,6 @@ def sampling_config(rollout: Any, seed: int | None = None) -> SamplingConfig:
         top_k=rollout.top_k,
         seed=seed,
     )
-
-
-ENGINES = ("vllm", "hf")
 
 
 def build_engine(

@@ -22,6 +22,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from ..config.fields import HF_BATCH_SIZE
 from ..data.schema import Row
 from ..logprobs import to_model
 from ..models import ModelFamily
@@ -31,7 +32,7 @@ from .base import RolloutBatch, SamplingConfig, banned_token_ids, check_sampling
 
 # Prompts per generate call unless told otherwise (the recipe's eval.batch_size, `grpo-audio eval`'s batch_size;
 # `benchmarks/eval_engine.py --settings hf:1 hf:32 hf:64` compares batch sizes).
-BATCH_SIZE = 32
+BATCH_SIZE = HF_BATCH_SIZE
 
 
 class HFEngine:
