@@ -54,7 +54,7 @@ from .checkpoint import (
     start_run,
     training_state,
 )
-from .config import ConfigError, RunConfig, check_model_path, check_parallel
+from .config import ConfigError, RunConfig, check_model_path, check_parallel, shared_fields
 from .data.collate import collate_prompts
 from .data.loaders import load_manifest
 from .data.schema import ContextLimit, Row
@@ -69,7 +69,7 @@ from .parallel import Parallel
 from .precision import precision_of, warn_if_updates_round_off
 from .replay import ReplayBatch, check_replay_rows, replay_batch, replay_indices
 from .rewards import RewardOutput, RewardSet
-from .rollout import RolloutBatch, SamplingConfig, build_engine, sampling_config
+from .rollout import RolloutBatch, SamplingConfig, build_engine
 from .rollout.base import banned_token_ids, prompt_seed
 from .run_lock import RunLock
 from .step import StepBatch, UpdateResult
@@ -208,13 +208,7 @@ class GRPOTrainer:
         if replay_specs and not self.replay_rows:
             raise ConfigError(f"data.replay {data.replay!r}: no rows")
         self.loss_cfg = LossConfig(
-            loss_type=config.grpo.loss_type,
-            epsilon=config.grpo.epsilon,
-            epsilon_high=config.grpo.epsilon_high,
-            beta=config.grpo.beta,
-            max_completion_length=config.rollout.max_new_tokens,
-            is_mode=config.grpo.is_mode,
-            is_cap=config.grpo.is_cap,
+            **shared_fields(LossConfig, config.grpo), max_completion_length=config.rollout.max_new_tokens
         )
         self.step = 0
         self.skipped_steps, self.skipped_in_a_row = 0, 0
@@ -238,13 +232,12 @@ class GRPOTrainer:
             engine
             if engine is not None
             else build_engine(
-                config.rollout,
                 config.model.path,
-                self.family,
-                model=engine_copy if engine_copy is not None else self.policy,
-                processor=self.features,
+                config.rollout,
                 dtype=config.model.dtype,
                 seed=config.seed,
+                policy=engine_copy if engine_copy is not None else self.policy,
+                processor=self.features,
                 own_weights=engine_copy is not None,
             )
         )
@@ -437,7 +430,7 @@ class GRPOTrainer:
         the number of processes."""
         first = self.process.rank * len(rows)
         seeds = [prompt_seed(self.cfg.seed, self.step, round_, first + i, r.id) for i, r in enumerate(rows)]
-        sampling = sampling_config(self.cfg.rollout)
+        sampling = SamplingConfig.from_config(self.cfg.rollout)
         sampling.row_seeds = seeds
         rollouts = self.engine.generate(rows, n=self.cfg.grpo.num_generations, sampling=sampling)
         return rollouts, self.rewards.score_rows(rows, rollouts.completion_text, rollouts.row_index)

@@ -16,7 +16,9 @@ from .commands import EvalCommandConfig, SFTCommandConfig, SynthCommandConfig
 from .fields import (
     COUNT,
     DTYPES,
+    ENGINES,
     FRACTION,
+    HF_BATCH_SIZE,
     MASTER_DTYPES,
     NON_NEGATIVE,
     POSITIVE,
@@ -25,6 +27,7 @@ from .fields import (
     ConfigError,
     Range,
     setting,
+    shared_fields,
 )
 from .load import check_values, describe, help_of, load_config, merge_config, set_list_item, to_object
 from .recipe import (
@@ -58,7 +61,9 @@ from .run import (
 __all__ = [
     "COUNT",
     "DTYPES",
+    "ENGINES",
     "FRACTION",
+    "HF_BATCH_SIZE",
     "MASTER_DTYPES",
     "NON_NEGATIVE",
     "POSITIVE",
@@ -99,5 +104,6 @@ __all__ = [
     "merge_config",
     "set_list_item",
     "setting",
+    "shared_fields",
     "to_object",
 ]

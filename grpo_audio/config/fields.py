@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import MISSING
@@ -68,6 +68,24 @@ COUNT = Range(1)
 FRACTION = Range(0, 1, low_open=True)  # a share that cannot be nothing: memory, nucleus mass
 SHARE = Range(0, 1)
 PROBABILITY_BELOW_1 = Range(0, 1, high_open=True)  # dropout: 1 would drop everything
+
+
+def shared_fields(record: type, section: Any) -> dict[str, Any]:
+    """The values of the config ``section``'s fields that the dataclass ``record`` has too (by name): a record built
+    from a section with them (``record(**shared_fields(record, section))``) cannot miss a setting added to both.
+
+    >>> @dataclass
+    ... class Sampling:
+    ...     temperature: float = 1.0
+    ...     seed: int | None = None
+    >>> @dataclass
+    ... class Section:
+    ...     temperature: float = 0.7
+    ...     engine: str = "hf"
+    >>> shared_fields(Sampling, Section())
+    {'temperature': 0.7}
+    """
+    return {f.name: getattr(section, f.name) for f in fields(record) if hasattr(section, f.name)}
 
 
 def setting(

@@ -1,8 +1,8 @@
 """Rollout engines: vLLM (with audio) and transformers ``generate`` behind one interface.
 
 This package owns sampling completions for prompts with audio: the engines, their sampling settings and the
-batch they return. ``build_engine`` makes the engine a run's config asks for (sampling from the policy being
-trained); ``load_engine`` one for a checkpoint directory (evaluation, generation).
+batch they return. ``build_engine`` makes the engine a ``RolloutConfig`` asks for, from a checkpoint directory
+(evaluation, generation) or sampling from the policy being trained.
 
 vLLM is imported only where its engine is built: it is a heavy dependency, and the transformers engine and
 everything else in the package work without it.
@@ -18,9 +18,9 @@ import torch
 from transformers import AutoProcessor
 
 from ..audio_cache import AudioCache
-from ..config.fields import ENGINES, HF_BATCH_SIZE
+from ..config import ENGINES, HF_BATCH_SIZE, RolloutConfig
 from ..data.loaders import load_manifest
-from ..models import ModelFamily, ModelSpec, family_of_checkpoint, load_policy
+from ..models import ModelSpec, family_of_checkpoint, load_policy
 from .base import PromptTooLongError, RolloutBatch, RolloutEngine, SamplingConfig
 from .hf_engine import HFEngine
 
@@ -35,30 +35,44 @@ __all__ = [
 ]
 
 
-def sampling_config(rollout: Any, seed: int | None = None) -> SamplingConfig:
-    """Sampling settings from a ``RolloutConfig``."""
-    return SamplingConfig(
-        max_new_tokens=rollout.max_new_tokens,
-        temperature=rollout.temperature,
-        top_p=rollout.top_p,
-        top_k=rollout.top_k,
-        seed=seed,
-    )
-
-
 def build_engine(
-    rollout: Any,
     model_dir: str | Path,
-    family: type[ModelFamily],
-    model: Any = None,
-    processor: Any = None,
+    rollout: RolloutConfig,
+    *,
     dtype: str = "float32",
     seed: int = 0,
+    policy: Any = None,
+    processor: Any = None,
     own_weights: bool = False,
+    audio_cache: AudioCache | None = None,
+    batch_size: int = HF_BATCH_SIZE,
 ) -> RolloutEngine:
-    """The engine ``rollout.engine`` names (``vllm`` or ``hf``; ``hf`` samples from ``model`` itself, or with
-    ``own_weights`` from ``model`` as its own copy, see ``HFEngine``); prompts' batches are built with
-    ``processor`` (loaded from ``model_dir`` by the vLLM engine when None)."""
+    """The engine ``rollout.engine`` names, for the checkpoint in ``model_dir`` (its family read from its
+    ``config.json``): the one way an engine is made, for training, evaluation and generation.
+
+    Args:
+        model_dir: the checkpoint the engine starts from (vLLM loads it; ``hf`` loads it unless given ``policy``).
+        rollout: the engine (``vllm`` or ``hf``) and its settings (context length, vLLM's memory share, tensor
+            parallelism, eager mode).
+        dtype: the dtype the engine computes in (``model.dtype``; float32 master weights of a bf16 run sample in
+            bf16).
+        seed: vLLM's seed.
+        policy: ``hf`` only: sample from this model (the policy being trained, or with ``own_weights`` its own
+            copy, see ``HFEngine``) instead of loading ``model_dir`` (in eval mode, without gradients).
+        processor: builds the prompts' batches (loaded from ``model_dir`` when None).
+        audio_cache: ``hf``: a processor loaded here computes its log-mel features through it (``audio_cache.py``).
+        batch_size: the ``hf`` engine's prompts per ``generate`` call (vLLM schedules its own batches).
+
+    Raises:
+        FileNotFoundError: ``model_dir`` has no ``config.json``.
+        ValueError: an unknown engine.
+    """
+    if rollout.engine not in ENGINES:
+        raise ValueError(f"unknown rollout engine '{rollout.engine}'; choose one of: {', '.join(ENGINES)}")
+    family = family_of_checkpoint(model_dir)
+    if processor is None and rollout.engine == "hf":
+        processor = AutoProcessor.from_pretrained(model_dir)
+        processor = audio_cache.features(processor) if audio_cache is not None else processor
     if rollout.engine == "vllm":
         from .vllm_engine import VLLMEngine  # vLLM only when asked for (see the package docstring)
 
@@ -73,18 +87,17 @@ def build_engine(
             enforce_eager=rollout.enforce_eager,
             processor=processor,
         )
-    if rollout.engine == "hf":
-        if model is None or processor is None:
-            raise ValueError("the hf engine samples from the policy: pass model and processor")
-        return HFEngine(
-            model,
-            processor,
-            family,
-            max_model_len=rollout.max_model_len,
-            own_weights=own_weights,
-            compute_dtype=getattr(torch, dtype),  # float32 master weights of a bf16 run sample in bf16
-        )
-    raise ValueError(f"unknown rollout engine '{rollout.engine}'; choose one of: {', '.join(ENGINES)}")
+    if policy is None:
+        policy = load_policy(ModelSpec(model_dir, family.name, dtype)).eval().requires_grad_(False)
+    return HFEngine(
+        policy,
+        processor,
+        family,
+        max_model_len=rollout.max_model_len,
+        batch_size=batch_size,
+        own_weights=own_weights,
+        compute_dtype=getattr(torch, dtype),
+    )
 
 
 def load_engine(
@@ -95,30 +108,14 @@ def load_engine(
     dtype: str = "float32",
     batch_size: int = HF_BATCH_SIZE,
 ) -> RolloutEngine:
-    """An engine sampling from the checkpoint in ``model_dir`` (its family read from its ``config.json``).
+    """:func:`build_engine` under its former name and arguments, while its last callers move to it."""
+    rollout = RolloutConfig(engine=engine, max_model_len=max_model_len)
+    return build_engine(model_dir, rollout, dtype=dtype, audio_cache=audio_cache, batch_size=batch_size)
 
-    Args:
-        engine: ``vllm`` or ``hf`` (transformers ``generate``; the model in eval mode, without gradients).
-        max_model_len: prompt + completion tokens at most.
-        audio_cache: the ``hf`` engine's log-mel features go through it (see ``audio_cache.py``).
-        dtype: the weights' dtype in either engine (``float32``, ``bfloat16``, ``float16``).
-        batch_size: the ``hf`` engine's prompts per ``generate`` call (vLLM schedules its own batches).
 
-    Raises:
-        FileNotFoundError: ``model_dir`` has no ``config.json``.
-    """
-    family = family_of_checkpoint(model_dir)
-    if engine == "vllm":
-        from .vllm_engine import VLLMEngine  # vLLM only when asked for (see the package docstring)
-
-        return VLLMEngine(model_dir, family=family, max_model_len=max_model_len, dtype=dtype)
-    if engine != "hf":
-        raise ValueError(f"unknown rollout engine '{engine}'; choose one of: {', '.join(ENGINES)}")
-    model = load_policy(ModelSpec(model_dir, family.name, dtype)).eval().requires_grad_(False)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    if audio_cache is not None:
-        processor = audio_cache.features(processor)
-    return HFEngine(model, processor, family, max_model_len=max_model_len, batch_size=batch_size)
+def sampling_config(rollout: RolloutConfig, seed: int | None = None) -> SamplingConfig:
+    """:meth:`SamplingConfig.from_config` under its former name, while its last callers move to it."""
+    return SamplingConfig.from_config(rollout, seed)
 
 
 def generate_manifest(
@@ -137,7 +134,7 @@ def generate_manifest(
     """
     rows = load_manifest(manifest, family=family_of_checkpoint(model_dir))
     sampling = sampling or SamplingConfig()
-    eng = load_engine(model_dir, engine, max_model_len)
+    eng = build_engine(model_dir, RolloutConfig(engine=engine, max_model_len=max_model_len))
     written = 0
     with open(out, "w", encoding="utf-8") as f:
         for start in range(0, len(rows), batch_prompts):

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..config import RolloutConfig, shared_fields
 from ..data.collate import PromptBatch, collate_prompts
 from ..data.schema import Row
 from ..errors import UserError
@@ -46,6 +47,11 @@ class SamplingConfig:
     row_seeds: list[int] | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+
+    @classmethod
+    def from_config(cls, rollout: RolloutConfig, seed: int | None = None) -> SamplingConfig:
+        """The sampling settings of a run's ``rollout`` section: every field the two share, and ``seed``."""
+        return cls(**shared_fields(cls, rollout), seed=seed)
 
     def request_seed(self, i: int) -> int | None:
         """The seed of row ``i`` of a ``generate`` call (None: the engine's RNG)."""

@@ -76,16 +76,19 @@ def test_build_engine_and_generate_cli(af3, tiny_checkpoint, tmp_path):
 
     from grpo_audio.cli import main
     from grpo_audio.config import RolloutConfig
-    from grpo_audio.rollout import build_engine, sampling_config
+    from grpo_audio.rollout import SamplingConfig, build_engine
 
     family, model, processor = af3
-    cfg = RolloutConfig(engine="hf", max_new_tokens=7, temperature=0.5, top_k=5)
-    engine = build_engine(cfg, tiny_checkpoint(family.name), family, model=model, processor=processor)
-    assert isinstance(engine, HFEngine)
-    s = sampling_config(cfg, seed=4)
-    assert (s.max_new_tokens, s.temperature, s.top_k, s.seed) == (7, 0.5, 5, 4)
-    with pytest.raises(ValueError, match="pass model and processor"):
-        build_engine(cfg, tiny_checkpoint(family.name), family)
+    cfg = RolloutConfig(engine="hf", max_new_tokens=7, temperature=0.5, top_k=5, top_p=0.9)
+    engine = build_engine(tiny_checkpoint(family.name), cfg, policy=model, processor=processor)
+    assert isinstance(engine, HFEngine) and engine.model is model
+    s = SamplingConfig.from_config(cfg, seed=4)
+    assert (s.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed) == (7, 0.5, 5, 0.9, 4)
+    loaded = build_engine(tiny_checkpoint(family.name), cfg)  # without a policy: the checkpoint, for evaluation
+    assert isinstance(loaded, HFEngine) and not loaded.model.training
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+    with pytest.raises(ValueError, match="unknown rollout engine 'sglang'"):
+        build_engine(tiny_checkpoint(family.name), RolloutConfig(engine="sglang"))
 
     sf.write(tmp_path / "a.wav", chord_clip(2.0), 16000)
     manifest = tmp_path / "m.jsonl"
