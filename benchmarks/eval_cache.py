@@ -1,4 +1,4 @@
-"""Evaluation time with and without the recipe's audio cache (``evaluate_model(..., audio_cache=...)``).
+"""Evaluation time with and without the recipe's audio cache (``eval.evaluate_model(..., audio_cache=...)``).
 
 The synthetic eval split asks two questions (multiple-choice and open) about each clip, and a recipe evaluates
 the same clips after every stage with an audio encoder that stays frozen. Three settings, alternated for
@@ -34,7 +34,7 @@ def main() -> None:
     from grpo_audio.audio_cache import AudioCache
     from grpo_audio.data.benchmarks import load_benchmark
     from grpo_audio.data.synthetic import LabelSpace, write_corpus
-    from grpo_audio.evaluate import evaluate_model
+    from grpo_audio.eval import evaluate_model
     from grpo_audio.models import get_family
     from grpo_audio.models.tiny import build_tiny_model
 
@@ -53,7 +53,7 @@ def main() -> None:
             t = time.perf_counter()
             out = evaluate_model(model, rows, engine="hf", max_new_tokens=args.max_new_tokens, audio_cache=st)
             times[name].append(time.perf_counter() - t)
-            texts = [r["completion"] for r in out["results"]]
+            texts = [r.completion for r in out.results]
             assert completions.setdefault("plain", texts) == texts, f"{name}: completions differ from plain"
     print(f"{len(rows)} eval rows ({args.clips} clips), test-size Music Flamingo, greedy, {args.max_new_tokens} tok")
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -43,8 +43,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from grpo_audio.config import RecipeConfig, load_config
+    from grpo_audio.eval import EvalResult
     from grpo_audio.recipe import Recipe
-    from grpo_audio.recipe.runner import STAGE_MARKER, stage_model_dir
+    from grpo_audio.recipe.records import STAGE_MARKER, stage_model_dir
     from grpo_audio.rollout import hf_engine
 
     @contextlib.contextmanager
@@ -75,23 +76,23 @@ def main() -> None:
         recipes[setting] = Recipe(load_config(args.config, overrides, schema=RecipeConfig))
     samples = next(iter(recipes.values())).cfg.eval.samples
     times: dict[str, list[float]] = {setting: [] for setting in recipes}
-    results: dict[str, dict] = {}
+    results: dict[str, EvalResult] = {}
     for _ in range(args.rounds):
         for setting, recipe in recipes.items():
             t = time.perf_counter()
             name = f"{args.stage}-{setting.replace(':', '-')}"
             with undone(undo[setting]):
-                results[setting] = recipe.evaluate(model_dir, name, sampled=True)["eval"]
+                results[setting] = recipe.evaluate(model_dir, name, sampled=True)
             times[setting].append(time.perf_counter() - t)
     med = {setting: statistics.median(v) for setting, v in times.items()}
     first = args.settings[0]
-    questions = results[first]["sampled"]["reward"]["n"]
+    questions = results[first].sampled.reward.n
     print(f"model {model_dir}: {questions} held-out questions, greedy + {samples} samples each")
     for setting, v in times.items():
         r = results[setting]
         print(
             f"{setting:8s} median {med[setting]:6.1f} s ({', '.join(f'{x:.1f}' for x in v)}); greedy MCQ "
-            f"{r['mcq_accuracy']}, sampled reward {r['sampled']['reward']['value']:.3f}"
+            f"{r.mcq_accuracy}, sampled reward {r.sampled.reward.value:.3f}"
         )
     for setting in args.settings[1:]:
         print(f"ratio {first} / {setting}: {med[first] / med[setting]:.2f}x")

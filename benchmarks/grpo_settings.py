@@ -23,7 +23,12 @@ import argparse
 import hashlib
 import json
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grpo_audio.eval import SampledResult
 
 
 def main() -> None:
@@ -43,8 +48,9 @@ def main() -> None:
 
     from grpo_audio.checkpoint import model_fingerprint
     from grpo_audio.config import RecipeConfig, load_config
-    from grpo_audio.recipe import Recipe
-    from grpo_audio.recipe.runner import STAGE_MARKER, stage_model_dir
+    from grpo_audio.eval import EvalResult
+    from grpo_audio.recipe import Recipe, StageResult
+    from grpo_audio.recipe.records import STAGE_MARKER, stage_model_dir
 
     recorded = json.loads((args.recipe_dir / args.stage / STAGE_MARKER).read_text())["entry"]["model_dir"]
     start = stage_model_dir(args.recipe_dir, recorded)
@@ -61,32 +67,32 @@ def main() -> None:
     index = next((i for i, s in enumerate(cfg.stages) if s.name == args.stage), None)
     if index is None:
         raise SystemExit(f"--stage {args.stage}: {args.config} has no stage of that name")
-    key = json.dumps([recipe.eval_key(index), model_fingerprint(start)])  # what the recipe's evaluation reads
-    cached = args.out / f"start-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    key = json.dumps([recipe.keys.eval_key(index), model_fingerprint(start)])  # what the recipe's evaluation reads
+    cached = args.out / f"start-eval-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
     t = time.perf_counter()
     if cached.exists():
-        before = json.loads(cached.read_text())
+        before = EvalResult.from_dict(json.loads(cached.read_text()))
     else:
         before = recipe.evaluate(start, args.stage, sampled=True)
-        cached.write_text(json.dumps(before))
+        cached.write_text(json.dumps(before.to_dict()))
     t_start = time.perf_counter() - t
-    recipe.report["stages"].append({"name": args.stage, "kind": cfg.stages[index].kind, **before})
+    recipe.report.stages.append(StageResult(args.stage, cfg.stages[index].kind, eval=before))
     stage = next(s for s in cfg.stages if s.kind == "grpo")
     t = time.perf_counter()
-    model, entry = recipe.grpo(stage, start)
+    model, outcome = recipe.grpo(stage, start)
     t_grpo = time.perf_counter() - t
     t = time.perf_counter()
-    entry.update(recipe.evaluate(model, stage.name, sampled=True), name=stage.name)
+    entry = StageResult(stage.name, "grpo", str(model), recipe.evaluate(model, stage.name, sampled=True), grpo=outcome)
     t_eval = time.perf_counter() - t
-    (out / "after.json").write_text(json.dumps({"eval": entry["eval"]}))
-    diff = recipe.compare_sampled(entry)["sampled_vs"]
-    by_task = paired_by_task(before["eval"]["sampled"], entry["eval"]["sampled"], data / "eval.jsonl")
-    by_draws = paired_by_draws(before["eval"]["sampled"], entry["eval"]["sampled"])
+    (out / "after.json").write_text(json.dumps({"eval": entry.eval.to_dict()}))
+    diff = recipe.compare_sampled(entry).to_dict()
+    by_task = paired_by_task(before.sampled, entry.eval.sampled, data / "eval.jsonl")
+    by_draws = paired_by_draws(before.sampled, entry.eval.sampled)
 
     steps = [json.loads(x) for x in (out / stage.name / "metrics.jsonl").read_text().splitlines()]
     entropy = [s["entropy"] for s in steps if "entropy" in s]
-    a, b = before["eval"], entry["eval"]
+    a, b = before.to_dict(), entry.eval.to_dict()
     result = {
         "name": args.name,
         "overrides": args.overrides,
@@ -120,40 +126,33 @@ def main() -> None:
     )
 
 
-def paired_by_draws(before: dict, after: dict) -> dict[int, dict]:
+def paired_by_draws(before: SampledResult, after: SampledResult) -> dict[int, dict]:
     """The paired change of the sampled reward counting only each prompt's first m draws, for m = 1, 2, 4, ... up
     to k: how the interval narrows with the draws a prompt (both evaluations draw the same noise for draw j of a
     prompt, so the first m of k are paired as the full evaluation is, and drawn as an m-draw evaluation would be,
     though not with its very noise)."""
-    from dataclasses import asdict
+    from grpo_audio.eval import paired_difference
 
-    from grpo_audio.sampled_eval import paired_difference
+    def first(sampled: SampledResult, m: int) -> SampledResult:
+        prompts = {i: replace(p, reward=sum(p.rewards[:m]) / m) for i, p in sampled.prompts.items()}
+        return replace(sampled, prompts=prompts)
 
-    if "rewards" not in next(iter(before["prompts"].values())):
-        return {}  # an evaluation cached before the per-draw rewards were kept
-
-    def first(summary: dict, m: int) -> dict:
-        prompts = {i: {**p, "reward": sum(p["rewards"][:m]) / m} for i, p in summary["prompts"].items()}
-        return {**summary, "prompts": prompts}
-
-    sizes = sorted({*(2**e for e in range(before["k"].bit_length()) if 2**e <= before["k"]), before["k"]})
+    sizes = sorted({*(2**e for e in range(before.k.bit_length()) if 2**e <= before.k), before.k})
     return {m: asdict(paired_difference(first(after, m), first(before, m))) for m in sizes}
 
 
-def paired_by_task(before: dict, after: dict, manifest: Path) -> dict[str, dict]:
-    """The paired change of the sampled reward (``after`` minus ``before``, two sampled evaluations' summaries) on
-    each question type's held-out prompts, with its 95% bootstrap interval."""
-    from dataclasses import asdict
-
-    from grpo_audio.sampled_eval import paired_difference
+def paired_by_task(before: SampledResult, after: SampledResult, manifest: Path) -> dict[str, dict]:
+    """The paired change of the sampled reward (``after`` minus ``before``, two sampled evaluations) on each
+    question type's held-out prompts, with its 95% bootstrap interval."""
+    from grpo_audio.eval import paired_difference
 
     tasks: dict[str, list[str]] = {}
     for line in manifest.read_text().splitlines():
         row = json.loads(line)
         tasks.setdefault(row["task"], []).append(row["id"])
 
-    def only(summary: dict, ids: list[str]) -> dict:
-        return {**summary, "prompts": {i: summary["prompts"][i] for i in ids if i in summary["prompts"]}}
+    def only(sampled: SampledResult, ids: list[str]) -> SampledResult:
+        return replace(sampled, prompts={i: sampled.prompts[i] for i in ids if i in sampled.prompts})
 
     return {
         task: asdict(paired_difference(only(after, ids), only(before, ids))) for task, ids in sorted(tasks.items())

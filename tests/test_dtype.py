@@ -20,7 +20,7 @@ from grpo_audio.cli import main
 from grpo_audio.config import RecipeConfig, RunConfig, load_config
 from grpo_audio.data.loaders import load_manifest
 from grpo_audio.data.synthetic import write_corpus
-from grpo_audio.evaluate import evaluate_model
+from grpo_audio.eval import evaluate_model
 from grpo_audio.models import load_policy
 from grpo_audio.precision import precision_of, warn_if_updates_round_off
 from grpo_audio.rollout.hf_engine import HFEngine

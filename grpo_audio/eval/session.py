@@ -106,26 +106,27 @@ class EvalSession:
         self,
         rows: list[Row],
         max_new_tokens: int,
-        rewards: RewardSet,
+        rewards: RewardSet | None = None,
         prefer: str = "text",
         samples: int = 0,
         sampling: SamplingConfig | None = None,
         seed: int = 0,
     ) -> EvalResult:
-        """A model's evaluation after a recipe stage: :meth:`greedy`, scored with ``rewards`` too
-        (:func:`eval_reward`: every stage is scored as GRPO is), and with ``samples`` (k) above 0 the sampled
-        evaluation (:meth:`sampled`, drawn as ``sampling`` draws, its length ``max_new_tokens``).
+        """:meth:`greedy`, with ``rewards`` also scored with them (:func:`eval_reward`: a recipe scores every stage
+        as GRPO is scored), and with ``samples`` (k) above 0 the sampled evaluation too (:meth:`sampled`, drawn as
+        ``sampling`` draws, ``max_new_tokens`` long).
 
         Raises:
-            ValueError: ``samples`` above 0 without ``sampling``.
+            ValueError: ``samples`` above 0 without ``rewards`` or ``sampling``.
         """
         result = self.greedy(rows, max_new_tokens, prefer)
         if samples:
-            if sampling is None:
-                raise ValueError("a sampled evaluation needs its sampling settings")
+            if rewards is None or sampling is None:
+                raise ValueError("a sampled evaluation needs the rewards and the sampling settings")
             draws = replace(sampling, max_new_tokens=max_new_tokens)
             result.sampled = self.sampled(rows, rewards, samples, draws, seed=seed, prefer=prefer)
-        result.reward = eval_reward(rewards, rows, [r.completion for r in result.results])
+        if rewards is not None:
+            result.reward = eval_reward(rewards, rows, [r.completion for r in result.results])
         return result
 
     def rewarded(

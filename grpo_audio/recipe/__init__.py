@@ -1,8 +1,9 @@
 """The Music Flamingo recipe: stages from one YAML, each starting from the previous stage's model.
 
-This package owns composing the stages (``runner.py``), the data-dependent initialisation of a fresh model
-(``calibrate.py``) and the report (``report.py``); each stage's own work lives in ``sft``, ``trainer`` and
-``evaluate``.
+This package owns sequencing the stages (``runner.py``), the checks before the first one (``checks.py``), the keys
+and records that skip finished stages (``records.py``), the data-dependent initialisation of a fresh model
+(``calibrate.py``), the typed stage results and report (``results.py``) and its files (``report.py``); each stage's
+own work lives in ``sft``, ``trainer`` and ``eval``.
 
 ``text_pretrain`` (optional: language-model loss on the data's text without the audio, standing in for the
 pretrained language model a real audio LLM starts from) -> ``sft`` (skills: captions and QA, target = answer)
@@ -27,6 +28,19 @@ Departure from the paper: the embedded default trains a tiny model from random w
 minutes; the paper starts from Audio Flamingo 3 and trains on MF-Skills / MF-Think for days on GPUs.
 """
 
-from .runner import AUDIO_SFT_KINDS, SFT_KINDS, STAGE_MARKER, Recipe
+from .records import AUDIO_SFT_KINDS, READS, SFT_KINDS, STAGE_MARKER
+from .results import FinalResult, GRPOOutcome, RecipeReport, SampledVs, StageResult
+from .runner import Recipe
 
-__all__ = ["AUDIO_SFT_KINDS", "SFT_KINDS", "STAGE_MARKER", "Recipe"]
+__all__ = [
+    "AUDIO_SFT_KINDS",
+    "READS",
+    "SFT_KINDS",
+    "STAGE_MARKER",
+    "FinalResult",
+    "GRPOOutcome",
+    "Recipe",
+    "RecipeReport",
+    "SampledVs",
+    "StageResult",
+]

@@ -94,19 +94,19 @@ def test_mmau_rows_item_by_item(mmau):
 
 
 def test_mmau_report_axes_and_list_values(mmau):
-    from grpo_audio.evaluate import score
+    from grpo_audio.eval import score
 
     path, items = mmau
     rows = load_benchmark(path, decode=False).rows
     out = score(rows, [f"<answer>{r.answer}</answer>" for r in rows])
-    assert out["mcq_accuracy"] == 1.0 and out["choice_rate"] == 1.0
-    assert set(out["per_group"]) == {"task", "category", "sub-category", "difficulty"}
-    assert {k: v["n"] for k, v in out["per_group"]["task"].items()} == {"music": 334, "sound": 333, "speech": 333}
-    assert set(out["per_group"]["category"]) == {i["category"] for i in items if isinstance(i["category"], str)}
-    assert out["per_group"]["category"]["Reasoning"]["n"] == sum(
+    assert out.mcq_accuracy == 1.0 and out.choice_rate == 1.0
+    assert set(out.per_group) == {"task", "category", "sub-category", "difficulty"}
+    assert {k: v.n for k, v in out.per_group["task"].items()} == {"music": 334, "sound": 333, "speech": 333}
+    assert set(out.per_group["category"]) == {i["category"] for i in items if isinstance(i["category"], str)}
+    assert out.per_group["category"]["Reasoning"].n == sum(
         (i["category"] if isinstance(i["category"], list) else [i["category"]]) == ["Reasoning"] for i in items
     )
-    assert {k: v["n"] for k, v in out["per_group"]["difficulty"].items()} == {"easy": 224, "hard": 236, "medium": 540}
+    assert {k: v.n for k, v in out.per_group["difficulty"].items()} == {"easy": 224, "hard": 236, "medium": 540}
 
 
 def test_mmau_predictions_score_under_the_official_rule(mmau, tmp_path):
@@ -342,7 +342,7 @@ def test_eval_export_leaves_out_what_it_did_not_score_and_says_what_the_official
     given every item with the unscored ones empty, would report 1 of 4 (0.250), and a file kept whole scores just
     that under the rule."""
     import grpo_audio.cli
-    from grpo_audio.evaluate import score
+    from grpo_audio.eval import score
 
     items = [json.loads(x) for x in mmar.read_text().splitlines()]
     items[1]["audio_path"] = "./audio/missing.wav"  # mmar-2: a bad row, skipped

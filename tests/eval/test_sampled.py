@@ -1,5 +1,6 @@
-"""Sampled evaluation: pass@k against counting every k-subset, the bootstrap interval's properties, paired
-differences, and the draws seeded per prompt (the same completions for a prompt in any order or company)."""
+"""Sampled evaluation (``eval/sampled.py``): pass@k against counting every k-subset, the bootstrap interval's
+properties, paired differences, and the draws seeded per prompt (the same completions for a prompt in any order or
+company)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from grpo_audio.eval import (
+    Interval,
+    PromptDraws,
+    SampledResult,
+    bootstrap_interval,
+    paired_difference,
+    pass_at_k,
+    sampled_eval,
+)
 from grpo_audio.rewards import RewardSet
 from grpo_audio.rollout.base import SamplingConfig
-from grpo_audio.sampled_eval import bootstrap_interval, paired_difference, pass_at_k, sampled_eval
 
 
 @pytest.mark.parametrize("n,c", [(5, 0), (5, 1), (5, 2), (5, 5), (8, 3)])
@@ -38,7 +47,10 @@ def test_bootstrap_interval():
 
 
 def summary(seed=0, k=4, **prompts):
-    return {"seed": seed, "k": k, "temperature": 1.0, "prompts": prompts}
+    """Draws of ``k`` a prompt at temperature 1 with ``seed``; each prompt given as ``{"reward", "correct"}``."""
+    draws = {i: p if isinstance(p, PromptDraws) else PromptDraws(rewards=[], **p) for i, p in prompts.items()}
+    unused = Interval(0.0, 0.0, 0.0, len(draws))  # (the difference reads the prompts only)
+    return SampledResult(k=k, temperature=1.0, seed=seed, reward=unused, pass_at_1=None, pass_at_k=None, prompts=draws)
 
 
 def test_paired_difference_is_per_prompt():
@@ -53,7 +65,7 @@ def test_paired_difference_is_per_prompt():
     assert (diff.value, diff.low, diff.high, diff.n) == pytest.approx((0.1, 0.1, 0.1, 3))
     assert paired_difference(after, before, field="pass_at_1").value == pytest.approx(0.25)  # over a and b only
     with pytest.raises(ValueError, match="same seed"):
-        paired_difference(summary(seed=1, **after["prompts"]), before)
+        paired_difference(summary(seed=1, **after.prompts), before)
 
 
 def test_draws_are_seeded_per_prompt(tiny_checkpoint):
@@ -83,11 +95,11 @@ def test_draws_are_seeded_per_prompt(tiny_checkpoint):
     other = sampled_eval(engine, rows, RewardSet([length]), 3, sampling, seed=8)
     assert other.prompts != together.prompts  # premise: the seed decides the draws
     assert together.pass_at_1.n == 3 and together.reward.n == 3
-    assert together.pass_at_1.value == pytest.approx(sum(p["correct"] for p in together.prompts.values()) / 9)
+    assert together.pass_at_1.value == pytest.approx(sum(p.correct for p in together.prompts.values()) / 9)
     # Each prompt keeps its draws' rewards in draw order: their mean is its reward; the draws differ.
     for p in together.prompts.values():
-        assert len(p["rewards"]) == 3 and p["reward"] == pytest.approx(sum(p["rewards"]) / 3)
-    assert any(len(set(p["rewards"])) > 1 for p in together.prompts.values())
+        assert len(p.rewards) == 3 and p.reward == pytest.approx(sum(p.rewards) / 3)
+    assert any(len(set(p.rewards)) > 1 for p in together.prompts.values())
 
 
 def test_rows_are_batched_task_by_task_with_the_completions_of_any_order(tiny_checkpoint, monkeypatch):

@@ -1,4 +1,4 @@
-"""Evaluation: scores per question type checked by hand, the MuChoMusic / MMAU layout, the `eval` command."""
+"""Scoring: scores per question type checked by hand, the MuChoMusic / MMAU layout, the `eval` command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from grpo_audio.cli import main
 from grpo_audio.data.benchmarks import load_benchmark
 from grpo_audio.data.schema import Row
-from grpo_audio.evaluate import score
+from grpo_audio.eval import GroupScore, score
 from tests.conftest import sine
 
 CHOICES = ["C major", "A minor", "G major", "E minor"]
@@ -36,13 +36,13 @@ def test_score_by_hand():
         "<answer>C major</answer>",  # open answer, right, no think block
     ]
     out = score(rows, completions)
-    assert out["mcq_accuracy"] == 1 / 4
-    assert out["choice_rate"] == 2 / 4
-    assert out["open_accuracy"] == 1.0
-    assert out["format_rate"] == 1 / 5
-    assert out["per_task"] == {"mcq/chord": 0.0, "mcq/key": 1 / 3, "open/key": 1.0}
-    assert out["counts"] == {"mcq/chord": 1, "mcq/key": 3, "open/key": 1}
-    assert [r["picked_one_choice"] for r in out["results"]] == [True, False, False, True, None]
+    assert out.mcq_accuracy == 1 / 4
+    assert out.choice_rate == 2 / 4
+    assert out.open_accuracy == 1.0
+    assert out.format_rate == 1 / 5
+    assert out.per_task == {"mcq/chord": 0.0, "mcq/key": 1 / 3, "open/key": 1.0}
+    assert out.counts == {"mcq/chord": 1, "mcq/key": 3, "open/key": 1}
+    assert [r.picked_one_choice for r in out.results] == [True, False, False, True, None]
 
 
 def test_generic_layout_through_a_field_map(tmp_path):
@@ -70,8 +70,8 @@ def test_generic_layout_through_a_field_map(tmp_path):
     assert "Answer with the text of the correct choice." in think[0].prompt
     assert think[0].prompt.endswith("<answer></answer>.")
     out = score(rows, ["<answer>(A)</answer>", "<answer>pop</answer>"])  # a letter or the choice's text
-    assert out["mcq_accuracy"] == 1.0 and out["per_group"] == {
-        "kind": {"genre": {"accuracy": 1.0, "n": 1}, "instrument": {"accuracy": 1.0, "n": 1}}
+    assert out.mcq_accuracy == 1.0 and out.per_group == {
+        "kind": {"genre": GroupScore(accuracy=1.0, n=1), "instrument": GroupScore(accuracy=1.0, n=1)}
     }
 
 
@@ -102,7 +102,7 @@ def test_evaluation_reuses_each_clips_audio_across_rows_and_calls(tmp_path, tiny
     from transformers import AutoProcessor, WhisperFeatureExtractor
 
     from grpo_audio.audio_cache import AudioCache
-    from grpo_audio.evaluate import evaluate_model
+    from grpo_audio.eval import evaluate_model
     from grpo_audio.models import get_family
 
     family = get_family("music_flamingo")
@@ -137,7 +137,7 @@ def test_evaluation_reuses_each_clips_audio_across_rows_and_calls(tmp_path, tiny
     def run(directory, stores=None):
         computed.update(windows=0, encoded=0)
         out = evaluate_model(directory, rows, engine="hf", max_new_tokens=6, audio_cache=stores)
-        return [r["completion"] for r in out["results"]], dict(computed)
+        return [r.completion for r in out.results], dict(computed)
 
     plain, work = run(model_dir)
     assert work == {"windows": 4, "encoded": 4}  # one per row

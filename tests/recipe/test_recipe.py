@@ -49,7 +49,7 @@ def test_short_recipe_runs_every_stage(tmp_path, capsys):
         REPO / "examples/music_flamingo/tiny.yaml", [*overrides, f"stages={stages}"], schema=RecipeConfig
     )
     cfg.eval.final[0].max_rows = 3  # the first file's first 3 questions only
-    report = Recipe(cfg).run()
+    report = Recipe(cfg).run().to_dict()
     out = tmp_path / "out"
     assert [s["name"] for s in report["stages"]] == ["base", "text", "sft", "cold_start", "grpo", "final"]
     family = get_family("music_flamingo")
@@ -167,7 +167,7 @@ def test_short_recipe_runs_every_stage(tmp_path, capsys):
     stamps = trained()
     assert len(stamps) >= 4
     base_samples = (out / "samples" / "base.jsonl").stat().st_mtime_ns
-    again = Recipe(cfg).run()
+    again = Recipe(cfg).run().to_dict()
     assert json.dumps(again["stages"], sort_keys=True) == json.dumps(report["stages"], sort_keys=True)
     assert trained() == stamps  # nothing retrained
     assert (out / "samples" / "base.jsonl").stat().st_mtime_ns == base_samples  # nor the base model re-evaluated
@@ -177,7 +177,7 @@ def test_short_recipe_runs_every_stage(tmp_path, capsys):
     # as they were written).
     moved = tmp_path / "moved"
     out.rename(moved)
-    elsewhere = Recipe(dataclasses.replace(cfg, output_dir=str(moved))).run()
+    elsewhere = Recipe(dataclasses.replace(cfg, output_dir=str(moved))).run().to_dict()
     assert [s["model_dir"] for s in elsewhere["stages"][1:]] == [
         s["model_dir"].replace(str(out), str(moved)) for s in report["stages"][1:]
     ]
@@ -190,7 +190,7 @@ def test_short_recipe_runs_every_stage(tmp_path, capsys):
         REPO / "examples/music_flamingo/tiny.yaml", [*overrides, "eval.max_rows=4", f"stages={stages}"],
         schema=RecipeConfig,
     )  # fmt: skip
-    evaluated = Recipe(fewer).run()
+    evaluated = Recipe(fewer).run().to_dict()
     assert trained() == stamps
     assert [s["model_dir"] for s in evaluated["stages"][1:]] == [s["model_dir"] for s in report["stages"][1:]]
     for stage in evaluated["stages"]:
@@ -208,7 +208,7 @@ def test_short_recipe_runs_every_stage(tmp_path, capsys):
         schema=RecipeConfig,
     )
     capsys.readouterr()
-    skipped = Recipe(skipping).run()
+    skipped = Recipe(skipping).run().to_dict()
     said = capsys.readouterr().out
     assert "stage 'text' already completed; its evaluation settings or data changed: its evaluation dropped" in said
     assert ["eval" in s for s in skipped["stages"]] == [False, False, True, True, True, True]
@@ -220,7 +220,7 @@ def test_short_recipe_runs_every_stage(tmp_path, capsys):
     # An interrupted GRPO stage (its completion record gone, its checkpoints there) resumes from its checkpoint.
     (out / "grpo" / "STAGE_COMPLETE.json").unlink()
     run_id = json.loads((out / "grpo" / "run.json").read_text())["run_id"]
-    resumed = Recipe(cfg).run()
+    resumed = Recipe(cfg).run().to_dict()
     assert json.loads((out / "grpo" / "run.json").read_text())["run_id"] == run_id
     assert resumed["stages"][4]["model_dir"] == report["stages"][4]["model_dir"]
     assert trained() == stamps  # the checkpoint is of step 2 of 2: no new step
@@ -423,7 +423,7 @@ def test_a_grpo_setting_changes_only_the_grpo_stages_key(tmp_path, tiny_checkpoi
         cfg = load_config(REPO / "examples/music_flamingo/tiny.yaml", [f"output_dir={tmp_path}", *overrides],
                           schema=RecipeConfig)  # fmt: skip
         recipe = Recipe(cfg)
-        return {s.name: (recipe.stage_key(s, model), recipe.eval_key(i)) for i, s in enumerate(cfg.stages)}
+        return {s.name: (recipe.keys.stage_key(s, model), recipe.keys.eval_key(i)) for i, s in enumerate(cfg.stages)}
 
     base, changed = keys(), keys("train.lr=0.5")
     grpo = [s for s in base if s.startswith("grpo")]
@@ -468,8 +468,10 @@ def test_the_keys_follow_the_data_files_content_not_their_paths_or_times(tmp_pat
 
     def keys():
         recipe = Recipe(cfg)
-        stages = {s.name: recipe.stage_key(s, model) for s in cfg.stages}
-        return stages, {s.name: recipe.eval_key(i) for i, s in enumerate(cfg.stages)} | {"base": recipe.eval_key(-1)}
+        stages = {s.name: recipe.keys.stage_key(s, model) for s in cfg.stages}
+        return stages, {s.name: recipe.keys.eval_key(i) for i, s in enumerate(cfg.stages)} | {
+            "base": recipe.keys.eval_key(-1)
+        }
 
     def changed(before, after):
         return sorted(n for n in before if before[n] != after[n])
@@ -530,7 +532,7 @@ def test_a_data_file_edited_in_place_retrains_its_stage_and_every_later_one(tmp_
     def run() -> tuple[dict[str, int], dict[str, int], str]:
         """Each stage's model's and each evaluation's modification time after a run, and what the run said."""
         capsys.readouterr()
-        report = Recipe(cfg).run()
+        report = Recipe(cfg).run().to_dict()
         models = {n: Path(s["model_dir"], "model.safetensors").stat().st_mtime_ns for n, s in
                   zip(names, report["stages"][1:], strict=True)}  # fmt: skip
         evaluated = {n: (out / "samples" / f"{n}.jsonl").stat().st_mtime_ns for n in ("base", *names)}
@@ -697,18 +699,20 @@ def test_same_seed_same_report(tmp_path):
 def test_the_final_files_are_compared_with_the_last_models_own_evaluation(stages, own):
     """The report's final table compares the last model with its own eval-split accuracy, never an earlier model's
     or an 'eval' stage's other file."""
+    from grpo_audio.recipe import RecipeReport
     from grpo_audio.recipe.report import markdown
 
-    final = {"data": "f.json", "layout": "mmau", "answer_format": "text", "think": False, "n": 10,
+    final = {"data": "f.json", "layout": "mmau", "answer_format": "text", "think": False, "max_rows": 0, "n": 10,
              "mcq_accuracy": 0.8, "choice_rate": 1.0, "format_rate": 1.0}  # fmt: skip
     report = {
+        "family": "music_flamingo",
         "stages": [
             {"name": n, "kind": k, **({"eval": {"mcq_accuracy": a}} if a is not None else {})} for n, k, a in stages
         ],
         "final": [final],
         "wall_s": 60.0,
     }
-    text = "\n".join(markdown(report, "music_flamingo"))
+    text = "\n".join(markdown(RecipeReport.from_dict(report)))
     row = next(x for x in text.splitlines() if x.startswith("| f.json |"))
     if own is None:
         assert "its MCQ accuracy on the eval split" not in text and row.split("|")[7].strip() == "-"

@@ -1,5 +1,5 @@
 """Answers in the markup models write (LaTeX, Markdown, quotes, brackets, any case, unicode accidentals) are read
-as the plain answer: by ``strip_markup``, by the MCQ reward and by ``evaluate.score``, on every item of the real
+as the plain answer: by ``strip_markup``, by the MCQ reward and by ``eval.score``, on every item of the real
 MMAU test-mini file (``tests/fixtures/benchmarks/mmau-test-mini.json``)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from grpo_audio.data.schema import Row
-from grpo_audio.evaluate import score
+from grpo_audio.eval import score
 from grpo_audio.rewards.accuracy import MCQAccuracy
 from grpo_audio.rewards.matching import Choices, named_choices
 from grpo_audio.rewards.text import extract_answer, last_boxed, normalize, strip_markup
@@ -93,7 +93,7 @@ def cases():
 @pytest.mark.parametrize("prefer", ["letter", "text"])
 def test_every_mmau_item_in_every_markup_scores_in_the_reward_and_the_evaluation(cases, prefer):
     """The right choice, as its letter or as its text, in each markup form scores 1.0; a wrong one scores 0.0:
-    in ``mcq_accuracy`` and in ``evaluate.score``."""
+    in ``mcq_accuracy`` and in ``eval.score``."""
     completions, choices, answers, expected = map(list, zip(*cases[prefer], strict=True))
     assert len(completions) > 40_000 and expected.count(1.0) == expected.count(0.0)
     rewards = MCQAccuracy(prefer=prefer)(None, completions, choices=choices, answer=answers)
@@ -104,8 +104,8 @@ def test_every_mmau_item_in_every_markup_scores_in_the_reward_and_the_evaluation
         for i, (ch, a) in enumerate(zip(choices, answers, strict=True))
     ]
     report = score(rows, completions, prefer=prefer)
-    assert [r["correct"] for r in report["results"]] == expected
-    assert report["mcq_accuracy"] == 0.5 and report["choice_rate"] == 1.0
+    assert [r.correct for r in report.results] == expected
+    assert report.mcq_accuracy == 0.5 and report.choice_rate == 1.0
 
 
 def test_a_letter_followed_by_its_own_text_names_one_choice():
