@@ -26,6 +26,12 @@ def test_every_path_the_page_names_exists():
     assert not missing, f"docs/architecture.md names paths that do not exist: {missing}"
 
 
+def test_every_benchmark_script_is_named():
+    text = PAGE.read_text()
+    scripts = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "benchmarks").glob("*.py"))
+    assert scripts and not [s for s in scripts if f"`{s}`" not in text]
+
+
 def test_where_things_go_names_a_module_and_a_test_for_each():
     rows = [r for r in _section("Where things go").splitlines() if r.startswith("|")][2:]
     kinds = [r.split("|")[1].strip() for r in rows]

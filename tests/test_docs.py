@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 PAGES = sorted((REPO / "docs").glob("*.md"))
-DOCS = [README, *PAGES]
+DOCS = [README, *PAGES, REPO / "examples" / "README.md"]
 RESULTS = REPO / "benchmarks" / "results.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.DOTALL | re.MULTILINE)
 
@@ -123,10 +123,10 @@ def _prose(path: Path) -> str:
     return FENCE.sub("", path.read_text())
 
 
-def _mentions(pattern: str) -> list[tuple[Path, str]]:
+def _mentions(pattern: str, files: list[Path] = DOCS) -> list[tuple[Path, str]]:
     """(file, match) for ``pattern`` in inline code spans and code blocks of the README and docs."""
     found = []
-    for path in DOCS:
+    for path in files:
         spans = re.findall(r"`([^`\n]+)`", _prose(path)) + [text for lang, text in _fenced(path)]
         found += [(path, m) for span in spans for m in re.findall(pattern, span)]
     return found
@@ -178,6 +178,17 @@ def test_every_make_target_named_exists():
     assert {"demo", "test", "install"} <= {m for _, m in named}
     missing = [(p.relative_to(REPO), m) for p, m in named if m not in targets]
     assert not missing, f"no such make target: {missing}"
+
+
+SOURCE_PATH = re.compile(r"\b((?:grpo_audio|rewards|tests|examples|benchmarks|docs)/[\w./-]*)")
+
+
+def test_every_source_path_named_exists():
+    """Files of the project named in code spans (``grpo_audio/plan.py``, ``tests/test_plan.py``) are there."""
+    named = [(p, m.rstrip(".")) for p, m in _mentions(SOURCE_PATH.pattern, [*DOCS, RESULTS])]
+    assert len(named) > 50
+    missing = sorted({(str(p.relative_to(REPO)), m) for p, m in named if not (REPO / m).exists()})
+    assert not missing, f"no such file: {missing}"
 
 
 def slug(heading: str) -> str:
