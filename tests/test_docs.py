@@ -52,6 +52,7 @@ RUN = {
     "rows = load_manifest(": "test_loading_block",
     "grpo-audio tiny-model music_flamingo runs/mf-demo": "test_quick_start_shell_block",
     "grpo-audio check-data data/train.jsonl": "test_data_shell_block",
+    "grpo-audio config-help train": "test_config_help_block",
     '"custom_reward:says_the_tempo"': "test_yaml_blocks_load_against_the_schema",
     "grpo_overrides: {data.train_tasks": "test_yaml_blocks_load_against_the_schema",
     "synthetic:eval_mmau.json": "test_yaml_blocks_load_against_the_schema",
@@ -116,6 +117,20 @@ def test_yaml_blocks_load_against_the_schema(tmp_path, monkeypatch):
             assert [s.kind for s in cfg.stages] == ["sft", "cold_start", "grpo"]
         if "final:" in text:
             assert [f.answer_format for f in cfg.eval.final] == ["text", "letter"]
+
+
+def test_config_help_block(capsys):
+    """Run in this process (``main`` is the ``grpo-audio`` executable's body): a second interpreter would spend its
+    time importing torch."""
+    from grpo_audio.cli import main
+
+    lines = [line.split("  #")[0].strip() for line in _block("grpo-audio config-help train", "bash").splitlines()]
+    expected = {"train": ["grpo.loss_type (str, 'dapo')", "rewards[].name"], "recipe": ["stages[].kind", "eval.final"]}
+    for line in filter(None, lines):
+        command = shlex.split(line)
+        assert command[:2] == ["grpo-audio", "config-help"] and main(command[1:]) == 0
+        out = capsys.readouterr().out
+        assert all(key in out for key in expected[command[2]]), (line, out[:500])
 
 
 # ---- commands, targets, links -------------------------------------------------------------------------------
