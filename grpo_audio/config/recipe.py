@@ -194,7 +194,7 @@ class RecipeEvalConfig(EvalSettings):
         0,
         help="k: also sample k completions per eval prompt at the rollout temperature, for the sampled reward and "
         "pass@1 / pass@k with 95% bootstrap intervals, and GRPO stages' paired difference from the stage before "
-        "(sampled_eval.py); 0 skips it.",
+        "(eval/sampled.py); 0 skips it.",
         within=NON_NEGATIVE,
     )
     base: bool = setting(True, help="Evaluate the base model too, before the first stage (the report's 'base' row).")
@@ -216,8 +216,9 @@ class RecipeConfig(RunConfig):
     """A recipe: stages (sft -> cold_start -> grpo -> eval) run in order from one YAML.
 
     It is a GRPO run's config (``RunConfig``: model, lora, data, rollout, grpo, train, rewards, which every GRPO stage
-    starts from; ``data.train`` / ``data.eval`` / ``data.replay`` are set by each stage) plus the recipe's own
-    settings.
+    starts from) plus the recipe's own settings. Each GRPO stage's run takes ``data.train`` and ``data.replay`` from
+    the stage (``stages[i].data``, ``stages[i].replay``) and ``data.eval`` from ``eval.data``: a recipe that sets
+    them is refused (``recipe.checks.check_recipe_data``); the rest of ``data`` applies to every GRPO stage.
     """
 
     tiny_model: str = setting(
