@@ -44,6 +44,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .data.collate import PromptBatch
+from .models import family_of_model
 
 
 def build_sequences(
@@ -178,12 +179,6 @@ def _token_logprobs(
     return logps, entropy
 
 
-def _parts(model: Any) -> tuple[Any, Any]:
-    """The (PEFT-unwrapped) model's language model and output head; LoRA layers stay in place."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
-    return base.model.language_model, base.lm_head
-
-
 def shared_prefix_logprobs(
     model: Any,
     prompts: PromptBatch,
@@ -228,7 +223,8 @@ def shared_prefix_logprobs(
         "position_ids": prefix_pos,
         **prompts.audio_for(rows),
     }
-    language_model, lm_head = _parts(model)
+    family = family_of_model(model)  # where its language model and output head live
+    language_model, lm_head = family.language_model(model), family.lm_head(model)
     prompt_cache = Cache(layers=[PromptLayer() for _ in range(language_model.config.num_hidden_layers)])
     out = model(**to_model(model, inputs), past_key_values=prompt_cache, use_cache=True, logits_to_keep=1)
     first_logits = out.logits[:, -1].repeat_interleave(g, dim=0)  # [B*G, V]: predicts each completion's token 1

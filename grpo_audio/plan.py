@@ -141,7 +141,7 @@ def model_shape(cfg: RunConfig) -> ModelShape:
         frozen += sum(p.numel() for n, p in model.named_parameters() if n.startswith(family.projector_prefixes))
     lora = 0
     if cfg.lora.enabled:
-        language_model = model.model.language_model
+        language_model = family.language_model(model)
         for name, module in language_model.named_modules():
             if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in cfg.lora.target_modules:
                 lora += cfg.lora.r * (module.in_features + module.out_features)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .audio_flamingo3 import AudioFlamingo3
-from .base import ModelFamily, TinySize
+from .base import ModelFamily, TinySize, unwrap_peft
 from .music_flamingo import MusicFlamingo
 from .qwen2_audio import Qwen2Audio
 
@@ -71,6 +71,17 @@ def load_policy(model: Any, path: str | Path | None = None, dtype: torch.dtype |
     return get_family(model.family).model_class().from_pretrained(path or model.path, **kwargs)
 
 
+def family_of_model(model: Any) -> type[ModelFamily]:
+    """The adapter of a loaded transformers model (also PEFT-wrapped, or of a class derived from the family's, as
+    FSDP2 derives one), from its class."""
+    served = {fam.model_class_name: fam for fam in FAMILIES.values()}
+    classes = type(unwrap_peft(model)).__mro__
+    found = next((served[c.__name__] for c in classes if c.__name__ in served), None)
+    if found is None:
+        raise ValueError(f"no model family serves {classes[0].__name__}; known families: {', '.join(FAMILIES)}")
+    return found
+
+
 def family_of_checkpoint(model_dir: str | Path) -> type[ModelFamily]:
     """The adapter for a checkpoint directory, from the architecture in its ``config.json``."""
     config = Path(model_dir) / "config.json"
@@ -86,6 +97,8 @@ __all__ = [
     "TinySize",
     "family_of_architecture",
     "family_of_checkpoint",
+    "family_of_model",
     "get_family",
     "load_policy",
+    "unwrap_peft",
 ]

@@ -23,6 +23,8 @@ class AudioFlamingo3(ModelFamily):
     audio_feature_keys = ("input_features", "input_features_mask")
     audio_encoder_prefixes = ("model.audio_tower.",)
     projector_prefixes = ("model.multi_modal_projector.",)
+    language_model_name = "model.language_model"
+    lm_head_name = "lm_head"
     max_audio_seconds = 600.0
     checkpoint_key_map = AF3_STYLE_KEY_MAP
 

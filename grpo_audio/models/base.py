@@ -1,9 +1,10 @@
 """The model-family interface: what grpo-audio needs to know about an audio-LLM family.
 
-A family adapter says how to put audio into a chat prompt, how to call the family's processor, which
-modules are the audio encoder and projector (for freezing), how transformers' in-memory weight names map to
-the checkpoint layout vLLM loads, and what a tiny random checkpoint of the family looks like. Adding a family
-is one file with a subclass of :class:`ModelFamily` plus one line in ``grpo_audio.models.FAMILIES``.
+A family adapter says how to put audio into a chat prompt, how to call the family's processor, where its parts
+live in the transformers model (language model, output head, audio encoder, projector: for freezing, LoRA and the
+logprob passes, so that no other module needs the family's module names), how transformers' in-memory weight
+names map to the checkpoint layout vLLM loads, and what a tiny random checkpoint of the family looks like. Adding
+a family is one file with a subclass of :class:`ModelFamily` plus one line in ``grpo_audio.models.FAMILIES``.
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ class ModelFamily:
     #: module prefixes of the audio encoder and the projector in the transformers model.
     audio_encoder_prefixes: ClassVar[tuple[str, ...]]
     projector_prefixes: ClassVar[tuple[str, ...]]
+    #: module names of the text decoder stack and of the output head in the transformers model.
+    language_model_name: ClassVar[str]
+    lm_head_name: ClassVar[str]
     #: the longest audio the family takes, in seconds (the processor's own limit).
     max_audio_seconds: ClassVar[float]
     #: tokens the processor writes around each clip's audio tokens (Music Flamingo's ``<|sound_bos|>``/``_eos``).
@@ -148,6 +152,7 @@ class ModelFamily:
     def processor_class(cls) -> type:
         return getattr(importlib.import_module("transformers"), cls.processor_class_name)
 
+    # ---- where the parts live ------------------------------------------------------------------------------
     @classmethod
     def audio_encoder(cls, model: Any) -> Any:
         """The audio encoder module of a model of this family: the first of ``audio_encoder_prefixes`` that names
@@ -156,13 +161,34 @@ class ModelFamily:
         Raises:
             ValueError: no module has such a name.
         """
-        modules = dict(model.named_modules())
-        for prefix in cls.audio_encoder_prefixes:
-            name = prefix.rstrip(".")
-            found = [m for n, m in modules.items() if n == name or n.endswith(f".{name}")]
-            if found:
-                return found[0]
-        raise ValueError(f"no audio encoder module named {cls.audio_encoder_prefixes} in {type(model).__name__}")
+        return _first_module(model, cls.audio_encoder_prefixes, "audio encoder")
+
+    @classmethod
+    def projector(cls, model: Any) -> Any:
+        """The audio-to-text projector module, found as :meth:`audio_encoder` is."""
+        return _first_module(model, cls.projector_prefixes, "projector")
+
+    @classmethod
+    def language_model(cls, model: Any) -> Any:
+        """The text decoder stack (its forward returns hidden states) of a model of this family, also of a
+        PEFT-wrapped one (its LoRA layers in place)."""
+        return unwrap_peft(model).get_submodule(cls.language_model_name)
+
+    @classmethod
+    def lm_head(cls, model: Any) -> Any:
+        """The output head (hidden states to vocabulary logits), also of a PEFT-wrapped model."""
+        return unwrap_peft(model).get_submodule(cls.lm_head_name)
+
+    @classmethod
+    def lora_target_pattern(cls, target_modules: list[str]) -> str:
+        r"""The PEFT ``target_modules`` regex for adapters on the language model's modules ending in one of
+        ``target_modules`` only (the audio encoder has ``q_proj`` / ``v_proj`` too).
+
+        >>> from grpo_audio.models import get_family
+        >>> get_family("qwen2_audio").lora_target_pattern(["q_proj", "v_proj"])
+        '.*model\\.language_model.*\\.(q_proj|v_proj)'
+        """
+        return rf".*{re.escape(cls.language_model_name)}.*\.({'|'.join(target_modules)})"
 
     # ---- prompts --------------------------------------------------------------------------------------------
     @classmethod
@@ -234,6 +260,22 @@ class ModelFamily:
     def processor_kwargs(cls) -> dict[str, Any]:
         """Extra constructor arguments of the family's processor."""
         return {}
+
+
+def unwrap_peft(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper (the model itself when it has none); LoRA layers stay in place."""
+    return model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
+
+
+def _first_module(model: Any, prefixes: tuple[str, ...], what: str) -> Any:
+    """The module named by the first of ``prefixes`` that names one, also under a wrapper's prefix."""
+    modules = dict(model.named_modules())
+    for prefix in prefixes:
+        name = prefix.rstrip(".")
+        found = [m for n, m in modules.items() if n == name or n.endswith(f".{name}")]
+        if found:
+            return found[0]
+    raise ValueError(f"no {what} module named {prefixes} in {type(model).__name__}")
 
 
 def whisper_audio_tokens(seconds: float, max_seconds: float, sampling_rate: int = 16000, hop_length: int = 160) -> int:
