@@ -5,9 +5,9 @@ prompt JSON, or a generic file with a field map) and one completion per row. MCQ
 ``mcq_accuracy`` (the one answer matcher, ``grpo_audio.rewards.matching``), open rows with ``answer_accuracy``;
 both read the last ``<answer>`` block, or the text outside think blocks.
 
-Run (greedy completions of a checkpoint, scored here):
-``grpo-audio eval model=MODEL_DIR data=FILE [engine=vllm|hf] [out=report.json] [predictions_out=FILE]``
-(``grpo-audio eval --help`` lists every setting).
+Run (greedy completions of a checkpoint, scored here): ``grpo-audio eval [CONFIG.yaml] model=MODEL_DIR data=FILE
+[engine=vllm|hf] [out=report.json] [predictions_out=FILE] [key=value ...]`` (``grpo-audio config-help eval`` lists
+the keys).
 """
 
 from __future__ import annotations
