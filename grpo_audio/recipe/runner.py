@@ -341,7 +341,8 @@ class Recipe:
         result = None
         if self.main:
             with self.eval_session(model_dir) as session:
-                result, _ = self.evaluate_file(session, data or self.cfg.eval.data, name, sampled=sampled)
+                scored, _ = self.evaluate_file(session, data or self.cfg.eval.data, name, sampled=sampled)
+            result = replace(scored, results=[])  # (in the samples file)
             ev = self.cfg.eval
             print(
                 f"[recipe] eval after '{name}': mcq {result.mcq_accuracy}, open {result.open_accuracy}, "
@@ -387,8 +388,7 @@ class Recipe:
         """``session``'s model on the file ``spec`` names, greedy, its per-row results written to
         ``samples/<name>.jsonl``: a stage's evaluation as ``eval`` asks it (its answer format and rows), scored with
         the GRPO rewards too (so that every stage, not only GRPO, is scored as GRPO is) and with ``sampled`` sampled;
-        or an ``eval.final`` file as ``final`` asks it. Returns the result without its per-row results, and the
-        file's layout.
+        or an ``eval.final`` file as ``final`` asks it. Returns the result and the file's layout.
 
         Raises:
             FileNotFoundError: the file is gone (``check_data`` found it when the recipe was built).
@@ -411,7 +411,7 @@ class Recipe:
             seed=self.cfg.seed,
         )
         write_samples(self.out / "samples" / f"{name}.jsonl", result)
-        return replace(result, results=[]), bench.layout
+        return result, bench.layout
 
     def compare_sampled(self, entry: StageResult) -> SampledVs | None:
         """A GRPO stage's sampled evaluation minus that of the last earlier model with one (the model it starts from,
