@@ -108,21 +108,36 @@ def main() -> None:
         "seconds": {"start_eval": t_start, "grpo": t_grpo, "grpo_eval": t_eval},
     }
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-    r, p = diff["reward"], diff["pass_at_1"]
+    say(result)
+
+
+def say(result: dict) -> None:
+    """The setting's result in three lines: before and after GRPO, then the paired change by question type and by
+    the draws a prompt."""
+    r, p = result["paired"]["reward"], result["paired"]["pass_at_1"]
+    (a_mcq, b_mcq), (a_open, b_open) = result["mcq_accuracy"], result["open_accuracy"]
+    seconds = result["seconds"]
     print(
-        f"{args.name} (seed {cfg.seed}): greedy MCQ {a['mcq_accuracy']:.3f} -> {b['mcq_accuracy']:.3f}, open "
-        f"{a['open_accuracy']:.3f} -> {b['open_accuracy']:.3f}; sampled reward {result['sampled_reward'][0]:.3f} -> "
+        f"{result['name']} (seed {result['seed']}): greedy MCQ {a_mcq:.3f} -> {b_mcq:.3f}, open "
+        f"{a_open:.3f} -> {b_open:.3f}; sampled reward {result['sampled_reward'][0]:.3f} -> "
         f"{result['sampled_reward'][1]:.3f}, paired {r['value']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]; pass@1 "
         f"paired {p['value']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]; entropy {result['entropy_first_last5'][0]:.3f}"
-        f" -> {result['entropy_first_last5'][1]:.3f}; GRPO {t_grpo:.0f} s, evaluations {t_start:.0f} + {t_eval:.0f} s"
+        f" -> {result['entropy_first_last5'][1]:.3f}; GRPO {seconds['grpo']:.0f} s, evaluations "
+        f"{seconds['start_eval']:.0f} + {seconds['grpo_eval']:.0f} s"
     )
     print(
         "paired reward change by question type: "
-        + ", ".join(f"{task} {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for task, d in by_task.items())
+        + ", ".join(
+            f"{task} {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            for task, d in result["paired_by_task"].items()
+        )
     )
     print(
         "paired reward change on the first m draws of each prompt: "
-        + ", ".join(f"m={m} {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" for m, d in by_draws.items())
+        + ", ".join(
+            f"m={m} {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            for m, d in result["paired_by_draws"].items()
+        )
     )
 
 
