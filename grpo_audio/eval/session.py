@@ -112,9 +112,9 @@ class EvalSession:
         sampling: SamplingConfig | None = None,
         seed: int = 0,
     ) -> EvalResult:
-        """:meth:`greedy`, with ``rewards`` also scored with them (:func:`eval_reward`: a recipe scores every stage
-        as GRPO is scored), and with ``samples`` (k) above 0 the sampled evaluation too (:meth:`sampled`, drawn as
-        ``sampling`` draws, ``max_new_tokens`` long).
+        """:meth:`greedy`; with ``rewards``, its completions scored with them too (:func:`eval_reward`: a recipe
+        scores every stage as GRPO is scored); with ``samples`` (k) above 0, the sampled evaluation too
+        (:meth:`sampled`, drawn as ``sampling`` draws, ``max_new_tokens`` long).
 
         Raises:
             ValueError: ``samples`` above 0 without ``rewards`` or ``sampling``.
