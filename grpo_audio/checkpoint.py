@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -47,6 +48,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from .errors import UserError
 from .parallel import Parallel
+
+logger = logging.getLogger(__name__)
 
 STEP_RE = re.compile(r"^step-(\d{6,})$")
 MARKER = "COMPLETE"
@@ -263,6 +266,17 @@ def check_resume(resume: str, base_model: str, model_path: str | Path) -> None:
         )
 
 
+def open_run(
+    out: str | Path, model_path: str | Path, base_model: str, config: str, resume: str, overwrite: bool
+) -> tuple[Lineage, Path | None]:
+    """The lineage of the run about to write into ``out`` and the checkpoint it starts from (None: a fresh start):
+    :func:`check_resume`, :func:`start_run` and :func:`resume_from`, in that order. The main process runs it
+    (``Parallel.decide``); its outcome, or its error, is every process's."""
+    check_resume(resume, base_model, model_path)
+    lineage, continuing = start_run(out, base_model, config, resume, overwrite)
+    return lineage, resume_from(resume, out, lineage.run_id, continuing)
+
+
 def resume_from(resume: str, out: str | Path, run_id: str, continuing: bool) -> Path | None:
     """The checkpoint a run starts from: the named one, or with ``auto`` the run's newest when the output directory
     records this run (``continuing``, from :func:`start_run`); None for a fresh start."""
@@ -430,6 +444,29 @@ def load_checkpoint(path: str | Path, rank: int = 0) -> dict[str, Any]:
         "rng": torch.load(rng, weights_only=False) if rng is not None else None,
         "trainer_state": json.loads((path / "trainer_state.json").read_text()),
     }
+
+
+def resume_training(
+    path: str | Path, rank: int, model: Any, optimizer: Any, scheduler: Any
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Load the checkpoint ``path`` into a run being built: the weights and optimiser state resharded for these
+    processes (:func:`load_training_state`, on any number of them) and the scheduler's state.
+
+    Returns:
+        The trainer state (``step``, ``epoch``, ``cursor``, ``seed``) and process ``rank``'s random state, to be
+        restored once everything else is built (None: the checkpoint was saved on fewer processes; this one keeps
+        its seeded state, with a warning).
+    """
+    state = load_checkpoint(path, rank)
+    load_training_state(path, model, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    trainer_state = state["trainer_state"]
+    if state["rng"] is None:
+        logger.warning(
+            "%s holds no random state of process %d (saved on fewer processes): it goes on from its seed", path, rank
+        )
+    logger.warning("resumed from %s at step %d", path, trainer_state["step"])
+    return trainer_state, state["rng"]
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from .data.schema import BadRow, Row, ValidationReport, apply_policy
 from .models import ModelFamily
 from .sft import target_text
 
-_REPLAY_STREAM = 7919  # keeps the replay order's random numbers apart from the prompts' (trainer._permutation)
+_REPLAY_STREAM = 7919  # keeps the replay order's random numbers apart from the prompts' (data.order.PromptOrder)
 
 
 @dataclass

@@ -90,3 +90,48 @@ class UpdateResult:
     update_s: float = 0.0
     lr: float = 0.0
     replay_nll: list[float] = field(default_factory=list)
+
+
+@dataclass
+class StepCounts:
+    """Where a run is.
+
+    Attributes:
+        step: the steps run.
+        applied: the last step whose update applied (at least one optimiser step).
+        saved: the last step checkpointed.
+        skipped: the steps skipped so far (nothing applied: a non-finite loss or gradient norm).
+        skipped_in_a_row: the skipped steps since the last applied one.
+    """
+
+    step: int = 0
+    applied: int = 0
+    saved: int = 0
+    skipped: int = 0
+    skipped_in_a_row: int = 0
+
+    def finish(self, update: UpdateResult) -> None:
+        """Count the step whose update did ``update``."""
+        self.step += 1
+        skipped = update.applied == 0
+        if not skipped:
+            self.applied = self.step
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        self.skipped += skipped
+
+    def check_skipped(self, max_skipped: int, non_finite: str) -> None:
+        """Raise ``FloatingPointError`` when ``max_skipped`` steps in a row were skipped (``train.max_skipped_steps``;
+        ``non_finite``: what the last one's update found not finite)."""
+        if self.skipped_in_a_row >= max_skipped:
+            raise FloatingPointError(
+                f"step {self.step}: {non_finite}; {self.skipped_in_a_row} steps in a row skipped "
+                f"(train.max_skipped_steps = {max_skipped}); nothing of them was applied or saved"
+            )
+
+    def save_due(self, save_every: int, max_steps: int) -> bool:
+        """Whether the step just counted is checkpointed: every ``save_every`` steps and at ``max_steps``. A skipped
+        step changed nothing, so it writes no checkpoint, except at the end when updates applied since the last
+        checkpoint would otherwise be lost."""
+        due = (save_every and self.step % save_every == 0) or self.step == max_steps
+        skipped = self.applied != self.step
+        return bool(due) and (not skipped or (self.step == max_steps and self.applied > self.saved))

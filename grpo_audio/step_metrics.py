@@ -109,3 +109,17 @@ def _aggregate(name: str, values: list[float]) -> float:
     if name.endswith("_max"):
         return float(np.max(values))
     return float(np.mean(values))
+
+
+def ratio_warning(metrics: dict[str, Any], band: list[float], step: int) -> str | None:
+    """What to warn when a step's mean importance-sampling ratio (trainer vs rollout engine) leaves ``band``
+    (``grpo.is_ratio_band``): the two no longer compute the same distribution. None inside it, or when the step
+    was skipped."""
+    low, high = band
+    if metrics["skipped"] or low <= metrics["is_ratio_mean"] <= high:
+        return None
+    return (
+        f"step {step}: mean importance-sampling ratio {metrics['is_ratio_mean']:.3f} (min "
+        f"{metrics['is_ratio_min']:.3f}, max {metrics['is_ratio_max']:.3f}) is outside [{low:g}, {high:g}]: the "
+        "trainer's and the rollout engine's distributions differ (sampling settings, weight sync, dtype)"
+    )

@@ -29,51 +29,50 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
-from transformers import AutoProcessor, get_scheduler
+from transformers import AutoProcessor
 
 from .advantages import group_advantages
 from .audio_cache import AudioCache
 from .checkpoint import (
-    check_resume,
     config_hash,
     latest_checkpoint,
-    load_checkpoint,
-    load_training_state,
     model_fingerprint,
-    resume_from,
+    open_run,
+    resume_training,
     save_checkpoint,
     set_rng_state,
-    start_run,
     training_state,
 )
 from .config import ConfigError, RunConfig, check_model_path, check_parallel, shared_fields
-from .data.collate import collate_prompts
-from .data.loaders import load_manifest
-from .data.schema import ContextLimit, Row
+from .data.order import PromptOrder
+from .data.schema import Row
 from .eval import EvalSession
-from .logprobs import LogprobModule, choose_path, enable_checkpointing, micro_batches
+from .logprobs import LogprobModule, choose_path, micro_batches
 from .logs import terminal
-from .loss import LossConfig, policy_loss
+from .loss import LossConfig
 from .metrics import MetricsLogger, MetricsSummary, keep_until, plot_curves, read_metrics, summarize
 from .models import ModelFamily, get_family, load_policy
 from .models.weights import save_model_dir
+from .optim import build_optimizer
 from .parallel import Parallel
+from .passes import StepPasses
+from .policy import prepare_policy, reference_copy
 from .precision import precision_of, warn_if_updates_round_off
-from .replay import ReplayBatch, check_replay_rows, replay_batch, replay_indices
-from .rewards import RewardOutput, RewardSet
-from .rollout import RolloutBatch, SamplingConfig, build_engine
-from .rollout.base import banned_token_ids, prompt_seed
+from .replay import ReplayBatch, replay_batch, replay_indices
+from .rewards import RewardSet
+from .rollout import SamplingConfig, build_engine
+from .rollout.base import banned_token_ids
+from .rollout.collect import RolloutCollector
+from .run_data import load_run_rows
 from .run_lock import RunLock
-from .step import StepBatch, UpdateResult
-from .step_metrics import step_metrics
+from .step import StepBatch, StepCounts, UpdateResult
+from .step_metrics import ratio_warning, step_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -132,218 +131,157 @@ class GRPOTrainer:
         self.out = Path(config.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
-        # Weights in model.master_dtype, forward passes in model.dtype (precision.py): under autocast, and under FSDP2
-        # also gathered in it (parallel.compute_dtype, or model.dtype when the two differ).
         self.precision = precision_of(config.model)
         warn_if_updates_round_off(self.precision, config.train.lr)
-        gather_in = config.parallel.compute_dtype
-        if not gather_in and self.precision.mixed and config.parallel.strategy == "fsdp2":
-            gather_in = config.model.dtype
-        self.parallel = Parallel(config.parallel.strategy, gather_in, config.parallel.cpu_offload)
+        self.parallel = self._build_parallel()
         self.process = self.parallel.process
         self.run_lock = RunLock.on_main(self.parallel, self.out, "grpo")
-        self.processor = AutoProcessor.from_pretrained(config.model.path)
-        self.audio_cache = audio_cache if audio_cache is not None else AudioCache()
-        self.features = self.audio_cache.features(self.processor)  # the processor batches are built with
-        self.tokenizer = self.processor.tokenizer
-        self.banned_ids = banned_token_ids(self.family, self.tokenizer)
-        if model is None:
-            model = load_policy(config.model, dtype=self.precision.master)
-        elif any(p.is_floating_point() and p.dtype != self.precision.master for p in model.parameters()):
-            model = model.to(self.precision.master)  # a model passed in another dtype: its weights become masters
-        self.logprob_path = choose_path(config.grpo.shared_prefix)
-        policy = self._prepare_model(model).to(self.process.device)
-        ref = self._reference_model(policy)
-        # A sharded policy cannot generate on one process: the transformers engine samples from a whole copy.
-        own_copy = engine is None and self.parallel.sharded and config.rollout.engine == "hf"
-        engine_copy = copy.deepcopy(policy) if own_copy else None
-        # Frozen, the encoder's output may come from the audio cache on one process and not on another: it stays
-        # whole in FSDP2's root unit (parallel.py).
-        keep_whole = (self.family.audio_encoder(policy),) if config.model.freeze_audio_encoder else ()
-        self.model = self.parallel.wrap(LogprobModule(policy, self.logprob_path), keep_whole)
-        self.ref_model = (
-            self.parallel.wrap(LogprobModule(ref, self.logprob_path).eval(), keep_whole, trains=False)
-            if ref is not None
-            else None
+        self._build_processor(audio_cache)
+        engine_copy = self._build_model(model, engine)
+        passes = (self.tokenizer.pad_token_id, self.banned_ids, config.train.micro_batch_size, self.logprob_path)
+        self.passes = StepPasses(self.parallel, self.precision, config.rollout, *passes)
+        self.optimizer, self.scheduler = build_optimizer(
+            list(self.model.parameters()), config.train, config.grpo.num_iterations
         )
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if not trainable:
-            raise ConfigError("no trainable parameters: check model.freeze_* and lora settings")
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.train.lr, weight_decay=config.train.weight_decay)
-        self.scheduler = self._scheduler()
         self.rewards = (
             reward_funcs
             if reward_funcs is not None
             else RewardSet.from_specs(config.rewards, on_error=config.grpo.reward_on_error)
         )
-        data = config.data
-        limits = {
-            "family": self.family,
-            "bad_rows": data.bad_rows,
-            "long_audio": data.long_audio,
-            "max_audio_seconds": data.max_audio_seconds or None,
-        }
-        # Rows the engine samples from must fit its context with their audio and the completion (checked at load,
-        # not when drawn hours in); replayed rows are scored on their targets only.
-        sampled = {
-            **limits,
-            "context": ContextLimit(self.processor, config.rollout.max_model_len, config.rollout.max_new_tokens),
-        }
-        self.train_rows = train_rows if train_rows is not None else load_manifest(data.train, **sampled)
-        self.eval_rows = (
-            eval_rows if eval_rows is not None else (load_manifest(data.eval, **sampled) if data.eval else [])
-        )
-        if data.train_tasks:
-            present = sorted({r.task for r in self.train_rows})
-            self.train_rows = [r for r in self.train_rows if r.task in data.train_tasks]
-            if not self.train_rows:
-                raise ConfigError(
-                    f"data.train_tasks {list(data.train_tasks)}: no training row has one (tasks: {present})"
-                )
-        if not self.train_rows:
-            raise ConfigError(f"data.train {data.train!r}: no training rows")
-        replay_specs = [spec.strip() for spec in data.replay.split(",") if spec.strip()]
-        self.replay_rows = [row for spec in replay_specs for row in load_manifest(spec, **limits)]
-        self.replay_rows = check_replay_rows(self.replay_rows, self.tokenizer, self.banned_ids, data.bad_rows)
-        if replay_specs and not self.replay_rows:
-            raise ConfigError(f"data.replay {data.replay!r}: no rows")
+        self._build_data(train_rows, eval_rows)
         self.loss_cfg = LossConfig(
             **shared_fields(LossConfig, config.grpo), max_completion_length=config.rollout.max_new_tokens
         )
-        self.step = 0
-        self.skipped_steps, self.skipped_in_a_row = 0, 0
-        self.applied_step = self.saved_step = 0  # the last step whose update applied / that was checkpointed
-        self.epoch, self.cursor = 0, 0
-        self.order = self._permutation(0)
-        self.base_fingerprint = model_fingerprint(config.model.path)
-        identity = config_hash(config, self.rewards if reward_funcs is not None else None)
-
-        def open_run():  # on the main process; its outcome (or error) is every process's
-            check_resume(config.train.resume, self.base_fingerprint, config.model.path)
-            lineage, continuing = start_run(
-                self.out, self.base_fingerprint, identity, config.train.resume, config.train.overwrite
-            )
-            return lineage, resume_from(config.train.resume, self.out, lineage.run_id, continuing)
-
-        self.lineage, resume_path = self.parallel.decide(open_run)
-        rng = self._resume(resume_path) if resume_path is not None else None
-        resumed = resume_path is not None
-        self.engine = (
-            engine
-            if engine is not None
-            else build_engine(
-                config.model.path,
-                config.rollout,
-                dtype=config.model.dtype,
-                seed=config.seed,
-                policy=engine_copy if engine_copy is not None else self.policy,
-                processor=self.features,
-                own_weights=engine_copy is not None,
-            )
+        rng = self._open_run(self.rewards if reward_funcs is not None else None)
+        self.engine = self._build_engine(engine, engine_copy)
+        self.collector = RolloutCollector(
+            self.train_rows, self.order, self.process, self.family, self.features, config
         )
-        if resumed or config.lora.enabled:  # the engine starts from the checkpoint on disk
-            self.engine.sync_weights(self.policy)
-        # A frozen encoder's output for a clip never changes: computed once, then read in every logprob pass.
-        self._lifetime = contextlib.ExitStack()
-        if config.model.freeze_audio_encoder:
-            for model in (self.policy, self.reference):  # the reference's encoder is the same: same keys
-                if model is not None:
-                    self._lifetime.enter_context(self.audio_cache.encoder(model, self.family))
-        self.metrics = MetricsLogger(
-            self.out, resume_step=self.step if resumed else None, enabled=self.process.is_main
-        )
+        self._lifetime = self._cache_encoders()
+        resumed_at = self.step if self.resumed else None
+        self.metrics = MetricsLogger(self.out, resume_step=resumed_at, enabled=self.process.is_main)
         if self.process.is_main:
-            keep_until(self.out / "samples.jsonl", self.step if resumed else None)
+            keep_until(self.out / "samples.jsonl", resumed_at)
         if rng is not None:  # last, so that nothing built above draws from the restored streams
             set_rng_state(rng)
 
-    # ---- setup ----------------------------------------------------------------------------------------------
+    # ---- the parts, built in that order ---------------------------------------------------------------------
     @property
     def policy(self) -> Any:
         """The policy itself (PEFT-wrapped with LoRA), without the DDP / logprob wrappers; sharded under FSDP2."""
         return self.parallel.unwrap(self.model).model
 
     @property
+    def step(self) -> int:
+        """The steps run (``train.max_steps`` at the end)."""
+        return self.counts.step
+
+    @property
     def reference(self) -> Any:
         """The reference policy's model (None without one, or with LoRA: then the policy with adapters off)."""
         return self.ref_model.model if self.ref_model is not None else None
 
-    def _prepare_model(self, model: Any) -> Any:
+    def _build_parallel(self) -> Parallel:
+        """The processes. Weights are kept in model.master_dtype, forward passes run in model.dtype (precision.py):
+        under autocast, and under FSDP2 also gathered in it (parallel.compute_dtype, or model.dtype if they differ)."""
+        settings, mixed = self.cfg.parallel, self.precision.mixed
+        gather_in = settings.compute_dtype or (self.cfg.model.dtype if mixed and settings.strategy == "fsdp2" else "")
+        return Parallel(settings.strategy, gather_in, settings.cpu_offload)
+
+    def _build_processor(self, audio_cache: AudioCache | None) -> None:
+        """The checkpoint's processor; the features processor batches are built with, through the audio cache (a
+        new one when None); the tokenizer and the token ids a completion may not hold."""
+        self.processor = AutoProcessor.from_pretrained(self.cfg.model.path)
+        self.audio_cache = audio_cache if audio_cache is not None else AudioCache()
+        self.features = self.audio_cache.features(self.processor)
+        self.tokenizer = self.processor.tokenizer
+        self.banned_ids = banned_token_ids(self.family, self.tokenizer)
+
+    def _build_model(self, model: Any, engine: Any) -> Any:
+        """The policy (``model``, or loaded from model.path; weights in the master dtype) prepared to train
+        (``policy.prepare_policy``) and its reference, each wrapped for the logprob passes and the processes. Returns
+        a whole copy of the policy for the hf engine to sample from if it is sharded and no ``engine`` is given."""
         cfg = self.cfg
-        for name, p in model.named_parameters():
-            if cfg.model.freeze_audio_encoder and name.startswith(self.family.audio_encoder_prefixes):
-                p.requires_grad_(False)
-            if cfg.model.freeze_projector and name.startswith(self.family.projector_prefixes):
-                p.requires_grad_(False)
-        if cfg.lora.enabled:
-            # Adapters on the language model only (the audio encoder has q_proj/v_proj too).
-            targets = "|".join(cfg.lora.target_modules)
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=cfg.lora.r,
-                    lora_alpha=cfg.lora.alpha,
-                    lora_dropout=cfg.lora.dropout,
-                    target_modules=rf".*language_model.*\.({targets})",
-                ),
-            )
-        if cfg.model.gradient_checkpointing:
-            enable_checkpointing(model)
-        model.train()
-        return model
+        if model is None:
+            model = load_policy(cfg.model, dtype=self.precision.master)
+        elif any(p.is_floating_point() and p.dtype != self.precision.master for p in model.parameters()):
+            model = model.to(self.precision.master)  # a model passed in another dtype: its weights become masters
+        self.logprob_path = choose_path(cfg.grpo.shared_prefix)
+        policy = prepare_policy(model, self.family, cfg.model, cfg.lora).to(self.process.device)
+        ref = reference_copy(policy, cfg.grpo.beta, cfg.lora.enabled)  # before the policy is sharded
+        # A sharded policy cannot generate on one process: the transformers engine samples from a whole copy.
+        own_copy = engine is None and self.parallel.sharded and cfg.rollout.engine == "hf"
+        engine_copy = copy.deepcopy(policy) if own_copy else None
+        # Frozen, the encoder's output may come from the audio cache on one process and not on another: it stays
+        # whole in FSDP2's root unit (parallel.py).
+        keep_whole = (self.family.audio_encoder(policy),) if cfg.model.freeze_audio_encoder else ()
+        self.model = self.parallel.wrap(LogprobModule(policy, self.logprob_path), keep_whole)
+        self.ref_model = self._build_reference(ref, keep_whole)
+        return engine_copy
 
-    def _reference_model(self, policy: Any) -> Any:
-        if self.cfg.grpo.beta == 0.0:
+    def _build_reference(self, ref: Any, keep_whole: tuple[Any, ...]) -> Any:
+        """The reference copy (``policy.reference_copy``) wrapped as the policy is, not training; None without one."""
+        if ref is None:
             return None
-        if self.cfg.lora.enabled:
-            return None  # the reference is the base model: adapters disabled (see _ref_context)
-        ref = copy.deepcopy(policy).eval()
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        return ref
+        return self.parallel.wrap(LogprobModule(ref, self.logprob_path).eval(), keep_whole, trains=False)
 
-    def _scheduler(self):
-        total = self.cfg.train.max_steps * self.cfg.grpo.num_iterations
-        warmup = math.ceil(self.cfg.train.warmup_ratio * total)
-        name = "constant_with_warmup" if self.cfg.train.lr_scheduler == "constant" else self.cfg.train.lr_scheduler
-        return get_scheduler(name, self.optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    def _build_data(self, train_rows: list[Row] | None, eval_rows: list[Row] | None) -> None:
+        """The training, eval and replayed rows (``run_data.load_run_rows``: the training and eval rows loaded from
+        ``data`` when not given) and the order prompts are drawn in."""
+        data, rollout = self.cfg.data, self.cfg.rollout
+        rows = load_run_rows(data, rollout, self.family, self.processor, self.banned_ids, train_rows, eval_rows)
+        self.train_rows, self.eval_rows, self.replay_rows = rows.train, rows.eval, rows.replay
+        self.order = PromptOrder(len(self.train_rows), self.cfg.seed)
 
-    def _permutation(self, epoch: int) -> list[int]:
-        return np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_rows)).tolist()
+    def _open_run(self, rewards: Any) -> dict[str, Any] | None:
+        """The run's lineage (decided on the main process: ``checkpoint.open_run``; ``rewards`` passed in are part of
+        its identity) and step counts; a checkpoint to go on from loaded. Returns its random state (or None)."""
+        cfg, train = self.cfg, self.cfg.train
+        self.counts = StepCounts()
+        self.base_fingerprint, identity = model_fingerprint(cfg.model.path), config_hash(cfg, rewards)
+        self.lineage, resume_path = self.parallel.decide(
+            lambda: open_run(self.out, cfg.model.path, self.base_fingerprint, identity, train.resume, train.overwrite)
+        )
+        self.resumed = resume_path is not None
+        return self._resume(resume_path) if resume_path is not None else None
 
     def _resume(self, path: Path) -> dict[str, Any] | None:
         """Load the checkpoint ``path`` (this run's newest with ``resume: auto``, or the one named, made from the same
-        base model): weights and optimiser state resharded for these processes, scheduler, data position. Returns
-        this process's random state in it, to be restored once everything else is built (None: the checkpoint was
-        saved on fewer processes; this one keeps its seeded state, with a warning)."""
-        state = load_checkpoint(path, self.process.rank)
-        load_training_state(path, self.policy, self.optimizer)  # on any number of processes
-        self.scheduler.load_state_dict(state["scheduler"])
-        ts = state["trainer_state"]
-        self.step, self.epoch, self.cursor = ts["step"], ts["epoch"], ts["cursor"]
-        self.applied_step = self.saved_step = self.step
-        self.order = self._permutation(self.epoch)
-        if state["rng"] is None:
-            logger.warning(
-                "%s holds no random state of process %d (saved on fewer processes): it goes on from its seed",
-                path,
-                self.process.rank,
-            )
-        logger.warning("resumed from %s at step %d", path, self.step)
-        return state["rng"]
+        base model): weights and optimiser state resharded for these processes, scheduler, data position
+        (``checkpoint.resume_training``). Returns this process's random state in it, to be restored once
+        everything else is built."""
+        state, rng = resume_training(path, self.process.rank, self.policy, self.optimizer, self.scheduler)
+        self.counts = StepCounts(step=state["step"], applied=state["step"], saved=state["step"])
+        self.order = PromptOrder(len(self.train_rows), self.cfg.seed, state["epoch"], state["cursor"])
+        return rng
 
-    # ---- data -----------------------------------------------------------------------------------------------
-    def next_rows(self, k: int) -> list[Row]:
-        """This process's k prompts: every process walks the same order and takes its own slice of k * world."""
-        world, rank = self.process.world_size, self.process.rank
-        rows = []
-        while len(rows) < k * world:
-            if self.cursor >= len(self.order):
-                self.epoch, self.cursor = self.epoch + 1, 0
-                self.order = self._permutation(self.epoch)
-            rows.append(self.train_rows[self.order[self.cursor]])
-            self.cursor += 1
-        return rows[rank * k : (rank + 1) * k]
+    def _build_engine(self, engine: Any, engine_copy: Any) -> Any:
+        """The rollout engine (``engine``, or ``rollout.build_engine`` from the run's config sampling from the
+        policy, or from ``engine_copy``), holding the policy's weights."""
+        cfg = self.cfg
+        if engine is None:
+            engine = build_engine(
+                cfg.model.path,
+                cfg.rollout,
+                dtype=cfg.model.dtype,
+                seed=cfg.seed,
+                policy=engine_copy if engine_copy is not None else self.policy,
+                processor=self.features,
+                own_weights=engine_copy is not None,
+            )
+        if self.resumed or cfg.lora.enabled:  # the engine starts from the checkpoint on disk
+            engine.sync_weights(self.policy)
+        return engine
+
+    def _cache_encoders(self) -> contextlib.ExitStack:
+        """A frozen encoder's output for a clip never changes: computed once, then read in every logprob pass (the
+        reference's is the same: same keys). Closed with the trainer."""
+        lifetime = contextlib.ExitStack()
+        if self.cfg.model.freeze_audio_encoder:
+            for model in (self.policy, self.reference):
+                if model is not None:
+                    lifetime.enter_context(self.audio_cache.encoder(model, self.family))
+        return lifetime
 
     @contextlib.contextmanager
     def _ref_context(self):
@@ -367,50 +305,20 @@ class GRPOTrainer:
         return self.step_metrics(batch, update, sync_s, time.perf_counter() - t_start)
 
     def collect_rollouts(self) -> StepBatch:
-        """Sample G completions for each of this process's prompts and score them. With dynamic sampling, groups
-        whose rewards are all equal are replaced by groups of new prompts (up to ``grpo.max_resample_rounds``)."""
-        cfg, g = self.cfg, self.cfg.grpo.num_generations
-        want = cfg.train.prompts_per_step // self.process.world_size  # this process's share
-        rows = self.next_rows(want)
-        t = time.perf_counter()
-        rollouts, rewards = self._rollout(rows, round_=0)
-        rollout_s, rounds = time.perf_counter() - t, 0
-        _, zero, stats0 = group_advantages(torch.tensor(rewards.total), g)
-        if cfg.grpo.dynamic_sampling and zero.any():
-            pool = [(rows[i], rollouts, rewards, i) for i in range(len(rows)) if not zero[i]]
-            for round_ in range(cfg.grpo.max_resample_rounds):
-                if len(pool) >= want:
-                    break
-                more = self.next_rows(want)
-                t = time.perf_counter()
-                more_rollouts, more_rewards = self._rollout(more, round_=round_ + 1)
-                rollout_s += time.perf_counter() - t
-                rounds += 1
-                _, z2, _ = group_advantages(torch.tensor(more_rewards.total), g)
-                pool += [(more[i], more_rollouts, more_rewards, i) for i in range(len(more)) if not z2[i]]
-            if len(pool) < want:
-                logger.warning(
-                    "step %d: %d of %d groups have a reward spread after %d resampling round(s) "
-                    "(grpo.max_resample_rounds); %s",
-                    self.step + 1,
-                    len(pool),
-                    want,
-                    rounds,
-                    "the step trains on those only" if pool else "no group moves the policy this step",
-                )
-            if pool:
-                rows, rollouts, rewards = self._merge_groups(pool[:want])
-        completion_ids, completion_mask, sampling_logps = rollouts.padded(self.tokenizer.pad_token_id)
+        """Sample G completions for each of this process's prompts and score them (``rollout.collect``: with
+        dynamic sampling, groups whose rewards are all equal are replaced by groups of new prompts)."""
+        collected = self.collector.collect(self.engine, self.rewards, self.step)
+        completion_ids, completion_mask, sampling_logps = collected.rollouts.padded(self.tokenizer.pad_token_id)
         return StepBatch(
-            rows=rows,
-            rollouts=rollouts,
-            rewards=rewards,
+            rows=collected.rows,
+            rollouts=collected.rollouts,
+            rewards=collected.rewards,
             completion_ids=completion_ids,
             completion_mask=completion_mask,
             sampling_logps=sampling_logps,
-            frac_zero_std_groups=stats0.frac_zero_std_groups,
-            resample_rounds=rounds,
-            rollout_s=rollout_s,
+            frac_zero_std_groups=collected.frac_zero_std_groups,
+            resample_rounds=collected.resample_rounds,
+            rollout_s=collected.rollout_s,
         )
 
     def collect_replay(self) -> ReplayBatch | None:
@@ -423,41 +331,6 @@ class GRPOTrainer:
         share = per_step // world
         mine = indices[self.process.rank * share : (self.process.rank + 1) * share]
         return replay_batch(self.family, self.features, [self.replay_rows[i] for i in mine])
-
-    def _rollout(self, rows: list[Row], round_: int) -> tuple[RolloutBatch, RewardOutput]:
-        """Sample and score ``rows`` (this process's slice of the step's prompts). Each prompt's seed comes from the
-        run seed, the step, the round and its slot in the global batch, so it gets the same completions whatever
-        the number of processes."""
-        first = self.process.rank * len(rows)
-        seeds = [prompt_seed(self.cfg.seed, self.step, round_, first + i, r.id) for i, r in enumerate(rows)]
-        sampling = SamplingConfig.from_config(self.cfg.rollout)
-        sampling.row_seeds = seeds
-        rollouts = self.engine.generate(rows, n=self.cfg.grpo.num_generations, sampling=sampling)
-        return rollouts, self.rewards.score_rows(rows, rollouts.completion_text, rollouts.row_index)
-
-    def _merge_groups(self, pool: list[tuple[Row, RolloutBatch, RewardOutput, int]]):
-        """One RolloutBatch + RewardOutput from groups taken from several rollout rounds."""
-        g = self.cfg.grpo.num_generations
-        rows = [p[0] for p in pool]
-        clips = [r.load_audio(self.family).wave for r in rows]
-        prompts = collate_prompts(self.family, self.features, rows, clips)
-        fields: dict[str, list] = {"completion_ids": [], "completion_text": [], "logprobs": [], "finish_reason": []}
-        total, components = [], {}
-        for _, b, r, i in pool:
-            sl = slice(i * g, (i + 1) * g)
-            for k in fields:
-                fields[k] += getattr(b, k)[sl]
-            total += r.total[sl]
-            for name, vals in r.components.items():
-                components.setdefault(name, []).extend(vals[sl])
-        rollouts = RolloutBatch(
-            prompts=prompts,
-            n=g,
-            row_index=[i for i in range(len(rows)) for _ in range(g)],
-            row_ids=[r.id for r in rows for _ in range(g)],
-            **fields,
-        )
-        return rows, rollouts, RewardOutput(total=total, components=components)
 
     def compute_advantages(self, batch: StepBatch) -> None:
         """Group-relative advantages [N] of the step's rewards, computed over every process's rewards (each process
@@ -479,44 +352,19 @@ class GRPOTrainer:
             len(batch.rollouts), batch.group_size, self.cfg.train.micro_batch_size, self.logprob_path
         )
         if self.cfg.grpo.num_iterations > 1:
-            batch.old_logps = self._logprobs_of(self.model, batch)
+            batch.old_logps = self.passes.logprobs_without_grad(self.model, batch)
         if self.cfg.grpo.beta != 0.0:
             with self._ref_context() as ref:
-                batch.ref_logps = self._logprobs_of(ref, batch)
+                batch.ref_logps = self.passes.logprobs_without_grad(ref, batch)
         batch.logprob_s = time.perf_counter() - t
 
-    def _logprobs_of(self, model: Any, batch: StepBatch) -> torch.Tensor:
-        """[N, C] logprobs of every completion under ``model`` (a wrapped ``LogprobModule``), without gradients."""
-        with torch.no_grad():
-            return torch.cat([self._micro_batch_logprobs(model, batch, idx)[0] for idx in batch.micro_batches]).cpu()
-
-    def _micro_batch_logprobs(
-        self, model: Any, batch: StepBatch, idx: list[int], entropy: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        rollout = self.cfg.rollout
-        with self.precision.autocast(self.process.device):
-            return model(
-                batch.rollouts.prompts,
-                batch.rollouts.row_index,
-                batch.group_size,
-                idx,
-                batch.completion_ids,
-                batch.completion_mask,
-                self.tokenizer.pad_token_id,
-                temperature=rollout.temperature or 1.0,
-                with_entropy=entropy,
-                banned_ids=self.banned_ids,
-                top_k=rollout.top_k,
-                top_p=rollout.top_p,
-            )
-
     def update(self, batch: StepBatch) -> UpdateResult:
-        """``grpo.num_iterations`` optimiser steps over the batch, micro-batch by micro-batch. A non-finite batch
-        loss or gradient norm stops the update before its optimiser step: what earlier iterations applied stays."""
+        """``grpo.num_iterations`` optimiser steps over the batch, micro-batch by micro-batch (``passes.py``). A
+        non-finite batch loss or gradient norm stops the update before its optimiser step: what earlier iterations
+        applied stays."""
         cfg = self.cfg
         result = UpdateResult(lr=self.scheduler.get_last_lr()[0])  # the rate the first optimiser step uses
         t = time.perf_counter()
-        n = len(batch.rollouts)
         # Token and sequence normalisers are global; DDP and FSDP2 average gradients over processes, hence the / world.
         world = self.process.world_size
         num_tokens = self.parallel.sum(batch.completion_mask.sum().float()).clamp(min=1) / world
@@ -527,34 +375,15 @@ class GRPOTrainer:
         )
         for _ in range(cfg.grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            result.batch_losses.append(0.0)
             if batch.replay is not None:  # before the policy loss's micro-batches: their last one reduces gradients
-                result.replay_nll.append(self._replay_backward(batch.replay, replay_tokens))
-            for k, idx in enumerate(batch.micro_batches):
-                # Gradients are reduced over the processes once, in the last micro-batch's backward.
-                self.parallel.sync_gradients(self.model, k == len(batch.micro_batches) - 1)
-                lps, ent = self._micro_batch_logprobs(self.model, batch, idx, entropy=True)
-                old = batch.old_logps[idx].to(lps.device) if batch.old_logps is not None else lps.detach()
-                loss, st = policy_loss(
-                    lps,
-                    old,
-                    batch.advantages[idx].to(lps.device),
-                    batch.completion_mask[idx].to(lps.device),
-                    self.loss_cfg,
-                    ref_logps=batch.ref_logps[idx].to(lps.device) if batch.ref_logps is not None else None,
-                    sampling_logps=batch.sampling_logps[idx].to(lps.device),
-                    entropies=ent,
-                    num_sequences=n,
-                    num_tokens=num_tokens,
-                )
-                loss.backward()
-                result.batch_losses[-1] += st.policy_loss
-                for k, v in asdict(st).items():
-                    result.loss_stats.setdefault(k, []).append(v)
+                nll = self.passes.replay_backward(self.model, batch.replay, replay_tokens, cfg.grpo.replay_coef)
+                result.replay_nll.append(nll)
+            loss = self.passes.policy_backward(self.model, batch, self.loss_cfg, num_tokens, result.loss_stats)
+            result.batch_losses.append(loss)
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             result.grad_norm = self.parallel.clip_grad_norm(trainable, cfg.train.max_grad_norm)
             replay_nll = result.replay_nll[-1] if result.replay_nll else 0.0
-            result.non_finite = _non_finite(result.batch_losses[-1] + replay_nll, result.grad_norm)
+            result.non_finite = _non_finite(loss + replay_nll, result.grad_norm)
             if result.non_finite:  # no update from this iteration on: weights and optimiser state stay as they are
                 self.optimizer.zero_grad(set_to_none=True)
                 break
@@ -564,31 +393,6 @@ class GRPOTrainer:
         result.update_s = time.perf_counter() - t
         return result
 
-    def _replay_backward(self, replay: ReplayBatch, num_tokens: torch.Tensor) -> float:
-        """Backward of ``grpo.replay_coef`` x the replayed targets' mean token negative log-likelihood (under the
-        policy at temperature 1, over every process's target tokens), micro-batch by micro-batch, without reducing
-        gradients (the policy loss's last micro-batch does). Returns this process's NLL sum over ``num_tokens``
-        (every process's target tokens / the number of processes): the processes' values average to the mean."""
-        nll_sum = 0.0
-        rows = list(range(len(replay)))
-        for idx in micro_batches(len(replay), 1, self.cfg.train.micro_batch_size, self.logprob_path):
-            self.parallel.sync_gradients(self.model, False)
-            with self.precision.autocast(self.process.device):
-                lps, _ = self.model(
-                    replay.prompts,
-                    rows,
-                    1,
-                    idx,
-                    replay.target_ids,
-                    replay.target_mask,
-                    self.tokenizer.pad_token_id,
-                    banned_ids=self.banned_ids,
-                )
-            nll = -(lps * replay.target_mask[idx].to(lps.device)).sum() / num_tokens.to(lps.device)
-            (self.cfg.grpo.replay_coef * nll).backward()
-            nll_sum += float(nll.detach())
-        return nll_sum
-
     def sync_weights(self, update: UpdateResult) -> float:
         """Push the updated weights into the rollout engine (nothing to push if no iteration applied); seconds."""
         t = time.perf_counter()
@@ -597,40 +401,21 @@ class GRPOTrainer:
         return time.perf_counter() - t
 
     def finish_step(self, update: UpdateResult) -> None:
-        """Advance the step and its bookkeeping (applied and skipped steps)."""
-        self.step += 1
-        skipped = update.applied == 0
-        if not skipped:
-            self.applied_step = self.step
-        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
-        self.skipped_steps += skipped
+        """Advance the step and its bookkeeping (applied and skipped steps: ``step.StepCounts``)."""
+        self.counts.finish(update)
         if update.non_finite:
-            logger.warning(
-                "step %d: %s; %d of %d iterations applied",
-                self.step,
-                update.non_finite,
-                update.applied,
-                self.cfg.grpo.num_iterations,
-            )
+            counts = (self.step, update.non_finite, update.applied, self.cfg.grpo.num_iterations)
+            logger.warning("step %d: %s; %d of %d iterations applied", *counts)
 
     def step_metrics(self, batch: StepBatch, update: UpdateResult, sync_s: float, step_s: float) -> dict[str, Any]:
         """The step's metrics over every process (``step_metrics.step_metrics``); warns when the importance-sampling
         ratio leaves ``grpo.is_ratio_band``."""
         metrics = step_metrics(
-            batch, update, self.parallel, self.cfg.grpo.num_iterations, self.skipped_steps, sync_s, step_s
+            batch, update, self.parallel, self.cfg.grpo.num_iterations, self.counts.skipped, sync_s, step_s
         )
-        low, high = self.cfg.grpo.is_ratio_band
-        if not metrics["skipped"] and not low <= metrics["is_ratio_mean"] <= high:
-            logger.warning(
-                "step %d: mean importance-sampling ratio %.3f (min %.3f, max %.3f) is outside [%g, %g]: the trainer's "
-                "and the rollout engine's distributions differ (sampling settings, weight sync, dtype)",
-                self.step,
-                metrics["is_ratio_mean"],
-                metrics["is_ratio_min"],
-                metrics["is_ratio_max"],
-                low,
-                high,
-            )
+        warning = ratio_warning(metrics, self.cfg.grpo.is_ratio_band, self.step)
+        if warning is not None:
+            logger.warning(warning)
         return metrics
 
     # ---- evaluation, checkpoints, loop ----------------------------------------------------------------------
@@ -653,7 +438,7 @@ class GRPOTrainer:
     def save(self) -> Path:
         """Checkpoint the step (``checkpoint.save_checkpoint``): every process writes its shards of the policy and
         optimiser state and takes part in gathering the loadable model, which the main process writes."""
-        self.saved_step = self.step
+        self.counts.saved = self.step
         return save_checkpoint(
             self.out / "checkpoints",
             self.step,
@@ -662,7 +447,7 @@ class GRPOTrainer:
             ),
             training_state(self.policy, self.optimizer),
             self.scheduler,
-            {"step": self.step, "epoch": self.epoch, "cursor": self.cursor, "seed": self.cfg.seed},
+            {"step": self.step, "epoch": self.order.epoch, "cursor": self.order.cursor, "seed": self.cfg.seed},
             keep_last=self.cfg.train.keep_last,
             lineage=self.lineage,
             parallel=self.parallel,
@@ -687,16 +472,8 @@ class GRPOTrainer:
                     last.update(self.evaluate())
             if main:
                 self.metrics.log(self.step, last)
-            if self.skipped_in_a_row >= cfg.max_skipped_steps:
-                raise FloatingPointError(
-                    f"step {self.step}: {last['non_finite']}; {self.skipped_in_a_row} steps in a row skipped "
-                    f"(train.max_skipped_steps = {cfg.max_skipped_steps}); nothing of them was applied or saved"
-                )
-            due = (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps
-            # A skipped step changed nothing, so it writes no checkpoint, except at the end when updates applied
-            # since the last checkpoint would otherwise be lost.
-            unsaved = self.applied_step > self.saved_step
-            if due and (not last["skipped"] or (self.step == cfg.max_steps and unsaved)):
+            self.counts.check_skipped(cfg.max_skipped_steps, last["non_finite"])
+            if self.counts.save_due(cfg.save_every, cfg.max_steps):
                 self.save()
             bar.update(1)
             bar.set_postfix(reward=f"{last['reward/mean']:.3f}", loss=f"{last['loss']:.4f}")

@@ -465,7 +465,7 @@ def test_logged_loss_and_gradients_do_not_depend_on_the_micro_batch(tmp_path, ti
                 return out
 
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr("grpo_audio.trainer.policy_loss", recording)
+                mp.setattr("grpo_audio.passes.policy_loss", recording)
                 m = trainer.train_step()
             assert len(seen) == iterations * (8 // mb)
             per_iteration = [sum(seen[i * (8 // mb) : (i + 1) * (8 // mb)]) for i in range(iterations)]

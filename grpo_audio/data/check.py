@@ -1,17 +1,83 @@
-"""``grpo-audio check-data``: vet an evaluation or training file before a long run, one line per row.
+"""Vetting a data file before a long run: :func:`load_rows`, the rows of a file a run's config names, as the trainer
+and the recipe's up-front checks read them; and ``grpo-audio check-data`` (:func:`check_data`), one line per row.
 
-Reads every layout ``grpo-audio eval`` reads (``data/benchmarks.py``), checks each row's fields, answer and audio
-against the model family and, given a checkpoint, each prompt's tokens with its audio plus ``max_new_tokens``
-against the engine's context, and prints one line per row, then a summary.
+``check_data`` reads every layout ``grpo-audio eval`` reads (``data/benchmarks.py``), checks each row's fields,
+answer and audio against the model family and, given a checkpoint, each prompt's tokens with its audio plus
+``max_new_tokens`` against the engine's context, and prints one line per row, then a summary.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..models import family_of_checkpoint, get_family
-from .benchmarks import read_benchmark
-from .schema import BAD_ROWS, ContextLimit, audio_limit, validate_rows
+from ..config import ConfigError
+from ..models import ModelFamily, family_of_checkpoint, get_family
+from .benchmarks import LayoutError, load_benchmark, read_benchmark
+from .loaders import load_manifest
+from .schema import BAD_ROWS, BadRow, ContextLimit, DataError, Row, audio_limit, validate_rows
+
+
+class RowsError(ConfigError, DataError):
+    """A data file that a config key names holds bad rows, or no good one: a ``ConfigError`` whose message names the
+    key, and a ``DataError`` with the bad rows in ``bad`` (none when no row passed validation)."""
+
+    def __init__(self, message: str, bad: list[BadRow]):
+        self.bad = bad
+        Exception.__init__(self, message)
+
+
+def load_rows(
+    path: str | Path,
+    field: str,
+    family: type[ModelFamily],
+    bad_rows: str = "raise",
+    long_audio: str = "truncate",
+    max_audio_seconds: float | None = None,
+    context: ContextLimit | None = None,
+    benchmark: bool = False,
+) -> list[Row]:
+    """The rows of the data file ``path``, which the config key ``field`` names, each validated with its audio
+    decoded for ``family``: bad rows raised or skipped (``bad_rows``), audio over the limit cut or refused
+    (``long_audio``, ``max_audio_seconds``: the family's limit when None), prompts that the engine samples from
+    checked against its ``context`` with their audio and the completion's room.
+
+    Args:
+        benchmark: read the file as ``grpo-audio eval`` reads a benchmark (any layout of ``data/benchmarks.py``)
+            rather than as a manifest.
+
+    Raises:
+        RowsError: naming ``field``, then every bad row with its field (``DataError``'s list); or naming ``field``
+            and the file when no row passed validation.
+    """
+    try:
+        if benchmark:
+            rows = load_benchmark(path, family).rows
+        else:
+            rows = load_manifest(
+                path,
+                family=family,
+                bad_rows=bad_rows,
+                long_audio=long_audio,
+                max_audio_seconds=max_audio_seconds,
+                context=context,
+            )
+    except (DataError, LayoutError) as e:
+        raise RowsError(f"{field}: {e}", getattr(e, "bad", [])) from None
+    if not rows:
+        raise RowsError(f"{field}: {path}: no row passed validation", [])
+    return rows
+
+
+def rows_of_tasks(rows: list[Row], tasks: list[str], field: str = "data.train_tasks") -> list[Row]:
+    """The rows whose ``task`` is one of ``tasks`` (every row when ``tasks`` is empty); ``ConfigError`` naming
+    ``field`` and the tasks there are when none is."""
+    if not tasks:
+        return rows
+    kept = [r for r in rows if r.task in tasks]
+    if not kept:
+        present = sorted({r.task for r in rows})
+        raise ConfigError(f"{field} {list(tasks)}: no training row has one (tasks: {present})")
+    return kept
 
 
 def check_data(
