@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..audio_cache import AudioCache
+from ..config import RolloutConfig
 from ..data.schema import Row
 from ..rewards import RewardSet
-from ..rollout import HF_BATCH_SIZE, SamplingConfig, load_engine
+from ..rollout import HF_BATCH_SIZE, SamplingConfig, build_engine
 from ..rollout.base import RolloutEngine
 from ..rollout.hf_engine import HFEngine
 from .results import EvalResult, SampledResult
@@ -67,7 +68,8 @@ class EvalSession:
         Raises:
             FileNotFoundError: ``model_dir`` has no ``config.json``.
         """
-        built = load_engine(model_dir, engine, max_model_len, audio_cache, dtype=dtype, batch_size=batch_size)
+        rollout = RolloutConfig(engine=engine, max_model_len=max_model_len)
+        built = build_engine(model_dir, rollout, dtype=dtype, audio_cache=audio_cache, batch_size=batch_size)
         return cls(built, audio_cache, owned=True)
 
     def close(self) -> None:

@@ -47,7 +47,7 @@ from ..models.tiny import build_tiny_model
 from ..parallel import Parallel
 from ..precision import precision_of
 from ..rewards import RewardSet
-from ..rollout import sampling_config
+from ..rollout import SamplingConfig
 from ..run_lock import RunLock
 from ..sft import SFTConfig, run_sft, target_text
 from ..trainer import GRPOTrainer
@@ -407,7 +407,7 @@ class Recipe:
             rewards,
             prefer=asked.answer_format,
             samples=ev.samples if sampled else 0,
-            sampling=sampling_config(self.cfg.rollout),
+            sampling=SamplingConfig.from_config(self.cfg.rollout),
             seed=self.cfg.seed,
         )
         write_samples(self.out / "samples" / f"{name}.jsonl", result)
