@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config.fields import SCALE_REWARDS
+from .choices import SCALE_REWARDS
 
 EPS = 1e-4
 

@@ -12,3 +12,8 @@ from __future__ import annotations
 
 class UserError(Exception):
     """An error the user's input causes; the message names the input and what is wrong with it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration could not be loaded or used: the message names the offending key (``grpo_audio.config``
+    raises it; defined here so that the modules config imports can raise it too)."""

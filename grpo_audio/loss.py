@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config.fields import IS_MODES, LOSS_TYPES
+from .choices import IS_MODES, LOSS_TYPES
 
 
 @dataclass

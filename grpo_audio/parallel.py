@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .config.fields import STRATEGIES
+from .choices import STRATEGIES
 
 logger = logging.getLogger(__name__)
 

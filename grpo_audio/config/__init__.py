@@ -12,6 +12,7 @@ Usage::
     cfg = load_config("examples/music_flamingo/tiny.yaml", ["grpo.num_generations=4", "train.lr=1e-5"])
 """
 
+from ..errors import ConfigError
 from .commands import EvalCommandConfig, SFTCommandConfig, SynthCommandConfig
 from .fields import (
     COUNT,
@@ -24,7 +25,6 @@ from .fields import (
     POSITIVE,
     PROBABILITY_BELOW_1,
     SHARE,
-    ConfigError,
     Range,
     setting,
     shared_fields,

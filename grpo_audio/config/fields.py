@@ -1,5 +1,6 @@
 """The parts every config schema is made of: :func:`setting` (a field with its help string, and its choices or the
-:class:`Range` of a number), :class:`ConfigError`, and the value sets several schemas share.
+:class:`Range` of a number), :func:`shared_fields`, and the value sets several schemas share (defined in
+``choices.py``; ``ConfigError`` in ``errors.py``).
 """
 
 from __future__ import annotations
@@ -9,22 +10,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from ..errors import UserError
-
-# The values a setting may take, where the schemas and the modules that act on them both need the list: kept here
-# so that the schemas (and ``grpo-audio --help``) load without the modules' heavy imports (torch, vLLM).
-DTYPES = ("float32", "bfloat16", "float16")
-MASTER_DTYPES = ("float32", "model")
-ENGINES = ("vllm", "hf")  # rollout engines: rollout.build_engine
-HF_BATCH_SIZE = 32  # the hf engine's prompts per generate call by default
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "gspo")  # loss.policy_loss
-IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")  # loss.policy_loss
-SCALE_REWARDS = ("group", "batch", "none")  # advantages.group_advantages
-STRATEGIES = ("none", "ddp", "fsdp2")  # parallel.Parallel
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration could not be loaded: the message names the offending key."""
+from ..choices import DTYPES, ENGINES, HF_BATCH_SIZE, IS_MODES, LOSS_TYPES, MASTER_DTYPES, SCALE_REWARDS, STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -105,3 +91,24 @@ def setting(
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+__all__ = [
+    "COUNT",
+    "DTYPES",
+    "ENGINES",
+    "FRACTION",
+    "HF_BATCH_SIZE",
+    "IS_MODES",
+    "LOSS_TYPES",
+    "MASTER_DTYPES",
+    "NON_NEGATIVE",
+    "POSITIVE",
+    "PROBABILITY_BELOW_1",
+    "SCALE_REWARDS",
+    "SHARE",
+    "STRATEGIES",
+    "Range",
+    "setting",
+    "shared_fields",
+]

@@ -27,8 +27,8 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from ..errors import ConfigError
 from ..rewards.registry import check_reward_spec
-from .fields import ConfigError
 from .run import RunConfig
 
 T = TypeVar("T")

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.synthetic import LabelSpace
+from ..errors import ConfigError
 from ..models.base import SIZES
 from ..rewards.matching import ANSWER_FORMATS
-from .fields import COUNT, ENGINES, HF_BATCH_SIZE, NON_NEGATIVE, POSITIVE, ConfigError, Range, setting
+from .fields import COUNT, ENGINES, HF_BATCH_SIZE, NON_NEGATIVE, POSITIVE, Range, setting
 from .run import RunConfig
 
 STAGE_KINDS = ("text_pretrain", "sft", "cold_start", "grpo", "eval")

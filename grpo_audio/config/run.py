@@ -10,6 +10,7 @@ from typing import Any
 
 from ..audio import LONG_AUDIO
 from ..data.schema import BAD_ROWS
+from ..errors import ConfigError
 from ..models import FAMILIES
 from ..rewards.registry import ON_ERROR
 from .fields import (
@@ -26,7 +27,6 @@ from .fields import (
     SCALE_REWARDS,
     SHARE,
     STRATEGIES,
-    ConfigError,
     Range,
     setting,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models import ModelFamily, family_of_checkpoint, get_family
 from .benchmarks import LayoutError, load_benchmark, read_benchmark
 from .loaders import load_manifest

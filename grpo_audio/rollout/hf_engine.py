@@ -22,7 +22,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from ..config.fields import HF_BATCH_SIZE
+from ..choices import HF_BATCH_SIZE
 from ..data.schema import Row
 from ..logprobs import to_model
 from ..models import ModelFamily
