@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from transformers import AutoProcessor
 
 from .audio import LONG_AUDIO
 from .config import (
+    ENGINES,
     ConfigError,
     EvalCommandConfig,
     RecipeConfig,
@@ -52,18 +52,10 @@ from .data.loaders import load_manifest
 from .data.schema import BAD_ROWS, DataError
 from .data.synthetic import write_corpus
 from .errors import UserError
-from .eval import evaluate_model
 from .logs import CommandLog
 from .models import FAMILIES, ModelSpec, family_of_checkpoint, load_policy
-from .models.tiny import SIZES, build_tiny_model
-from .plan import plan_memory, plan_table
-from .precision import precision_of
-from .recipe import Recipe
-from .recipe.calibrate import standardize_checkpoint
-from .rollout import ENGINES, SamplingConfig, generate_manifest
+from .models.base import SIZES
 from .run_lock import RunLock
-from .sft import run_sft
-from .trainer import GRPOTrainer
 
 
 @dataclass(frozen=True)
@@ -81,6 +73,8 @@ class Command:
 
 # ---- recipe -------------------------------------------------------------------------------------------------
 def run_recipe(cfg: RecipeConfig, log: CommandLog) -> int:
+    from .recipe import Recipe  # imported when the command runs: --help stays fast
+
     recipe = Recipe(cfg)  # its checks first: a refused recipe leaves no output folder behind
     RunLock.check_free(cfg.output_dir)  # a refused recipe leaves the running one's log alone
     log.log_to(cfg.output_dir, header(cfg))
@@ -101,6 +95,8 @@ RECIPE = Command(
 
 # ---- train --------------------------------------------------------------------------------------------------
 def run_train(cfg: RunConfig, log: CommandLog) -> int:
+    from .trainer import GRPOTrainer  # imported when the command runs: --help stays fast
+
     RunLock.check_free(cfg.output_dir)  # a refused run leaves the running one's log alone
     log.log_to(cfg.output_dir, header(cfg))
     trainer = GRPOTrainer(cfg)
@@ -129,6 +125,11 @@ TRAIN = Command(
 
 # ---- sft ----------------------------------------------------------------------------------------------------
 def run_sft_command(cfg: SFTCommandConfig, log: CommandLog) -> int:
+    from transformers import AutoProcessor  # imported when the command runs: --help stays fast
+
+    from .precision import precision_of  # imported when the command runs: --help stays fast
+    from .sft import run_sft  # imported when the command runs: --help stays fast
+
     if cfg.epochs <= 0 and cfg.max_steps <= 0:
         raise ConfigError(f"sft: epochs ({cfg.epochs}) or max_steps ({cfg.max_steps}) must be above 0")
     log.log_to(cfg.output_dir, header(cfg))
@@ -247,6 +248,8 @@ def generate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace, log: CommandLog) -> int:
+    from .rollout import SamplingConfig, generate_manifest  # imported when the command runs: --help stays fast
+
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     count = generate_manifest(args.model_dir, args.manifest, args.out, engine=args.engine, n=args.n, sampling=sampling)
     print(f"wrote {count} completions to {args.out}")
@@ -333,6 +336,8 @@ def plan_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_plan(args: argparse.Namespace, log: CommandLog) -> int:
+    from .plan import plan_memory, plan_table  # imported when the command runs: --help stays fast
+
     cfg = load_config(args.config, args.settings, schema=RecipeConfig)
     if cfg.tiny_model and not cfg.model.path:
         raise ConfigError(
@@ -378,6 +383,9 @@ def tiny_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_tiny_model(args: argparse.Namespace, log: CommandLog) -> int:
+    from .models.tiny import build_tiny_model  # imported when the command runs: --help stays fast
+    from .recipe.calibrate import standardize_checkpoint  # imported when the command runs: --help stays fast
+
     out = build_tiny_model(args.family, args.out, size=args.size, seed=args.seed)
     print(f"wrote a {args.size}-size {args.family} checkpoint to {out}")
     if args.standardize_on:

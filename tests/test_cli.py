@@ -151,3 +151,13 @@ def test_an_output_folder_of_another_run_is_one_line_naming_it_and_the_log(tmp_p
     assert line.endswith(f" (traceback in {log})"), line
     assert "Traceback" in log.read_text() and "CheckpointError" in log.read_text()
     assert (out / "checkpoints" / "step-000001").is_dir()  # refused: nothing removed
+
+
+@pytest.mark.parametrize("module", ["grpo_audio.config", "grpo_audio.cli"])
+def test_the_schemas_and_the_parser_load_without_torch(module):
+    """``grpo-audio --help`` and the config schemas need none of the heavy libraries: each command imports its own
+    modules when it runs."""
+    heavy = ("torch", "transformers", "vllm", "peft", "trl")
+    code = f"import sys, {module}; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"importing {module} imports {out}"
