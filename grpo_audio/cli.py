@@ -161,6 +161,8 @@ SFT = Command(
 
 # ---- eval ---------------------------------------------------------------------------------------------------
 def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
+    from .eval import evaluate_model  # imported when the command runs: --help stays fast
+
     try:
         bench = load_benchmark(
             cfg.data,
