@@ -97,12 +97,8 @@ def test_shared_prefix_with_lora_and_frozen_encoder(tiny_checkpoint):
     for name, p in model.named_parameters():
         if name.startswith(family.audio_encoder_prefixes):
             p.requires_grad_(False)
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=4, lora_alpha=8, init_lora_weights=False, target_modules=r".*language_model.*\.(q_proj|v_proj|up_proj)"
-        ),
-    )
+    targets = family.lora_target_pattern(["q_proj", "v_proj", "up_proj"])
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=targets))
     results = both_paths(model, prompts, ids, mask, processor.tokenizer.pad_token_id, banned, weights)
     assert_same(results, mask, model)
     assert all("lora_" in n or "multi_modal_projector" in n for n in results[0][2])

@@ -28,7 +28,7 @@ from grpo_audio.data.schema import Row
 from grpo_audio.eval import paired_difference, sampled_eval
 from grpo_audio.loss import policy_loss
 from grpo_audio.rewards import RewardSet
-from grpo_audio.rollout import sampling_config
+from grpo_audio.rollout import SamplingConfig
 from grpo_audio.trainer import GRPOTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_learns_a_toy_task_and_writes_metrics_and_plot(tmp_path, tiny_checkpoint
     held_out = tone_rows(6, "h")
 
     def sampled():  # what GRPO optimises: the reward of sampled completions, on prompts it never trained on
-        return sampled_eval(trainer.engine, held_out, rewards, 4, sampling_config(cfg.rollout), seed=1)
+        return sampled_eval(trainer.engine, held_out, rewards, 4, SamplingConfig.from_config(cfg.rollout), seed=1)
 
     before = sampled()
     trainer.train()
