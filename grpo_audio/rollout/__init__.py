@@ -30,8 +30,6 @@ __all__ = [
     "RolloutEngine",
     "SamplingConfig",
     "build_engine",
-    "load_engine",
-    "sampling_config",
 ]
 
 
@@ -98,24 +96,6 @@ def build_engine(
         own_weights=own_weights,
         compute_dtype=getattr(torch, dtype),
     )
-
-
-def load_engine(
-    model_dir: str | Path,
-    engine: str = "vllm",
-    max_model_len: int = 4096,
-    audio_cache: AudioCache | None = None,
-    dtype: str = "float32",
-    batch_size: int = HF_BATCH_SIZE,
-) -> RolloutEngine:
-    """:func:`build_engine` under its former name and arguments, while its last callers move to it."""
-    rollout = RolloutConfig(engine=engine, max_model_len=max_model_len)
-    return build_engine(model_dir, rollout, dtype=dtype, audio_cache=audio_cache, batch_size=batch_size)
-
-
-def sampling_config(rollout: RolloutConfig, seed: int | None = None) -> SamplingConfig:
-    """:meth:`SamplingConfig.from_config` under its former name, while its last callers move to it."""
-    return SamplingConfig.from_config(rollout, seed)
 
 
 def generate_manifest(
