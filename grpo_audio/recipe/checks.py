@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, RecipeConfig, RunConfig, StageConfig
-from ..data.benchmarks import LayoutError, load_benchmark
-from ..data.loaders import load_manifest
-from ..data.schema import ContextLimit, DataError
+from ..data.check import load_rows
+from ..data.schema import ContextLimit
 from ..data.synthetic import CORPUS_FILES
 from ..models import ModelFamily
 from .records import data_path
@@ -95,7 +94,11 @@ def check_data(
             if rollout is not None and base is not None and (base / "config.json").is_file()
             else None
         )
-        check_rows(path, field, family, skips.get(field, "raise"), context)
+        # as the stage or evaluation that reads it loads it: an eval.final file as a benchmark (RowsError is a
+        # ConfigError naming the field)
+        load_rows(
+            path, field, family, skips.get(field, "raise"), context=context, benchmark=field.startswith("eval.final")
+        )
 
 
 def _check_synthetic(cfg: RecipeConfig, field: str, spec: str, path: Path) -> None:
@@ -111,26 +114,3 @@ def _check_synthetic(cfg: RecipeConfig, field: str, spec: str, path: Path) -> No
     else:
         return
     raise ConfigError(f"{field}: {spec!r}: {why}")
-
-
-def check_rows(
-    path: Path, field: str, family: type[ModelFamily], bad_rows: str = "raise", context: ContextLimit | None = None
-) -> None:
-    """Every row of the user's data file ``path`` (named by ``field``) with its audio decoded, as the stage or
-    evaluation that reads it will load it: an ``eval.final`` file as a benchmark, the others as manifests, bad
-    rows raised or skipped per ``bad_rows`` (a GRPO stage's ``data.bad_rows``; the other stages raise), a GRPO
-    stage's prompts checked against the engine's ``context`` with their audio and the completion's room.
-
-    Raises:
-        ConfigError: naming the field, then every bad row with its field (``DataError``'s list), or naming the
-            field of a file with no good row.
-    """
-    try:
-        if field.startswith("eval.final"):
-            rows = load_benchmark(path, family).rows
-        else:
-            rows = load_manifest(path, family=family, bad_rows=bad_rows, context=context)
-    except (DataError, LayoutError) as e:
-        raise ConfigError(f"{field}: {e}") from None
-    if not rows:
-        raise ConfigError(f"{field}: {path}: no row passed validation")
