@@ -46,10 +46,10 @@ from .config import (
     help_of,
     load_config,
 )
-from .data.benchmarks import LayoutError, load_benchmark, write_predictions
+from .data.benchmarks import load_benchmark, write_predictions
 from .data.check import check_data
 from .data.loaders import load_manifest
-from .data.schema import BAD_ROWS, DataError
+from .data.schema import BAD_ROWS
 from .data.synthetic import write_corpus
 from .errors import UserError
 from .logs import CommandLog
@@ -163,22 +163,18 @@ SFT = Command(
 def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
     from .eval import evaluate_model  # imported when the command runs: --help stays fast
 
-    try:
-        bench = load_benchmark(
-            cfg.data,
-            family=family_of_checkpoint(cfg.model),
-            fields=cfg.fields or None,
-            audio_root=cfg.audio_root or None,
-            answer_format=cfg.answer_format,
-            think=cfg.think,
-            bad_rows=cfg.bad_rows,
-        )
-    except (DataError, LayoutError, FileNotFoundError) as e:
-        log.error(f"grpo-audio eval: {e}")
-        return 1
+    out, predictions_out = output_file(cfg.out, "out"), output_file(cfg.predictions_out, "predictions_out")
+    bench = load_benchmark(  # a bad file or row is the user's: one line, exit status 2
+        cfg.data,
+        family=family_of_checkpoint(cfg.model),
+        fields=cfg.fields or None,
+        audio_root=cfg.audio_root or None,
+        answer_format=cfg.answer_format,
+        think=cfg.think,
+        bad_rows=cfg.bad_rows,
+    )
     if not bench.rows:
-        log.error(f"grpo-audio eval: {cfg.data}: no row passed validation; nothing to evaluate")
-        return 1
+        raise ConfigError(f"data={cfg.data}: no row passed validation; nothing to evaluate")
     rows = bench.rows[: cfg.max_rows] if cfg.max_rows else bench.rows
     shown = f"{len(rows)} rows" + (f" of {len(bench.rows)}" if len(rows) < len(bench.rows) else "")
     print(f"{bench.layout} layout: {shown}")
@@ -192,14 +188,34 @@ def run_eval(cfg: EvalCommandConfig, log: CommandLog) -> int:
         batch_size=cfg.batch_size,
     )
     print("\n".join(result.lines()))
-    if cfg.out:
-        Path(cfg.out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        print(f"report written to {cfg.out}")
-    if cfg.predictions_out:
+    if out is not None:
+        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"report written to {out}")
+    if predictions_out is not None:
         completions = {r.id: r.completion for r in result.results}
-        export = write_predictions(bench, completions, cfg.predictions_out, prefer=cfg.answer_format)
+        export = write_predictions(bench, completions, predictions_out, prefer=cfg.answer_format)
         print(export.message(right=sum(bool(r.correct) for r in result.results)))
     return 0
+
+
+def output_file(value: str, key: str) -> Path | None:
+    """The file the setting ``key`` names (None when empty), its folder made before any compute is spent.
+
+    Raises:
+        ConfigError: the path is a folder, or its folder cannot be made or written to.
+    """
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"{key}={value}: a folder; name the file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{key}={value}: its folder cannot be made ({e.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"{key}={value}: its folder {path.parent} is not writable")
+    return path
 
 
 EVAL = Command(
@@ -313,9 +329,10 @@ def run_check_data(args: argparse.Namespace, log: CommandLog) -> int:
             max_model_len=args.max_model_len,
             max_new_tokens=args.max_new_tokens,
         )
-    except (LayoutError, FileNotFoundError, ValueError) as e:
-        log.error(f"grpo-audio check-data: {e}")
-        return 1
+    except ValueError as e:  # a missing file, a layout no file fits, a family unknown: one line, exit status 2
+        if isinstance(e, UserError):
+            raise
+        raise ConfigError(str(e)) from None
 
 
 CHECK_DATA = Command(

@@ -89,7 +89,14 @@ def test_the_executable_reports_bad_input_in_one_line(tmp_path):
         ),
         (["train", str(good)], 2, "grpo-audio: model.path='p': not a model folder (no such folder)"),
         (["synth", "output_dir=x", "n=[1,"], 2, "grpo-audio: command line: config key 'n': '[1,' is not valid YAML"),
-        (["eval", "model=nowhere", "data=nothing.json"], 1, "grpo-audio eval: not a checkpoint directory"),
+        (["eval", "model=nowhere", "data=nothing.json"], 2, "grpo-audio: not a checkpoint directory"),
+        # an output that cannot be written fails before the model loads, not after the evaluation
+        (
+            ["eval", "model=nowhere", "data=nothing.json", f"out={tmp_path}"],
+            2,
+            f"grpo-audio: out={tmp_path}: a folder",
+        ),
+        (["check-data", "nothing.json"], 2, "grpo-audio: data file not found: nothing.json"),
     ):
         done = subprocess.run([str(GRPO_AUDIO), *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
         assert done.returncode == status, done.stderr

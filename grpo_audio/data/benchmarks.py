@@ -163,7 +163,7 @@ def _read_items(path: Path) -> _Source:
         LayoutError: the file holds no items, or is JSON that does not parse.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"evaluation file not found: {path}")
+        raise FileNotFoundError(f"data file not found: {path}")
     text = path.read_text(encoding="utf-8-sig")
     stripped = text.strip()
     if not stripped:

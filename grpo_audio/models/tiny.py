@@ -26,11 +26,13 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ..errors import ConfigError
 from ..music_vocab import CHORD_QUALITIES, FLAT_SPELLINGS, GENRES, INSTRUMENTS, INTERVAL_NAMES, METERS, PITCH_CLASSES
 from . import get_family
 from .base import SIZES, TinySize
 
 BPE_VOCAB_SIZE = 2000
+TINY_MARKER = "grpo_audio_tiny.json"  # what a tiny build writes beside the checkpoint: family, size, seed
 CHAT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Reasoning tags are ordinary (non-special) added tokens: they survive decoding with skip_special_tokens.
 TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
@@ -131,21 +133,30 @@ def _feature_extractor():
 
 
 def build_tiny_model(family: str, out: str | Path, size: str = "test", seed: int = 0) -> Path:
-    """Build and save a tiny random checkpoint of ``family`` into ``out`` (replaced if it exists).
+    """Build and save a tiny random checkpoint of ``family`` into ``out``, replacing an earlier tiny build there.
 
     Args:
         family: a key of ``grpo_audio.models.FAMILIES``.
-        out: output directory.
+        out: output directory: absent, empty, or an earlier tiny build (it holds ``TINY_MARKER``).
         size: a name in ``SIZES``.
         seed: seeds the weights (and the tokenizer's corpus).
 
     Returns:
         The output directory.
+
+    Raises:
+        ConfigError: ``out`` is a file, or a folder with anything in it that is not a tiny build (a trained
+            checkpoint, a runs folder): nothing of it is removed.
     """
     fam = get_family(family)
     if size not in SIZES:
         raise ValueError(f"unknown tiny size '{size}'; choose one of: {', '.join(SIZES)}")
     out = Path(out)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / TINY_MARKER).is_file())):
+        raise ConfigError(
+            f"{out} exists and is not a tiny checkpoint built here (no {TINY_MARKER}); a tiny build replaces the "
+            "folder it is given: remove it or name another"
+        )
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -170,7 +181,7 @@ def build_tiny_model(family: str, out: str | Path, size: str = "test", seed: int
     model.save_pretrained(out)
     save_checkpoint_weights(fam, model.state_dict(), out)
     processor.save_pretrained(out)
-    (out / "grpo_audio_tiny.json").write_text(json.dumps({"family": family, "size": size, "seed": seed}) + "\n")
+    (out / TINY_MARKER).write_text(json.dumps({"family": family, "size": size, "seed": seed}) + "\n")
     return out
 
 

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 
 from grpo_audio.cli import main
+from grpo_audio.config import ConfigError
 from grpo_audio.data.benchmarks import LayoutError, load_benchmark, read_benchmark, write_predictions
 from grpo_audio.data.schema import DataError
 from grpo_audio.rewards.matching import Choices
@@ -341,15 +342,15 @@ def test_eval_export_leaves_out_what_it_did_not_score_and_says_what_the_official
     MMAU/MMAR's rule scores that file 1 of 2 (0.500), as grpo-audio does; the message says the official scorer,
     given every item with the unscored ones empty, would report 1 of 4 (0.250), and a file kept whole scores just
     that under the rule."""
-    import grpo_audio.cli
+    import grpo_audio.eval
     from grpo_audio.eval import score
 
     items = [json.loads(x) for x in mmar.read_text().splitlines()]
     items[1]["audio_path"] = "./audio/missing.wav"  # mmar-2: a bad row, skipped
     mmar.write_text("".join(json.dumps(i) + "\n" for i in items))
     said = {"mmar-1": "<answer>(B)</answer>", "mmar-3": "<answer>(A)</answer>"}  # "3": right; "a dog": wrong
-    monkeypatch.setattr(
-        grpo_audio.cli, "evaluate_model", lambda model, rows, **_: score(rows, [said[r.id] for r in rows])
+    monkeypatch.setattr(  # what the command imports when it runs
+        grpo_audio.eval, "evaluate_model", lambda model, rows, **_: score(rows, [said[r.id] for r in rows])
     )
     model = tmp_path / "model"
     model.mkdir()
@@ -474,7 +475,8 @@ def test_empty_and_single_object_files(tmp_path):
     one.write_text(json.dumps({"id": "q", "audio_id": "a.wav", "question": "Q?", "choices": ["x", "y"], "answer": "y"},
                               indent=2))  # fmt: skip
     assert [r.id for r in read_benchmark(one).rows] == ["q"]
-    assert main(["check-data", str(tmp_path / "none.json")]) == 1
+    with pytest.raises(LayoutError, match="holds no items"):  # the user's: one line, exit status 2
+        main(["check-data", str(tmp_path / "none.json")])
 
 
 def test_letter_export_keeps_the_letter_of_a_repeated_text(tmp_path):
@@ -497,11 +499,14 @@ def test_eval_with_no_good_row_stops_before_the_model(tmp_path, capsys):
     model.mkdir()
     config = {"architectures": ["MusicFlamingoForConditionalGeneration"]}
     (model / "config.json").write_text(json.dumps(config))  # no weights: loading the model would fail
-    assert main(["eval", f"model={model}", f"data={path}", "bad_rows=skip"]) == 1
-    assert "no row passed validation" in capsys.readouterr().err
-    assert main(["eval", f"model={model}", f"data={path}"]) == 1
+    # Each the user's: one line naming the cause (exit status 2 from the executable), before the model loads.
+    with pytest.raises(ConfigError, match="no row passed validation"):
+        main(["eval", f"model={model}", f"data={path}", "bad_rows=skip"])
+    with pytest.raises(DataError, match="field 'audio': file not found"):
+        main(["eval", f"model={model}", f"data={path}"])
     assert "field 'audio': file not found" in capsys.readouterr().err
-    assert main(["eval", f"model={model}", f"data={tmp_path / 'nope.json'}"]) == 1
+    with pytest.raises(FileNotFoundError):
+        main(["eval", f"model={model}", f"data={tmp_path / 'nope.json'}"])
 
 
 @pytest.mark.parametrize(

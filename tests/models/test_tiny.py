@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors import safe_open
 
 from grpo_audio.models import FAMILIES, get_family
-from grpo_audio.models.tiny import build_tiny_model
+from grpo_audio.models.tiny import TINY_MARKER, build_tiny_model
 from tests.conftest import FAMILY_NAMES, sine
 
 
@@ -74,6 +75,26 @@ def test_same_seed_same_bytes_different_seed_different_weights(tmp_path):
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+
+
+def test_a_folder_that_is_not_a_tiny_build_is_refused_and_kept(tmp_path, tiny_checkpoint):
+    from grpo_audio.config import ConfigError
+
+    notes = tmp_path / "runs" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_checkpoint("music_flamingo"), trained)
+    (trained / TINY_MARKER).unlink()  # a checkpoint a run saved has no marker
+    for out in (notes.parent, trained, notes):
+        with pytest.raises(ConfigError, match="is not a tiny checkpoint built here"):
+            build_tiny_model("audio_flamingo3", out)
+    assert notes.read_text() == "mine" and (trained / "model.safetensors").is_file()
+    # An earlier tiny build and an empty folder are replaced.
+    again = build_tiny_model("qwen2_audio", shutil.copytree(tiny_checkpoint("music_flamingo"), tmp_path / "again"))
+    assert json.loads((again / TINY_MARKER).read_text())["family"] == "qwen2_audio"
+    (tmp_path / "empty").mkdir()
+    assert (build_tiny_model("qwen2_audio", tmp_path / "empty") / TINY_MARKER).is_file()
 
 
 def test_unknown_family_and_size_are_clear_errors(tmp_path):
