@@ -119,7 +119,7 @@ def test_bf16_model_gets_bf16_audio_features(tiny_checkpoint):
     assert a.dtype == torch.float32 and (a[m] - b[m]).abs().max() < 0.1
 
 
-@pytest.mark.parametrize("family_name", ["music_flamingo", "qwen2_audio"])
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
 def test_shared_prefix_under_activation_checkpointing(family_name, tiny_checkpoint):
     """With every decoder layer and encoder block checkpointed (run again in the backward pass), the shared path
     still equals the per-sample path, in values and gradients, and equals the gradients without checkpointing."""

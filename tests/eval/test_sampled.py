@@ -22,6 +22,7 @@ from grpo_audio.eval import (
 )
 from grpo_audio.rewards import RewardSet
 from grpo_audio.rollout.base import SamplingConfig
+from tests.conftest import FAMILY_NAMES
 
 
 @pytest.mark.parametrize("n,c", [(5, 0), (5, 1), (5, 2), (5, 5), (8, 3)])
@@ -143,7 +144,7 @@ def test_rows_are_batched_task_by_task_with_the_completions_of_any_order(tiny_ch
     assert widths[0] < widths[3] == widths[4] == widths[5] == max(widths)
 
 
-@pytest.mark.parametrize("family_name", ["audio_flamingo3", "music_flamingo", "qwen2_audio"])
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
 def test_a_prompts_completions_share_one_prefill_with_the_tokens_of_n_separate_ones(tiny_checkpoint, family_name):
     """n completions of a prompt decode from one prefill of it (its KV cache repeated): the same tokens and
     logprobs as ``generate`` over the prompt repeated n times, audio included, with the same per-row noise."""

