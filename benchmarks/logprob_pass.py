@@ -1,11 +1,11 @@
 """Logprob pass speed: forward + backward over one group, shared prefix vs per sample.
 
-A bench-size Music Flamingo checkpoint built locally (float32, sdpa), one prompt with A seconds of audio
-(~25 audio tokens per second), G completions of C tokens. The shared-prefix path runs the audio encoder and
-the prompt once and the G completions against the repeated prompt KV cache; the per-sample path runs G full
-sequences. Runs alternate between the two paths (this machine is noisy), medians are compared. Peak memory of
-each path is measured in a fresh subprocess (peak RSS during the pass minus RSS before it). With ``--grpo-step``
-it also times whole GRPO steps (vLLM rollouts included) with each path, alternating.
+A bench-size checkpoint of ``--family`` (default Music Flamingo) built locally (float32, sdpa), one prompt with A
+seconds of audio (~25 audio tokens per second), G completions of C tokens. The shared-prefix path runs the audio
+encoder and the prompt once and the G completions against the repeated prompt KV cache; the per-sample path runs G
+full sequences. Runs alternate between the two paths (this machine is noisy), medians are compared. Peak memory of
+each path is measured in a fresh subprocess (peak RSS during the pass minus RSS before it). With ``--grpo-step`` it
+also times whole GRPO steps (vLLM rollouts included) with each path, alternating.
 
 With ``--distributed`` it measures at scale, on 2 processes (torchrun, gloo):
 
@@ -51,9 +51,9 @@ def _setup(model_dir: Path, audio_s: float, group: int, completion: int, seed: i
     from grpo_audio.data.collate import collate_prompts
     from grpo_audio.data.schema import Row
     from grpo_audio.data.synthetic import make_clip
-    from grpo_audio.models import ModelSpec, get_family, load_policy
+    from grpo_audio.models import ModelSpec, family_of_checkpoint, load_policy
 
-    family = get_family("music_flamingo")
+    family = family_of_checkpoint(model_dir)
     processor = AutoProcessor.from_pretrained(model_dir)
     model = load_policy(ModelSpec(model_dir, family.name, attn_implementation="sdpa"))
     wave = make_clip("key", "bench", np.random.default_rng(seed)).wave
@@ -145,6 +145,7 @@ def grpo_steps(model_dir: Path, reps: int) -> dict:
     from grpo_audio.config import load_config
     from grpo_audio.data.schema import Row
     from grpo_audio.data.synthetic import make_clip
+    from grpo_audio.models import family_of_checkpoint
     from grpo_audio.rewards import RewardSet
     from grpo_audio.trainer import GRPOTrainer
 
@@ -158,7 +159,7 @@ def grpo_steps(model_dir: Path, reps: int) -> dict:
         [
             f"output_dir={tempfile.mkdtemp()}",
             f"model.path={model_dir}",
-            "model.family=music_flamingo",
+            f"model.family={family_of_checkpoint(model_dir).name}",
             "rollout.engine=vllm",
             "rollout.max_new_tokens=128",
             "rollout.max_model_len=2048",
@@ -229,7 +230,7 @@ def distributed_worker(args) -> None:
 
     from grpo_audio.audio_cache import AudioCache
     from grpo_audio.logprobs import LogprobModule, enable_checkpointing
-    from grpo_audio.models import get_family
+    from grpo_audio.models import family_of_checkpoint
     from grpo_audio.parallel import Parallel
 
     parallel = Parallel(args.strategy)
@@ -243,7 +244,7 @@ def distributed_worker(args) -> None:
     enable_checkpointing(model)
     model.train()
     keep_whole = ()
-    family = get_family("music_flamingo")
+    family = family_of_checkpoint(Path(args.model_dir))
     if args.freeze_encoder:
         encoder = family.audio_encoder(model)
         encoder.requires_grad_(False)
@@ -372,6 +373,7 @@ def main() -> None:
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--family", default="music_flamingo", help="the model family of the bench-size checkpoint")
     parser.add_argument("--audio", type=float, default=30.0)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--completion", type=int, default=128)
@@ -384,7 +386,7 @@ def main() -> None:
     from grpo_audio.models.tiny import build_tiny_model
 
     torch.manual_seed(0)
-    model_dir = build_tiny_model("music_flamingo", Path(tempfile.mkdtemp()) / "mf", size="bench", seed=0)
+    model_dir = build_tiny_model(args.family, Path(tempfile.mkdtemp()) / args.family, size="bench", seed=0)
     header = (
         f"{'audio':>6} {'G':>3} {'P':>5} {'C':>4} {'shared s':>9} {'per-sample s':>12} {'ratio':>6} "
         f"{'theory':>6} {'shared MB':>9} {'per-sample MB':>13}"

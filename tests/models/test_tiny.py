@@ -68,10 +68,11 @@ def test_tokenizer_has_tags_and_family_tokens(tiny_checkpoint):
     assert tok.decode(tok.encode(text), skip_special_tokens=True) == text
 
 
-def test_same_seed_same_bytes_different_seed_different_weights(tmp_path):
-    a = build_tiny_model("audio_flamingo3", tmp_path / "a", seed=3)
-    b = build_tiny_model("audio_flamingo3", tmp_path / "b", seed=3)
-    c = build_tiny_model("audio_flamingo3", tmp_path / "c", seed=4)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_same_seed_same_bytes_different_seed_different_weights(family, tmp_path):
+    a = build_tiny_model(family, tmp_path / "a", seed=3)
+    b = build_tiny_model(family, tmp_path / "b", seed=3)
+    c = build_tiny_model(family, tmp_path / "c", seed=4)
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
