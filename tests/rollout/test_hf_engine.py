@@ -9,6 +9,7 @@ from transformers import AutoProcessor
 from grpo_audio.models import get_family
 from grpo_audio.rollout.base import PromptTooLongError, SamplingConfig
 from grpo_audio.rollout.hf_engine import HFEngine, SeededSampler
+from tests.conftest import FAMILY_NAMES
 from tests.rollout.helpers import chord_clip, hf_logprobs, rows_for
 
 
@@ -19,8 +20,15 @@ def af3(tiny_checkpoint):
     return family, family.model_class().from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
 
 
-def test_groups_logprobs_and_finish_reasons(af3):
-    family, model, processor = af3
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def each_family(request, tiny_checkpoint):
+    family = get_family(request.param)
+    path = tiny_checkpoint(family.name)
+    return family, family.model_class().from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+
+
+def test_groups_logprobs_and_finish_reasons(each_family):
+    family, model, processor = each_family
     rows = rows_for([chord_clip(2.0), chord_clip(40.0, 300.0), chord_clip(5.0, 150.0)])
     engine = HFEngine(model, processor, family, batch_size=2)
     batch = engine.generate(rows, n=3, sampling=SamplingConfig(max_new_tokens=4, temperature=0.7, seed=0))
@@ -37,9 +45,10 @@ def test_groups_logprobs_and_finish_reasons(af3):
         assert (torch.tensor(got) - w).abs().max() < 1e-4
 
 
-def test_batching_does_not_change_results(af3):
-    """Rows with 2 windows and 1 window split across generate calls: audio windows stay with their rows."""
-    family, model, processor = af3
+def test_batching_does_not_change_results(each_family):
+    """Rows of mixed clip lengths (2 windows and 1 window for the Flamingos) split across generate calls: audio
+    windows stay with their rows."""
+    family, model, processor = each_family
     rows = rows_for([chord_clip(3.0), chord_clip(40.0, 300.0), chord_clip(5.0, 150.0)])
     greedy = SamplingConfig(max_new_tokens=5, temperature=0.0)
     one = HFEngine(model, processor, family, batch_size=1).generate(rows, n=1, sampling=greedy)
