@@ -26,6 +26,7 @@ def trl_loss(
     level="token",
     is_ratio=None,
     max_len=16,
+    sapo_temperatures=(1.0, 1.05),
 ):
     """Run TRL's own GRPOTrainer._compute_loss on given tensors (the model's logprobs are stubbed in)."""
     from trl import GRPOTrainer
@@ -38,7 +39,13 @@ def trl_loss(
         off_policy_mask_threshold=None,
         importance_sampling_level=level,
         beta=beta,
-        args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+        args=SimpleNamespace(
+            use_bias_correction_kl=False,
+            delta=None,
+            steps_per_generation=1,
+            sapo_temperature_pos=sapo_temperatures[0],
+            sapo_temperature_neg=sapo_temperatures[1],
+        ),
         loss_type=loss_type,
         epsilon_low=eps,
         epsilon_high=eps_high,
@@ -65,6 +72,34 @@ def trl_loss(
         "importance_sampling_ratio": is_ratio,
     }
     return GRPOTrainer._compute_loss(stub, None, inputs)
+
+
+def trl_gmpo_loss(logps, old, adv, mask, beta=0.0, ref=None, eps=0.4, eps_high=0.4):
+    """TRL's experimental GMPOTrainer._compute_loss on given tensors; returns the loss and TRL's logged metrics."""
+    from trl.experimental.gmpo import GMPOTrainer
+
+    n, t = logps.shape
+    stub = SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
+        top_entropy_quantile=1.0,
+        epsilon_low=eps,
+        epsilon_high=eps_high,
+        beta=beta,
+        model=SimpleNamespace(training=True),
+        current_gradient_accumulation_steps=1,
+        accelerator=SimpleNamespace(gather=lambda x: x, reduce=lambda x, reduction="sum": x),
+        _metrics=defaultdict(lambda: defaultdict(list)),
+    )
+    inputs = {
+        "prompt_ids": torch.zeros(n, 1, dtype=torch.long),
+        "prompt_mask": torch.ones(n, 1, dtype=torch.long),
+        "completion_ids": torch.zeros(n, t, dtype=torch.long),
+        "completion_mask": mask,
+        "advantages": adv,
+        "old_per_token_logps": old,
+        "ref_per_token_logps": ref,
+    }
+    return GMPOTrainer._compute_loss(stub, None, inputs), stub._metrics["train"]
 
 
 def random_batch(seed, n=16, t=9):
@@ -110,6 +145,111 @@ def test_is_correction_parity_with_trl(loss_type):
     ratio, _ = importance_weights(old, sampling, mask, cfg)
     theirs = trl_loss(logps, old, adv, mask, loss_type, is_ratio=ratio)
     assert abs(ours.item() - theirs.item()) < 1e-6 and stats.is_ratio_max > 1.1
+
+
+def loss_and_grad(fn, logps):
+    """A loss of ``logps`` [N, T] and its gradient, float64."""
+    logps = logps.clone().requires_grad_(True)
+    loss = fn(logps)
+    (grad,) = torch.autograd.grad(loss, logps)
+    return loss.item(), grad
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cispo_parity_with_trl_values_and_gradients(beta, seed):
+    """CISPO: a far-off ratio (above epsilon_max) keeps its gradient through logp with its IS weight clipped and
+    detached; TRL's ``loss_type='cispo'`` takes epsilon_max as ``epsilon_high``."""
+    logps, old, ref, _, adv, mask = random_batch(seed)
+    logps[0, 0], adv[0] = old[0, 0] + math.log(9.0), 1.5  # ratio 9, far above the bound, positive advantage
+    logps[1, 0], adv[1] = old[1, 0] + math.log(0.05), -1.0  # ratio 0.05, negative advantage: CISPO clips above only
+    cfg = LossConfig(loss_type="cispo", cispo_max_ratio=1.3, beta=beta, is_mode="none")
+    ours, grad = loss_and_grad(lambda x: policy_loss(x, old, adv, mask, cfg, ref_logps=ref)[0], logps)
+    theirs, want = loss_and_grad(
+        lambda x: trl_loss(x, old, adv, mask, "cispo", beta=beta, ref=ref, eps_high=1.3), logps
+    )
+    assert abs(ours - theirs) < 1e-6 and (grad - want).abs().max() < 1e-6
+    n_tok = mask.sum()
+    # the clipped token: d/dlogp of -sg(min(r, 1.3)) * A * logp / tokens = -1.3 * 1.5 / tokens (plus the KL's)
+    if beta == 0.0:
+        assert grad[0, 0].item() == pytest.approx(-1.3 * 1.5 / n_tok.item(), abs=1e-12)
+        assert grad[1, 0].item() == pytest.approx(0.05 * 1.0 / n_tok.item(), abs=1e-12)
+    assert (grad[mask == 0] == 0).all()
+    _, stats = policy_loss(logps, old, adv, mask, cfg, ref_logps=ref)
+    assert stats.clip_ratio_high > 0 and stats.clip_ratio_low == 0.0
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("temperatures", [(1.0, 1.05), (0.5, 2.0)])
+def test_sapo_parity_with_trl_values_and_gradients(beta, temperatures):
+    logps, old, ref, _, adv, mask = random_batch(6)
+    logps[0, 0] = old[0, 0] + math.log(20.0)  # far outside any clip range: the gate saturates, no hard cut
+    cfg = LossConfig(
+        loss_type="sapo",
+        beta=beta,
+        is_mode="none",
+        sapo_temperature_pos=temperatures[0],
+        sapo_temperature_neg=temperatures[1],
+    )
+    ours, grad = loss_and_grad(lambda x: policy_loss(x, old, adv, mask, cfg, ref_logps=ref)[0], logps)
+    theirs, want = loss_and_grad(
+        lambda x: trl_loss(x, old, adv, mask, "sapo", beta=beta, ref=ref, sapo_temperatures=temperatures), logps
+    )
+    assert abs(ours - theirs) < 1e-6 and (grad - want).abs().max() < 1e-6
+    assert (grad[mask == 0] == 0).all()
+
+
+def test_sapo_hand_computed():
+    """One token, ratio r: -sigmoid(tau (r - 1)) * 4 / tau * A; at r = 1 the gate is 2 / tau, its slope 1 (GRPO's)."""
+    m = torch.ones(1, 1)
+    cfg = LossConfig(loss_type="sapo", is_mode="none", sapo_temperature_pos=1.0, sapo_temperature_neg=2.0)
+    loss, _ = policy_loss(one(math.log(1.5)), one(0.0), torch.tensor([2.0], dtype=torch.float64), m, cfg)
+    assert loss.item() == pytest.approx(-2.0 * 4 / (1 + math.exp(-0.5)))
+    loss, _ = policy_loss(one(math.log(0.5)), one(0.0), torch.tensor([-1.0], dtype=torch.float64), m, cfg)
+    assert loss.item() == pytest.approx(1.0 * 4 / 2.0 / (1 + math.exp(1.0)))
+    _, grad = loss_and_grad(
+        lambda x: policy_loss(x, one(0.0), torch.tensor([1.0], dtype=torch.float64), m, cfg)[0], one(0.0)
+    )
+    assert grad.item() == pytest.approx(-1.0)  # at r = 1: -A * dr/dlogp, as the unclipped ratio
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+@pytest.mark.parametrize("eps", [(0.4, 0.4), (0.2, 0.3)])
+def test_gmpo_parity_with_trl_values_gradients_and_clip_counts(beta, eps):
+    logps, old, ref, _, adv, mask = random_batch(7)
+    logps[0, 0], adv[0] = old[0, 0] + 2.0, 1.0  # log ratio far above the range, positive advantage: clipped
+    logps[1, 0], adv[1] = old[1, 0] - 2.0, -1.0  # far below, negative advantage: clipped
+    logps[2, 0], adv[2] = old[2, 0] - 2.0, 1.0  # far below, positive advantage: the pessimistic side, not clipped
+    cfg = LossConfig(loss_type="gmpo", epsilon=eps[0], epsilon_high=eps[1], beta=beta, is_mode="none")
+    ours, grad = loss_and_grad(lambda x: policy_loss(x, old, adv, mask, cfg, ref_logps=ref)[0], logps)
+    theirs, want = loss_and_grad(
+        lambda x: trl_gmpo_loss(x, old, adv, mask, beta=beta, ref=ref, eps=eps[0], eps_high=eps[1])[0], logps
+    )
+    assert abs(ours - theirs) < 1e-6 and (grad - want).abs().max() < 1e-6
+    if beta == 0.0:
+        assert grad[0, 0] == 0 and grad[1, 0] == 0  # a clipped token passes no policy gradient
+    assert grad[2, 0] != 0
+    _, stats = policy_loss(logps, old, adv, mask, cfg, ref_logps=ref)
+    _, metrics = trl_gmpo_loss(logps, old, adv, mask, beta=beta, ref=ref, eps=eps[0], eps_high=eps[1])
+    assert stats.clip_ratio_low == pytest.approx(metrics["clip_ratio/low_mean"][0], abs=1e-7)  # TRL counts in float32
+    assert stats.clip_ratio_high == pytest.approx(metrics["clip_ratio/high_mean"][0], abs=1e-7)
+    assert stats.clip_ratio_low > 0 and stats.clip_ratio_high > 0
+
+
+def test_gmpo_hand_computed_geometric_mean():
+    """Two tokens with ratios 4 and 1/4 (A = 1, log clip 2): geometric mean 1, loss -1; with log clip 0.5 the
+    first is cut to e^0.5 and the second stays (pessimistic side): exp((0.5 - ln 4) / 2)."""
+    m = torch.ones(1, 2)
+    logps = torch.tensor([[math.log(4.0), -math.log(4.0)]], dtype=torch.float64)
+    old, a = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    loss, _ = policy_loss(
+        logps, old, a, m, LossConfig(loss_type="gmpo", epsilon=2.0, epsilon_high=2.0, is_mode="none")
+    )
+    assert loss.item() == pytest.approx(-1.0)
+    loss, s = policy_loss(
+        logps, old, a, m, LossConfig(loss_type="gmpo", epsilon=0.5, epsilon_high=0.5, is_mode="none")
+    )
+    assert loss.item() == pytest.approx(-math.exp((0.5 - math.log(4.0)) / 2)) and s.clip_ratio_high == 0.5
 
 
 def test_gradients_flow_through_logps_only():

@@ -23,6 +23,7 @@ from grpo_audio.checkpoint import (
     new_lineage,
     save_checkpoint,
 )
+from grpo_audio.choices import LOSS_TYPES
 from grpo_audio.config import load_config
 from grpo_audio.data.schema import Row
 from grpo_audio.eval import paired_difference, sampled_eval
@@ -435,7 +436,7 @@ def test_two_processes_with_ddp(tmp_path, tiny_checkpoint):
     get_family("audio_flamingo3").model_class().from_pretrained(ckpt / "model")
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "gspo"])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_logged_loss_and_gradients_do_not_depend_on_the_micro_batch(tmp_path, tiny_checkpoint, loss_type):
     """The same step (same rollouts) at micro-batch n and n/4: equal logged loss and equal gradients, with one and
     two iterations per batch. The logged loss is the batch loss, checked by hand: the sum of the micro-batch losses

@@ -141,9 +141,26 @@ class GRPOConfig:
         help="KL coefficient to the reference policy (k3 estimator); 0 loads no reference model.",
         within=NON_NEGATIVE,
     )
-    epsilon: float = setting(0.2, help="Lower clip range of the importance ratio.", within=NON_NEGATIVE)
-    epsilon_high: float = setting(0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28).", within=NON_NEGATIVE)
-    loss_type: str = setting("dapo", help="Loss aggregation.", choices=LOSS_TYPES)
+    epsilon: float = setting(
+        0.2, help="Lower clip range of the importance ratio (gmpo: of its log; the paper: 0.4).", within=NON_NEGATIVE
+    )
+    epsilon_high: float = setting(
+        0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28; gmpo: of the log ratio).", within=NON_NEGATIVE
+    )
+    loss_type: str = setting(
+        "dapo",
+        help="Policy loss and its aggregation (loss.py): the GRPO family, or CISPO, SAPO and GMPO.",
+        choices=LOSS_TYPES,
+    )
+    cispo_max_ratio: float = setting(
+        5.0, help="cispo: upper bound of the detached importance weight (ScaleRL's epsilon_max).", within=POSITIVE
+    )
+    sapo_temperature_pos: float = setting(
+        1.0, help="sapo: gate temperature for positive advantages (arXiv 2511.20347).", within=POSITIVE
+    )
+    sapo_temperature_neg: float = setting(
+        1.05, help="sapo: gate temperature for zero and negative advantages.", within=POSITIVE
+    )
     scale_rewards: str = setting(
         "group",
         help="Advantage normalisation: group std (GRPO), batch std, or none (Dr. GRPO).",
