@@ -136,6 +136,8 @@ def check_data(
             print(f"BAD  {rid}: " + "; ".join(problems[rid]))
         else:
             note = f"  (truncated to {limit:g} s)" if rid in truncated else ""
+            if fam is not None:  # the processor's own arithmetic, on the clip as it reaches the processor
+                note += f", {fam.audio_token_count(min(report.seconds[rid], limit))} audio tokens"
             if context is not None:
                 prompt = report.prompt_tokens[rid]
                 note += f", {prompt} + {max_new_tokens} = {prompt + max_new_tokens} of {context.max_model_len} tokens"

@@ -109,7 +109,7 @@ def test_check_data_reports_the_row_that_does_not_fit(manifest, af3, capsys):
     out = capsys.readouterr().out
     assert f"BAD  long: prompt: {long_reason(af3, 8192)}" in out
     prompt = af3.short[0]
-    assert f"ok   short: 2.0 s, {prompt} + {K} = {prompt + K} of 8192 tokens" in out
+    assert f"ok   short: 2.0 s, 50 audio tokens, {prompt} + {K} = {prompt + K} of 8192 tokens" in out
     assert "2 rows: 1 ok, 1 bad" in out and "context 8192 tokens with max_new_tokens 256" in out
     assert check_data(manifest, model=af3.path, max_new_tokens=K, bad_rows="skip") == 0
     with pytest.raises(ValueError, match="checkpoint .* is a audio_flamingo3 model"):

@@ -141,7 +141,7 @@ def test_check_data_cli(manifest, capsys, tmp_path):
     assert main(["check-data", str(manifest), "--family", "music_flamingo"]) == 1
     out = capsys.readouterr().out
     assert "BAD  nan: audio: audio contains" in out and "ok   good: 2.0 s" in out
-    assert "ok   long: 1800.0 s  (truncated to 1200 s)" in out
+    assert "ok   long: 1800.0 s  (truncated to 1200 s), 30000 audio tokens" in out  # the family's limit and count
     assert "15 rows: 3 ok, 12 bad, 1 truncated (limit 1200 s)" in out
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps({"id": "g", "audio": str(manifest.parent / "clips/good.wav"), "prompt": "Q"}) + "\n")
