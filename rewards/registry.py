@@ -76,6 +76,22 @@ def _is_reward_function(obj: Any) -> bool:
     return params[:2] == ["prompts", "completions"]
 
 
+def _check_reward_call(name: str, fn: Any, columns: Sequence[str]) -> None:
+    """Raise a ValueError unless ``fn`` takes the call every reward gets, ``fn(prompts=..., completions=...,
+    **columns)`` (TRL's signature; the columns are the rows' other fields)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or extension callable: nothing to check without calling it
+        return
+    try:
+        signature.bind(prompts=[], completions=[], **dict.fromkeys(columns, []))
+    except TypeError as e:
+        raise ValueError(
+            f"reward '{name}' cannot be called as f(prompts, completions, **columns) (TRL's reward signature; the "
+            f"columns: {', '.join(columns) or 'none'}): {e}; its signature: {name.partition(':')[2]}{signature}"
+        ) from None
+
+
 def _import_reward(name: str) -> Any:
     """The object a ``package.module:function`` path names (a reward, or a factory of one)."""
     if ":" not in name:
@@ -89,13 +105,14 @@ def _import_reward(name: str) -> Any:
         raise ValueError(f"cannot load reward '{name}': {e}") from None
 
 
-def check_reward_spec(name: str, kwargs: dict[str, Any]) -> None:
+def check_reward_spec(name: str, kwargs: dict[str, Any], columns: Sequence[str] = ()) -> None:
     """Check, without running anything, that a reward exists and that its factory takes ``kwargs``; a registered
-    reward is also built, so that a bad value fails too.
+    reward is also built, so that a bad value fails too. A user's reward function given without settings must take
+    the call it will get: ``prompts``, ``completions`` and ``columns`` as keywords.
 
     Raises:
-        ValueError: unknown reward, a module or function that does not import, or settings the factory does not
-            take (the message lists the ones it does) or rejects.
+        ValueError: unknown reward, a module or function that does not import, settings the factory does not
+            take (the message lists the ones it does) or rejects, or a reward function with another signature.
 
     >>> check_reward_spec("mcq_accuracy", {"strict": True})
     Traceback (most recent call last):
@@ -104,8 +121,9 @@ def check_reward_spec(name: str, kwargs: dict[str, Any]) -> None:
     """
     factory = type(REWARDS[name]) if name in REWARDS else _import_reward(name)
     if name not in REWARDS and not inspect.isclass(factory):
-        if not kwargs:
-            return  # a user's reward without settings is the function itself
+        if not kwargs:  # a user's reward without settings is the function itself: it must take TRL's call
+            _check_reward_call(name, factory, columns)
+            return
         if _is_reward_function(factory):
             raise ValueError(
                 f"reward '{name}' is a reward function (it takes prompts and completions), not a factory: its "

@@ -399,6 +399,24 @@ def test_user_rewards_by_path(tmp_path, monkeypatch):
         load_config(write(tmp_path, GOOD.replace("name: format", "name: user_rewards:Fixed\n    kwargs: {valeu: 2}")))
 
 
+def test_a_reward_function_that_cannot_take_the_call_is_refused_at_load(tmp_path, monkeypatch):
+    """A user's reward is called as f(prompts=..., completions=..., **columns): one with another signature fails
+    when the config loads, naming it and its signature, not after the engine has started."""
+    (tmp_path / "odd_rewards.py").write_text(
+        "def text_only(text):\n    return [0.0]\n"
+        "def no_columns(prompts, completions):\n    return [0.0] * len(completions)\n"
+        "def named_columns(prompts, completions, id, answer, choices, metadata, caption, thinking, task):\n"
+        "    return [0.0] * len(completions)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, why in (("text_only", "missing a required argument: 'text'"), ("no_columns", "unexpected keyword")):
+        with pytest.raises(ConfigError, match=rf"rewards\[0\]: reward 'odd_rewards:{name}' cannot be called") as e:
+            load_config(write(tmp_path, GOOD.replace("name: format", f"name: odd_rewards:{name}")))
+        assert why in str(e.value) and f"{name}(" in str(e.value)
+    # every column named, no **kwargs: the call binds, so it loads
+    load_config(write(tmp_path, GOOD.replace("name: format", "name: odd_rewards:named_columns")))
+
+
 def test_parallel_settings_are_checked_before_anything_loads(monkeypatch, tmp_path):
     """What the processes cannot run fails at once, as a config error naming the setting: a batch that does not
     split over the processes, ``none`` under torchrun, FSDP2's settings with DDP, offload without a GPU; and a

@@ -27,6 +27,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from ..data.schema import REWARD_COLUMNS
 from ..errors import ConfigError
 from ..rewards.registry import check_reward_spec
 from .run import RunConfig
@@ -281,7 +282,7 @@ def _check_rewards(cfg: Any) -> None:
     """Each reward spec's name and settings, checked against the reward's factory now rather than in the run."""
     for i, spec in enumerate(getattr(cfg, "rewards", None) or []):
         try:
-            check_reward_spec(spec.name, dict(spec.kwargs))
+            check_reward_spec(spec.name, dict(spec.kwargs), REWARD_COLUMNS)
         except ValueError as e:
             raise ConfigError(f"rewards[{i}]: {e}") from None
 

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # What a loader does with rows that fail validation.
 BAD_ROWS = ("raise", "skip")
+# The row fields every reward gets as keyword arguments, besides prompts and completions (``Row.columns``).
+REWARD_COLUMNS: tuple[str, ...] = ("id", "answer", "choices", "metadata", "caption", "thinking", "task")
 # Text that stands for an audio clip in some family's prompt: a literal one in a prompt is a second audio slot.
 AUDIO_TOKEN_TEXTS: tuple[str, ...] = tuple(sorted({t for f in FAMILIES.values() for t in f.audio_special_tokens}))
 
@@ -88,15 +90,7 @@ class Row:
 
     def columns(self) -> dict[str, Any]:
         """The row's fields as reward keyword arguments (TRL passes dataset columns the same way)."""
-        return {
-            "id": self.id,
-            "answer": self.answer,
-            "choices": self.choices,
-            "metadata": self.metadata,
-            "caption": self.caption,
-            "thinking": self.thinking,
-            "task": self.task,
-        }
+        return {name: getattr(self, name) for name in REWARD_COLUMNS}
 
 
 @dataclass
