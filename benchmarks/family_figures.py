@@ -69,7 +69,7 @@ def figures(name: str, root: Path) -> dict:
         prompt = family.render_prompt(processor, family.build_messages("Which chord is played?"))
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         audio_id = tok.convert_tokens_to_ids(family.audio_token)
-        lengths = (*CLIP_SECONDS, family.max_audio_seconds, family.max_audio_seconds + 5.0)
+        lengths = sorted({*CLIP_SECONDS, family.max_audio_seconds, family.max_audio_seconds + 5.0})
         agree, at_limit = 0, 0
         for seconds in lengths:
             clip = chord(seconds)

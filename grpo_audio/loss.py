@@ -76,6 +76,9 @@ class LossConfig:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.is_mode not in IS_MODES:
             raise ValueError(f"is_mode must be one of {IS_MODES}, got {self.is_mode!r}")
+        for name in ("cispo_max_ratio", "sapo_temperature_pos", "sapo_temperature_neg"):
+            if not getattr(self, name) > 0:  # NaN fails too
+                raise ValueError(f"{name} must be above 0, got {getattr(self, name)!r}")
 
 
 @dataclass

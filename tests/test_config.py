@@ -218,7 +218,11 @@ def test_a_value_outside_its_range_is_refused_when_read_and_its_ends_are_taken(k
     from grpo_audio.config import RecipeConfig
 
     within = RANGES[key]
-    bad, good = _values(within, isinstance(_get(load_config(TINY, [], RecipeConfig), key), int))
+    integer = isinstance(_get(load_config(TINY, [], RecipeConfig), key), int)
+    bad, good = _values(within, integer)
+    if not integer:  # NaN compares False with every bound: it used to pass them all (and train on nothing)
+        with pytest.raises(ConfigError, match=rf"'{re.escape(key)}' = nan is outside its range, "):
+            load_config(TINY, [f"{key}=nan"], RecipeConfig)
     for value in bad:
         with pytest.raises(ConfigError) as e:
             load_config(TINY, [f"{key}={value}"], RecipeConfig)
@@ -283,6 +287,8 @@ def test_a_file_or_value_that_is_no_mapping_of_keys_fails_naming_it(tmp_path):
 def test_bad_choice_names_key_and_choices(tmp_path):
     with pytest.raises(ConfigError, match=r"grpo\.loss_type.*'ppo'.*grpo, dr_grpo, dapo, bnpo, gspo"):
         load_config(write(tmp_path, GOOD), ["grpo.loss_type=ppo"])
+    with pytest.raises(ConfigError, match=r"'sappo' is not one of: .*\. Did you mean 'sapo'\?"):
+        load_config(write(tmp_path, GOOD), ["grpo.loss_type=sappo"])
     with pytest.raises(ConfigError, match=r"model\.family.*whisper.*music_flamingo"):
         load_config(write(tmp_path, GOOD.replace("family: music_flamingo", "family: whisper")))
 

@@ -252,6 +252,13 @@ def test_gmpo_hand_computed_geometric_mean():
     assert loss.item() == pytest.approx(-math.exp((0.5 - math.log(4.0)) / 2)) and s.clip_ratio_high == 0.5
 
 
+@pytest.mark.parametrize("name", ["cispo_max_ratio", "sapo_temperature_pos", "sapo_temperature_neg"])
+def test_the_new_losses_settings_must_be_above_zero(name):
+    for value in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=f"{name} must be above 0"):
+            LossConfig(**{name: value})
+
+
 def test_gradients_flow_through_logps_only():
     logps, old, ref, sampling, adv, mask = random_batch(5)
     logps = logps.clone().requires_grad_(True)

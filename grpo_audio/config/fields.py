@@ -30,7 +30,13 @@ class Range:
         return self.side(value) is None
 
     def side(self, value: float) -> str | None:
-        """'below' or 'above' for a value outside the range, None inside."""
+        """'below' or 'above' for a value outside the range, 'outside' for NaN (no range holds it), None inside.
+
+        >>> POSITIVE.side(float("nan")), POSITIVE.side(0.0), POSITIVE.side(2.0)
+        ('outside', 'below', None)
+        """
+        if value != value:  # NaN: every comparison is False, so no bound would catch it
+            return "outside"
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return "below"
         if self.high is not None and (value > self.high or (self.high_open and value == self.high)):

@@ -78,7 +78,9 @@ def check_values(obj: Any, prefix: str = "") -> None:
         key = f"{prefix}.{f.name}" if prefix else f.name
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
-            raise ConfigError(f"config key '{key}' = {value!r} is not one of: {', '.join(choices)}.")
+            close = difflib.get_close_matches(str(value).lower(), [str(c) for c in choices], n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"config key '{key}' = {value!r} is not one of: {', '.join(choices)}.{hint}")
         within = f.metadata.get("range")
         if within is not None and (side := within.side(value)):
             raise ConfigError(f"config key '{key}' = {value!r} is {side} its range, {within}.")

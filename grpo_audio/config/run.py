@@ -142,10 +142,15 @@ class GRPOConfig:
         within=NON_NEGATIVE,
     )
     epsilon: float = setting(
-        0.2, help="Lower clip range of the importance ratio (gmpo: of its log; the paper: 0.4).", within=NON_NEGATIVE
+        0.2,
+        help="Lower clip range of the importance ratio (gmpo: of its log, the paper uses 0.4; cispo, sapo: unused).",
+        within=NON_NEGATIVE,
     )
     epsilon_high: float = setting(
-        0.2, help="Upper clip range (DAPO clip-higher uses e.g. 0.28; gmpo: of the log ratio).", within=NON_NEGATIVE
+        0.2,
+        help="Upper clip range (DAPO clip-higher uses e.g. 0.28; gmpo: of the log ratio; cispo: see cispo_max_ratio, "
+        "which TRL calls epsilon_high; sapo: unused).",
+        within=NON_NEGATIVE,
     )
     loss_type: str = setting(
         "dapo",

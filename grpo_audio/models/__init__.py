@@ -8,19 +8,23 @@ Adding a family is a checklist; a test holds each step for every registered fami
    transformers model and processor classes and the architecture vLLM serves; the audio token, the text that
    stands for a clip and the processor's feature keys; where the language model, output head, audio encoder and
    projector live; the longest audio and ``audio_token_count`` (the processor's own arithmetic); a
-   ``checkpoint_key_map`` from transformers' in-memory names to the layout vLLM loads; and ``tiny_config``
-   (text head_dim 64 for vLLM's CPU attention, untied embeddings in both the top-level and the text config).
-   ``tests/models/test_checklist.py`` fails while one of these is the base class's.
+   ``checkpoint_key_map`` from transformers' in-memory names to the layout vLLM loads (``(("^", ""),)`` where they
+   already agree); and ``tiny_config`` (text head_dim 64 for vLLM's CPU attention, untied embeddings in both the
+   top-level and the text config). ``tests/models/test_tiny.py`` checks the attributes, head_dim and tying;
+   ``tests/models/test_checklist.py`` fails while ``tiny_config`` or ``audio_token_count`` is the base class's or
+   the key map is empty.
 2. ``grpo-audio tiny-model NAME OUT`` builds it locally: it loads in transformers with no missing or unexpected
    key, generates with audio, and the same seed gives the same bytes (``tests/models/test_tiny.py``).
 3. Every family test runs over ``FAMILIES`` (``tests.conftest.FAMILY_NAMES``): vLLM against transformers
-   logprobs to 1e-4, the audio token count vLLM places for every clip length, greedy decoding, weight sync (full
-   and LoRA), the shared prefix against the per-sample path with and without activation checkpointing, the audio
-   caches, the collators and the sampled evaluation. A family that fails one is not done.
+   logprobs to 1e-4, the audio token count vLLM places for every clip length (first and repeated requests),
+   greedy decoding, weight sync (full and LoRA), the shared prefix against the per-sample path with and without
+   activation checkpointing and with LoRA, the transformers engine, the audio caches, the collators and the
+   sampled evaluation. A family that fails one is not done.
 4. Its figures: ``benchmarks/family_figures.py --family NAME`` (parity, token counts) and
-   ``benchmarks/logprob_pass.py --family NAME`` (the shared-prefix speed-up) go in the families table of
-   ``benchmarks/results.md``; the family, with its longest audio, goes in the README's families table and in
-   ``docs/models.md``'s. ``tests/models/test_checklist.py`` reads all three.
+   ``benchmarks/logprob_pass.py --family NAME`` (the shared-prefix speed-up) fill its row of the families table
+   in ``benchmarks/results.md``; the family, with its longest audio, goes in the README's families table and in
+   ``docs/models.md``'s. ``tests/models/test_checklist.py`` reads all three (the row's parity at most 1e-4 and
+   its speed-up given).
 """
 
 from __future__ import annotations

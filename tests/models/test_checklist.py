@@ -55,6 +55,7 @@ def test_the_family_has_its_figures_and_its_rows(name):
     # the parity figure: vLLM against transformers, a number no larger than the tests' 1e-4
     parity = [float(x) for x in re.findall(r"\d\.\d+e-\d+", figures[name][1])]
     assert parity and max(parity) <= 1e-4, figures[name]
+    assert re.search(r"\d+(\.\d+)?x", figures[name][-1]), f"no shared-prefix speed-up for {name}: {figures[name]}"
     readme = table_rows((ROOT / "README.md").read_text(), "## Model families")
     assert name in readme and readme[name][-1] == limit_words(family.max_audio_seconds), readme.get(name)
     models = table_rows((ROOT / "docs" / "models.md").read_text(), "# Model families")
