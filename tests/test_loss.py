@@ -31,7 +31,6 @@ def trl_loss(
     """Run TRL's own GRPOTrainer._compute_loss on given tensors (the model's logprobs are stubbed in)."""
     from trl import GRPOTrainer
 
-    n, t = logps.shape
     stub = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
         aux_loss_enabled=False,
@@ -60,7 +59,14 @@ def trl_loss(
         _entropy_bonus_enabled=False,
         _metrics=defaultdict(lambda: defaultdict(list)),
     )
-    inputs = {
+    inputs = trl_inputs(old, adv, mask, ref, num_items_in_batch=mask.sum(), importance_sampling_ratio=is_ratio)
+    return GRPOTrainer._compute_loss(stub, None, inputs)
+
+
+def trl_inputs(old, adv, mask, ref, **more):
+    """The batch dict TRL's ``_compute_loss`` reads; the logprobs themselves come from the stub."""
+    n, t = mask.shape
+    return {
         "prompt_ids": torch.zeros(n, 1, dtype=torch.long),
         "prompt_mask": torch.ones(n, 1, dtype=torch.long),
         "completion_ids": torch.zeros(n, t, dtype=torch.long),
@@ -68,17 +74,14 @@ def trl_loss(
         "advantages": adv,
         "old_per_token_logps": old,
         "ref_per_token_logps": ref,
-        "num_items_in_batch": mask.sum(),
-        "importance_sampling_ratio": is_ratio,
+        **more,
     }
-    return GRPOTrainer._compute_loss(stub, None, inputs)
 
 
 def trl_gmpo_loss(logps, old, adv, mask, beta=0.0, ref=None, eps=0.4, eps_high=0.4):
     """TRL's experimental GMPOTrainer._compute_loss on given tensors; returns the loss and TRL's logged metrics."""
     from trl.experimental.gmpo import GMPOTrainer
 
-    n, t = logps.shape
     stub = SimpleNamespace(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None),
         top_entropy_quantile=1.0,
@@ -90,16 +93,7 @@ def trl_gmpo_loss(logps, old, adv, mask, beta=0.0, ref=None, eps=0.4, eps_high=0
         accelerator=SimpleNamespace(gather=lambda x: x, reduce=lambda x, reduction="sum": x),
         _metrics=defaultdict(lambda: defaultdict(list)),
     )
-    inputs = {
-        "prompt_ids": torch.zeros(n, 1, dtype=torch.long),
-        "prompt_mask": torch.ones(n, 1, dtype=torch.long),
-        "completion_ids": torch.zeros(n, t, dtype=torch.long),
-        "completion_mask": mask,
-        "advantages": adv,
-        "old_per_token_logps": old,
-        "ref_per_token_logps": ref,
-    }
-    return GMPOTrainer._compute_loss(stub, None, inputs), stub._metrics["train"]
+    return GMPOTrainer._compute_loss(stub, None, trl_inputs(old, adv, mask, ref)), stub._metrics["train"]
 
 
 def random_batch(seed, n=16, t=9):
